@@ -1,0 +1,61 @@
+"""LLaVA-1.5 (``LlavaForConditionalGeneration``): CLIP tower with [CLS], one fixed-size grid per image."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlmzip.adapter import Adapter, VisionRun
+from vlmzip.errors import UnsupportedModelError
+from vlmzip.methods.base import VisualItem
+from vlmzip.registry import register_adapter
+
+
+@register_adapter
+class LlavaAdapter(Adapter):
+    model_types = ("llava",)
+    vision_query = "cls"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        config = model.config
+        if not isinstance(config.vision_feature_layer, int):
+            raise UnsupportedModelError("vlmzip supports LLaVA with a single vision_feature_layer")
+        if config.vision_feature_select_strategy != "default":
+            raise UnsupportedModelError(
+                "vlmzip supports LLaVA's 'default' feature strategy (the [CLS] token is dropped), got "
+                f"{config.vision_feature_select_strategy!r}"
+            )
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.model.vision_tower
+
+    def vision_attention_modules(self) -> list[nn.Module]:
+        layers = _encoder_layers(self.vision_tower)
+        # only the layers up to the feature layer shape the features (-2: all but the last)
+        depth = self.model.config.vision_feature_layer % (len(layers) + 1)
+        return [layer.self_attn for layer in layers[:depth]]
+
+    def placeholder_ids(self) -> dict[str, int]:
+        return {"image": self.model.config.image_token_id}
+
+    def item_grids(self, kind: str, inputs: dict, runs: list[VisionRun]) -> list[tuple[int, int, int]]:
+        vision = self.model.config.vision_config
+        side = vision.image_size // vision.patch_size
+        placeholders = int((inputs["input_ids"] == self.model.config.image_token_id).sum())
+        pixel_values = inputs.get("pixel_values")
+        count = pixel_values.shape[0] if pixel_values is not None else placeholders // (side * side)
+        return [(1, side, side)] * count
+
+    def vision_scores(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
+        # [CLS]-row mass per layer: [images, 1 + patches]; sum the layers, drop the [CLS] column
+        per_image = torch.cat([sum(torch.cat(chunks) for chunks in run.attention.values()) for run in runs])
+        per_image = per_image[:, 1:]
+        for item in items:
+            item.scores["vision_attention"] = per_image[item.kind_index].to(item.positions.device)
+
+
+def _encoder_layers(tower: nn.Module) -> nn.ModuleList:
+    model = getattr(tower, "vision_model", tower)
+    return model.encoder.layers

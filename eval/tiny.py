@@ -1,0 +1,465 @@
+"""Tiny randomly initialised vision-language models and matching raw inputs, for tests and examples.
+
+Everything is built offline from configs (no hub, no processor, no tokenizer), in fp32 on CPU, in a
+fraction of a second. Five families are covered; every image gives 16 visual tokens:
+
+==============  ===================================================================================
+``llava``       CLIP tower (8x8 image, patch 2 -> 16 patches + CLS; feature layer -2, CLS dropped),
+                Llama text model.
+``qwen2_vl``    Qwen2-VL tower (patch 14, merge 2); images are 8x8-patch grids ``[1, 8, 8]``.
+``qwen2_5_vl``  Qwen2.5-VL tower with windowed attention (window 56 px = 2x2 merged tokens, so 4
+                windows per image) in block 0 and full attention in block 1.
+``qwen3_vl``    Qwen3-VL tower (patch 16, merge 2, DeepStack from vision block 0) on ``[1, 8, 8]``.
+``gemma3``      SigLIP tower (16x16 image, patch 2 -> 8x8 patches, pooled 2x2 -> 16 tokens); text
+                layers ``sliding, sliding, full, sliding`` with a sliding window of 8.
+==============  ===================================================================================
+
+Language models: hidden 64, 4 heads, 2 KV heads, head dim 16, 4 decoder layers, vocabulary of 256
+ids. Special ids sit at the bottom of the vocabulary (see ``_SPECIAL_IDS``); random text ids are
+drawn from the rest. Qwen videos use the same 8x8-patch frames: a video of ``F`` frames gives a grid
+``[F / 2, 8, 8]``, i.e. ``8 * F`` tokens.
+
+``generate`` never stops early: the generation config has no EOS id and pads with the pad id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import (
+    AutoModelForImageTextToText,
+    Gemma3Config,
+    LlavaConfig,
+    PreTrainedConfig,
+    PreTrainedModel,
+    Qwen2_5_VLConfig,
+    Qwen2VLConfig,
+    Qwen3VLConfig,
+)
+
+__all__ = ["FAMILIES", "tiny_inputs", "tiny_model", "visual_token_count"]
+
+FAMILIES: tuple[str, ...] = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3")
+
+_VOCAB = 256
+_HIDDEN = 64
+_HEADS = 4
+_KV_HEADS = 2
+_HEAD_DIM = _HIDDEN // _HEADS
+_LAYERS = 4
+_VISION_HIDDEN = 32
+_QWEN_GRID = 8  # patches per side of a Qwen image or video frame: 8x8 patches -> 4x4 = 16 tokens
+_QWEN_FPS = 2.0  # sampled fps the Qwen2.5-VL processor assumes by default
+_DEFAULT_TEXT_TOKENS = 8
+_INIT_STD = 0.02
+
+# Special ids per family, all inside the vocabulary.
+_SPECIAL_IDS: dict[str, dict[str, int]] = {
+    "llava": {"pad": 0, "bos": 1, "eos": 2, "image": 3},
+    "qwen2_vl": {"pad": 0, "bos": 1, "eos": 2, "vision_start": 3, "vision_end": 4, "image": 5, "video": 6},
+    "gemma3": {"pad": 0, "eos": 1, "bos": 2, "boi": 3, "eoi": 4, "image": 5},
+}
+_SPECIAL_IDS["qwen2_5_vl"] = _SPECIAL_IDS["qwen2_vl"]
+_SPECIAL_IDS["qwen3_vl"] = _SPECIAL_IDS["qwen2_vl"]
+
+_QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+_BOS_FAMILIES = ("llava", "gemma3")  # their tokenizers start every prompt with BOS
+_CONFIG_ID_NAMES = (
+    "image_token_id",
+    "video_token_id",
+    "vision_start_token_id",
+    "vision_end_token_id",
+    "boi_token_id",
+    "eoi_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
+
+
+# --------------------------------------------------------------------------------------------- configs
+
+
+def _text_kwargs(family: str) -> dict:
+    ids = _SPECIAL_IDS[family]
+    return {
+        "vocab_size": _VOCAB,
+        "hidden_size": _HIDDEN,
+        "intermediate_size": 2 * _HIDDEN,
+        "num_hidden_layers": _LAYERS,
+        "num_attention_heads": _HEADS,
+        "num_key_value_heads": _KV_HEADS,
+        "max_position_embeddings": 1024,
+        "initializer_range": _INIT_STD,
+        "pad_token_id": ids["pad"],
+        "bos_token_id": ids["bos"],
+        "eos_token_id": ids["eos"],
+    }
+
+
+def _qwen_ids(family: str) -> dict[str, int]:
+    ids = _SPECIAL_IDS[family]
+    return {
+        "image_token_id": ids["image"],
+        "video_token_id": ids["video"],
+        "vision_start_token_id": ids["vision_start"],
+        "vision_end_token_id": ids["vision_end"],
+    }
+
+
+def _llava_config() -> LlavaConfig:
+    vision = {
+        "model_type": "clip_vision_model",
+        "image_size": 8,
+        "patch_size": 2,
+        "hidden_size": _VISION_HIDDEN,
+        "intermediate_size": 2 * _VISION_HIDDEN,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "projection_dim": _VISION_HIDDEN,
+    }
+    text = {"model_type": "llama", "head_dim": _HEAD_DIM, **_text_kwargs("llava")}
+    return LlavaConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=_SPECIAL_IDS["llava"]["image"],
+        image_seq_length=16,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+
+
+# M-RoPE sections (temporal, height, width) sum to head_dim / 2 = 8.
+_QWEN2_ROPE = {"rope_type": "default", "mrope_section": [2, 3, 3]}
+_QWEN3_ROPE = {"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True}
+
+
+def _qwen2_vl_config() -> Qwen2VLConfig:
+    vision = {
+        "depth": 2,
+        "embed_dim": _VISION_HIDDEN,
+        "hidden_size": _HIDDEN,
+        "mlp_ratio": 2,
+        "num_heads": 4,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    text = {**_text_kwargs("qwen2_vl"), "rope_parameters": _QWEN2_ROPE}
+    return Qwen2VLConfig(text_config=text, vision_config=vision, **_qwen_ids("qwen2_vl"))
+
+
+def _qwen2_5_vl_config() -> Qwen2_5_VLConfig:
+    vision = {
+        "depth": 2,
+        "hidden_size": _VISION_HIDDEN,
+        "intermediate_size": 2 * _VISION_HIDDEN,
+        "out_hidden_size": _HIDDEN,
+        "num_heads": 4,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 56,  # 56 / 14 / 2 = 2x2 merged tokens per window -> 4 windows per 8x8 grid
+        "fullatt_block_indexes": [1],
+    }
+    text = {**_text_kwargs("qwen2_5_vl"), "rope_parameters": _QWEN2_ROPE}
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_qwen_ids("qwen2_5_vl"))
+
+
+def _qwen3_vl_config() -> Qwen3VLConfig:
+    vision = {
+        "depth": 2,
+        "hidden_size": _VISION_HIDDEN,
+        "intermediate_size": 2 * _VISION_HIDDEN,
+        "out_hidden_size": _HIDDEN,
+        "num_heads": 4,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": _QWEN_GRID * _QWEN_GRID,
+        "deepstack_visual_indexes": [0],
+    }
+    text = {**_text_kwargs("qwen3_vl"), "head_dim": _HEAD_DIM, "rope_parameters": _QWEN3_ROPE}
+    return Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_ids("qwen3_vl"))
+
+
+def _gemma3_config() -> Gemma3Config:
+    ids = _SPECIAL_IDS["gemma3"]
+    vision = {
+        "model_type": "siglip_vision_model",
+        "image_size": 16,
+        "patch_size": 2,
+        "hidden_size": _VISION_HIDDEN,
+        "intermediate_size": 2 * _VISION_HIDDEN,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    }
+    text = {
+        **_text_kwargs("gemma3"),
+        "head_dim": _HEAD_DIM,
+        "query_pre_attn_scalar": _HEAD_DIM,
+        "sliding_window": 8,
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+    }
+    return Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=16,
+        image_token_index=ids["image"],
+        boi_token_index=ids["boi"],
+        eoi_token_index=ids["eoi"],
+        initializer_range=_INIT_STD,
+    )
+
+
+_CONFIG_BUILDERS: dict[str, Callable[[], PreTrainedConfig]] = {
+    "llava": _llava_config,
+    "qwen2_vl": _qwen2_vl_config,
+    "qwen2_5_vl": _qwen2_5_vl_config,
+    "qwen3_vl": _qwen3_vl_config,
+    "gemma3": _gemma3_config,
+}
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0) -> PreTrainedModel:
+    """A tiny random ``*ForConditionalGeneration`` model of ``family``: fp32, eval mode, deterministic
+    from ``seed`` (the global torch RNG is left untouched).
+
+    Raises ``ValueError`` naming the valid families for an unknown ``family``.
+    """
+    if family not in _CONFIG_BUILDERS:
+        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+    config = _CONFIG_BUILDERS[family]()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(
+            config, attn_implementation=attn_implementation, dtype=torch.float32
+        )
+        if family == "gemma3":
+            # Gemma-3 zero-initialises its image projection, which would make every image embed to 0.
+            torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=_INIT_STD)
+    _configure_generation(model, _SPECIAL_IDS[family])
+    return model.eval()
+
+
+def _configure_generation(model: PreTrainedModel, ids: dict[str, int]) -> None:
+    generation = model.generation_config
+    generation.eos_token_id = None  # random weights: never stop before max_new_tokens
+    generation.pad_token_id = ids["pad"]
+    generation.bos_token_id = ids["bos"]
+    generation.do_sample = False
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _family(model: PreTrainedModel) -> str:
+    family = model.config.model_type
+    if family not in FAMILIES:
+        raise ValueError(f"model type {family!r} is not one of {', '.join(FAMILIES)}")
+    return family
+
+
+def _special_ids(config: PreTrainedConfig) -> set[int]:
+    """Every special id the config (or its text config) names."""
+    found: set[int] = set()
+    for cfg in (config, config.get_text_config()):
+        for name in _CONFIG_ID_NAMES:
+            value = getattr(cfg, name, None)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            found.update(int(v) for v in values if v is not None)
+    return found
+
+
+def _text_pool(config: PreTrainedConfig) -> torch.Tensor:
+    vocab = config.get_text_config().vocab_size
+    allowed = torch.ones(vocab, dtype=torch.bool)
+    allowed[[i for i in _special_ids(config) if i < vocab]] = False
+    return allowed.nonzero().squeeze(1)
+
+
+def _random_text(pool: torch.Tensor, n: int, gen: torch.Generator) -> list[int]:
+    return pool[torch.randint(len(pool), (n,), generator=gen)].tolist()
+
+
+def _qwen_tokens_per_frame(config: PreTrainedConfig) -> int:
+    return (_QWEN_GRID // config.vision_config.spatial_merge_size) ** 2
+
+
+def _image_ids(family: str, config: PreTrainedConfig) -> list[int]:
+    """The token ids one image expands to, as the family's processor (and chat template) lays it out."""
+    if family == "llava":
+        vision = config.vision_config
+        n = (vision.image_size // vision.patch_size) ** 2
+        n += 1 if config.vision_feature_select_strategy == "full" else 0
+        return [config.image_token_id] * n
+    if family == "gemma3":
+        run = [config.image_token_id] * config.mm_tokens_per_image
+        return [config.boi_token_id, *run, config.eoi_token_id]
+    run = [config.image_token_id] * _qwen_tokens_per_frame(config)
+    return [config.vision_start_token_id, *run, config.vision_end_token_id]
+
+
+def _video_ids(
+    family: str, config: PreTrainedConfig, frames: int, pool: torch.Tensor, gen: torch.Generator
+) -> list[int]:
+    """Token ids of one video of ``frames`` frames (Qwen families).
+
+    Qwen3-VL's processor splits a video per temporal patch, each part preceded by a timestamp
+    (one random text token here) and wrapped in vision start/end; its M-RoPE needs that layout.
+    """
+    start, end, video = config.vision_start_token_id, config.vision_end_token_id, config.video_token_id
+    per_frame = _qwen_tokens_per_frame(config)
+    temporal = frames // config.vision_config.temporal_patch_size
+    if family != "qwen3_vl":
+        return [start, *[video] * (per_frame * temporal), end]
+    ids = [start]
+    for _ in range(temporal):
+        ids += [*_random_text(pool, 1, gen), start, *[video] * per_frame, end]
+    return [*ids, end]
+
+
+def _interleave(text_length: int, visuals: list[list[int]], pool: torch.Tensor, gen: torch.Generator) -> list[int]:
+    """Random text split into ``len(visuals) + 1`` non-empty, near-equal segments around the visuals."""
+    parts = len(visuals) + 1
+    if text_length < parts:
+        raise ValueError(f"a sample with {len(visuals)} images/videos needs at least {parts} text tokens")
+    sizes = [text_length // parts + (1 if j < text_length % parts else 0) for j in range(parts)]
+    ids = _random_text(pool, sizes[0], gen)
+    for visual, size in zip(visuals, sizes[1:], strict=True):
+        ids += visual + _random_text(pool, size, gen)
+    return ids
+
+
+def _left_pad(samples: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(s) for s in samples)
+    input_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
+    for row, sample in enumerate(samples):
+        input_ids[row, length - len(sample) :] = torch.tensor(sample, dtype=torch.long)
+        attention_mask[row, length - len(sample) :] = 1
+    return input_ids, attention_mask
+
+
+def _square_pixels(config: PreTrainedConfig, n_images: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    size = config.vision_config.image_size
+    return {"pixel_values": torch.randn(n_images, 3, size, size, generator=gen)}
+
+
+def _qwen_pixels(config: PreTrainedConfig, grids: list[list[int]], gen: torch.Generator) -> torch.Tensor:
+    vision = config.vision_config
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    n_patches = sum(t * h * w for t, h, w in grids)
+    return torch.randn(n_patches, patch_dim, generator=gen)
+
+
+def _qwen_visual_inputs(
+    family: str, config: PreTrainedConfig, n_images: int, frames: list[int], gen: torch.Generator
+) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    if n_images:
+        grids = [[1, _QWEN_GRID, _QWEN_GRID]] * n_images
+        out["pixel_values"] = _qwen_pixels(config, grids, gen)
+        out["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
+    temporal_patch = config.vision_config.temporal_patch_size
+    videos = [[f // temporal_patch, _QWEN_GRID, _QWEN_GRID] for f in frames if f]
+    if videos:
+        out["pixel_values_videos"] = _qwen_pixels(config, videos, gen)
+        out["video_grid_thw"] = torch.tensor(videos, dtype=torch.long)
+        if family == "qwen2_5_vl":
+            out["second_per_grid_ts"] = torch.full((len(videos),), temporal_patch / _QWEN_FPS)
+    return out
+
+
+def _check_request(
+    family: str,
+    config: PreTrainedConfig,
+    images_per_sample: Sequence[int],
+    text_lengths: Sequence[int] | None,
+    video_frames: Sequence[int] | None,
+) -> None:
+    batch = len(images_per_sample)
+    if batch == 0 or min(images_per_sample) < 0:
+        raise ValueError("images_per_sample needs one non-negative count per sample")
+    if text_lengths is not None and len(text_lengths) != batch:
+        raise ValueError(f"text_lengths has {len(text_lengths)} entries for {batch} samples")
+    if video_frames is None:
+        return
+    if family not in _QWEN_FAMILIES:
+        raise ValueError(f"videos are only supported for {', '.join(_QWEN_FAMILIES)}, not {family!r}")
+    if len(video_frames) != batch:
+        raise ValueError(f"video_frames has {len(video_frames)} entries for {batch} samples")
+    step = config.vision_config.temporal_patch_size
+    if any(f < 0 or f % step for f in video_frames):
+        raise ValueError(f"video frame counts must be non-negative multiples of {step}: {list(video_frames)}")
+
+
+def tiny_inputs(
+    model: PreTrainedModel,
+    images_per_sample: Sequence[int],
+    text_lengths: Sequence[int] | None = None,
+    video_frames: Sequence[int] | None = None,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """A left-padded batch of ``len(images_per_sample)`` random prompts for a ``tiny_model``.
+
+    Sample ``i`` is ``[BOS]`` (LLaVA, Gemma-3), then ``text_lengths[i]`` random text ids (default 8)
+    split into near-equal non-empty segments around its ``images_per_sample[i]`` images and, for Qwen
+    families with ``video_frames``, one video of ``video_frames[i]`` frames (0: no video) after the
+    images; it always ends in a text token. Each image is one contiguous run of the image placeholder
+    id, wrapped like the family's processor and chat template do (Qwen: vision start/end ids; Gemma-3:
+    boi/eoi ids). A Qwen3-VL video is split per temporal patch like its processor does, each part
+    behind one random "timestamp" text token (not counted in ``text_lengths``) and wrapped in vision
+    start/end. Random text ids never collide with a special id. Pads (left) use the pad id and have
+    ``attention_mask`` 0.
+
+    Returns the kwargs the family's processor would give: ``input_ids``, ``attention_mask``,
+    ``pixel_values`` (if any image), plus ``image_grid_thw`` and ``mm_token_type_ids`` (0 text,
+    1 image, 2 video) for Qwen, ``pixel_values_videos`` / ``video_grid_thw`` (and Qwen2.5-VL's
+    ``second_per_grid_ts``) for videos, ``token_type_ids`` (1 on image tokens) for Gemma-3.
+    """
+    config = model.config
+    family = _family(model)
+    _check_request(family, config, images_per_sample, text_lengths, video_frames)
+    frames = list(video_frames) if video_frames is not None else [0] * len(images_per_sample)
+    gen = torch.Generator().manual_seed(seed)
+    pool = _text_pool(config)
+    text_config = config.get_text_config()
+
+    samples: list[list[int]] = []
+    for i, n_images in enumerate(images_per_sample):
+        visuals = [_image_ids(family, config) for _ in range(n_images)]
+        if frames[i]:
+            visuals.append(_video_ids(family, config, frames[i], pool, gen))
+        default_length = max(_DEFAULT_TEXT_TOKENS, len(visuals) + 1)
+        text_length = text_lengths[i] if text_lengths is not None else default_length
+        has_bos = family in _BOS_FAMILIES and text_config.bos_token_id is not None
+        prefix = [text_config.bos_token_id] if has_bos else []
+        samples.append(prefix + _interleave(text_length, visuals, pool, gen))
+
+    pad_id = text_config.pad_token_id if text_config.pad_token_id is not None else 0
+    input_ids, attention_mask = _left_pad(samples, pad_id)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    n_images = sum(images_per_sample)
+    if family in _QWEN_FAMILIES:
+        inputs.update(_qwen_visual_inputs(family, config, n_images, frames, gen))
+        types = (input_ids == config.image_token_id).long() + 2 * (input_ids == config.video_token_id).long()
+        inputs["mm_token_type_ids"] = types
+    else:
+        if n_images:
+            inputs.update(_square_pixels(config, n_images, gen))
+        if family == "gemma3":
+            inputs["token_type_ids"] = (input_ids == config.image_token_id).long()
+    return inputs
+
+
+def visual_token_count(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> list[int]:
+    """Per sample, the number of visual placeholder tokens (images and videos) in ``inputs["input_ids"]``."""
+    config = model.config
+    ids = [getattr(config, name, None) for name in ("image_token_id", "video_token_id")]
+    placeholders = torch.tensor([i for i in ids if i is not None], dtype=torch.long)
+    return torch.isin(inputs["input_ids"], placeholders).sum(dim=-1).tolist()

@@ -1,0 +1,32 @@
+"""vlmzip: make vision-language models cheaper by pruning, merging and quantizing visual tokens and their
+KV cache at every stage of inference, without retraining.
+
+    import vlmzip
+    vlmzip.compress(model, policy="vtc-cls:keep=64+fastv:layer=2,keep=0.5+knorm:keep=0.5")
+    out = model.generate(**inputs, max_new_tokens=32)
+    print(vlmzip.stats(model))
+    vlmzip.restore(model)
+"""
+
+from vlmzip.api import compress, policy_of, restore, stats
+from vlmzip.errors import InputError, PolicyError, UnsupportedModelError, VlmzipError
+from vlmzip.policy import Policy
+from vlmzip.registry import MethodInfo, methods
+from vlmzip.stats import Stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InputError",
+    "MethodInfo",
+    "Policy",
+    "PolicyError",
+    "Stats",
+    "UnsupportedModelError",
+    "VlmzipError",
+    "compress",
+    "methods",
+    "policy_of",
+    "restore",
+    "stats",
+]

@@ -1,0 +1,25 @@
+"""Random visual-token pruning: the baseline every result table must show."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlmzip.methods.base import VisionMethod, VisualItem
+from vlmzip.registry import register_method
+
+
+@register_method
+@dataclass(frozen=True)
+class RandomPrune(VisionMethod):
+    """Keep a uniformly random subset of each item's tokens; the same ``seed`` and inputs give the same choice."""
+
+    name = "random"
+    paper = "baseline"
+    seed: int = 0
+
+    def score(self, item: VisualItem) -> torch.Tensor:
+        # one generator per item: the choice for an item does not depend on the rest of the batch
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + item.index)
+        return torch.rand(item.num_tokens, generator=generator)

@@ -1,0 +1,1 @@
+"""The runtime: hooks, attention functions and the cache that carry out a policy on one model instance."""

@@ -1,0 +1,144 @@
+"""A KV cache whose layers can drop entries, keeping the logical length apart from what is stored.
+
+``get_seq_length()`` (what ``generate`` and the models use to place new tokens) is the number of positions
+seen; each layer stores its own entries with a per-sample ``valid`` mask (left padding created when samples
+keep different numbers of entries) and a ``visual`` mask (which entries came from visual tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, get_layer_types_and_kwargs
+
+from vlmzip.errors import UnsupportedModelError
+
+
+@dataclass
+class RowMeta:
+    """Per-row facts about the tokens a forward pass feeds a layer: ``[B, q]`` bool each."""
+
+    valid: torch.Tensor
+    visual: torch.Tensor
+
+
+class CompressedLayer(DynamicLayer):
+    """One layer's keys and values ``[B, H, S, d]`` plus ``valid`` and ``visual`` masks ``[B, S]``.
+
+    With ``sliding_window`` set it keeps only the last ``sliding_window - 1`` entries after each update, like
+    transformers' ``DynamicSlidingWindowLayer``, the window counted in stored entries.
+    """
+
+    def __init__(self, sliding_window: int | None = None) -> None:
+        super().__init__()
+        self.sliding_window = sliding_window
+        self.valid: torch.Tensor | None = None
+        self.visual: torch.Tensor | None = None
+        self.incoming: RowMeta | None = None  # set by the runtime before each update
+
+    @property
+    def is_sliding(self) -> bool:  # read by Cache.is_sliding
+        return self.sliding_window is not None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            batch = key_states.shape[0]
+            self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=key_states.device)
+            self.visual = torch.zeros_like(self.valid)
+        meta, self.incoming = self.incoming, None
+        if meta is None:
+            rows = (key_states.shape[0], key_states.shape[2])
+            meta = RowMeta(self.valid.new_ones(rows), self.valid.new_zeros(rows))
+        keys = torch.cat([self.keys, key_states], dim=-2)
+        values = torch.cat([self.values, value_states], dim=-2)
+        valid = torch.cat([self.valid, meta.valid.to(self.valid.device)], dim=-1)
+        visual = torch.cat([self.visual, meta.visual.to(self.visual.device)], dim=-1)
+        stored = slice(-self.sliding_window + 1, None) if self.is_sliding else slice(None)
+        self.keys, self.values = keys[..., stored, :], values[..., stored, :]
+        self.valid, self.visual = valid[:, stored], visual[:, stored]
+        return keys, values
+
+    def get_seq_length(self) -> int:
+        """Stored entries (including padding); the cache reports the logical length to the model."""
+        return 0 if not self.is_initialized else self.keys.shape[-2]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_length(self) -> int:
+        return self.sliding_window if self.is_sliding else -1
+
+    def keep_entries(self, index: torch.Tensor, valid: torch.Tensor) -> None:
+        """Keep stored entries ``index [B, S']`` (per sample); ``valid [B, S']`` marks real ones."""
+        self.keys = _gather_kv(self.keys, index)
+        self.values = _gather_kv(self.values, index)
+        self.visual = self.visual.gather(1, index) & valid
+        self.valid = valid
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise UnsupportedModelError(
+            "a vlmzip cache cannot be cropped (assisted or speculative decoding); restore the model first"
+        )
+
+    def reset(self) -> None:
+        super().reset()
+        self.valid = self.visual = self.incoming = None
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        if self.valid is not None:
+            self.valid = self.valid.index_select(0, beam_idx.to(self.valid.device))
+            self.visual = self.visual.index_select(0, beam_idx.to(self.visual.device))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        if self.valid is not None:
+            self.valid = self.valid.repeat_interleave(repeats, dim=0)
+            self.visual = self.visual.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.valid is not None:
+            self.valid, self.visual = self.valid[indices], self.visual[indices]
+
+    def nbytes(self) -> int:
+        return 0 if not self.is_initialized else self.keys.nbytes + self.values.nbytes
+
+
+def _gather_kv(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Select entries ``index [B, S']`` from ``[B, H, S, d]`` for every head."""
+    expanded = index[:, None, :, None].expand(-1, tensor.shape[1], -1, tensor.shape[3]).to(tensor.device)
+    return tensor.gather(2, expanded)
+
+
+class CompressedCache(DynamicCache):
+    """A ``DynamicCache`` of ``CompressedLayer``s for one request; ``logical_length`` counts positions seen."""
+
+    def __init__(self, config) -> None:
+        layer_types, layer_kwargs = get_layer_types_and_kwargs(config)
+        layers = []
+        for layer_type, kwargs in zip(layer_types, layer_kwargs):
+            if layer_type == "full_attention":
+                layers.append(CompressedLayer())
+            elif layer_type == "sliding_attention":
+                layers.append(CompressedLayer(sliding_window=kwargs["sliding_window"]))
+            else:
+                raise UnsupportedModelError(f"vlmzip's cache does not support {layer_type!r} layers yet")
+        Cache.__init__(self, layers=layers)
+        self.logical_length = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.logical_length
+
+    @property
+    def is_croppable(self) -> bool:
+        return False
+
+    def entries(self) -> list[list[int]]:
+        """Valid stored entries per layer, per sample."""
+        return [layer.valid.sum(dim=1).tolist() if layer.valid is not None else [] for layer in self.layers]
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers)

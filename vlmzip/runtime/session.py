@@ -1,0 +1,441 @@
+"""Carries out a policy on one model instance: hooks, attention functions and the per-request state.
+
+``Session.install`` registers, on that model only:
+
+* a forward pre-hook and hook on the model: start a request (find visual tokens, give ``generate`` a
+  ``CompressedCache``), or continue one (decode step); after the prompt pass run the decode-stage method;
+* a forward pre-hook on the language model: the vision-stage cut (``inputs_embeds``, masks, positions);
+* a forward pre-hook on every decoder layer: the prefill-stage cut at its layer, the cut applied to the
+  mask / rotary embeddings every later layer receives, row facts for the cache, and per-layer decode masks;
+* attention functions (``AttentionInterface``) wrapping the model's own backend, registered under a name
+  unique to this session, only where a method needs attention scores.
+
+``remove`` undoes every one of these.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+from vlmzip.adapter import Adapter, VisionRun
+from vlmzip.budget import kept_count
+from vlmzip.errors import InputError, UnsupportedModelError
+from vlmzip.methods.base import VisualItem
+from vlmzip.policy import Policy
+from vlmzip.runtime.cache import CompressedCache, RowMeta
+from vlmzip.runtime.masks import cut_mask, layer_mask
+from vlmzip.scoring import attention_mass
+from vlmzip.selection import gather_rows, pack_left, top_k_mask
+from vlmzip.stats import Stats
+
+_SESSION_IDS = itertools.count()
+_SUPPORTED_BACKENDS = ("eager", "sdpa")
+
+
+@dataclass
+class Request:
+    """State of one request: a plain forward, or a ``generate`` call (its prompt pass and decode steps)."""
+
+    inputs: dict[str, Any]  # the model's forward arguments of the prompt pass
+    prompt_valid: torch.Tensor  # [B, L] non-padding rows of the prompt
+    cache: CompressedCache | None
+    items: list[VisualItem] = field(default_factory=list)
+    visual: torch.Tensor | None = None  # [B, L] visual placeholder rows of the prompt
+    phase: str = "prefill"
+    step_length: int = 0
+    # rows the hidden states hold now (prefill): index into the language model's input, validity, visual
+    lm_index: torch.Tensor | None = None
+    rows_valid: torch.Tensor | None = None
+    rows_visual: torch.Tensor | None = None
+    kept: dict[str, list[int]] = field(default_factory=dict)
+    scores: dict[int, torch.Tensor] = field(default_factory=dict)
+    cut_inputs: dict[int, tuple[Any, Any]] = field(default_factory=dict)  # id(original) -> (original, cut)
+    step_valid: torch.Tensor | None = None  # [B, q] validity of a decode step's new tokens
+
+    def set_rows(self, valid: torch.Tensor, visual: torch.Tensor, index: torch.Tensor | None) -> None:
+        self.rows_valid, self.rows_visual, self.lm_index = valid, visual, index
+        self.cut_inputs.clear()
+
+    def visual_counts(self) -> list[int]:
+        return (self.rows_visual & self.rows_valid).sum(dim=1).tolist()
+
+
+class Session:
+    """One policy installed on one model instance."""
+
+    def __init__(self, model: nn.Module, policy: Policy, adapter: Adapter) -> None:
+        self.model, self.policy, self.adapter = model, policy, adapter
+        self.text_config = adapter.text_config
+        self.backend = self.text_config._attn_implementation
+        if self.backend not in _SUPPORTED_BACKENDS and "flash" not in str(self.backend):
+            raise UnsupportedModelError(
+                f"attention backend {self.backend!r} is not supported by vlmzip; load the model with "
+                "attn_implementation='sdpa', 'eager' or 'flash_attention_2'"
+            )
+        self.info = adapter.model_info()
+        for method in policy.methods():
+            method.check_model(self.info)
+        self.vision_layers = policy.vision.vision_layers(self.info) if policy.vision else []
+        self.name = f"vlmzip{next(_SESSION_IDS)}"
+        self.request: Request | None = None
+        # vision-tower forwards not yet consumed by a prompt pass (generate encodes images before it)
+        self.vision_runs: list[VisionRun] = []
+        self.last_stats: Stats | None = None
+        self._handles: list[Any] = []
+        self._saved_backends: dict[str, str] = {}
+        self._registered: list[str] = []
+        self._vision_layer_of: dict[int, int] = {}
+        self._eager: dict[type, Any] = {}
+
+    # -- install / remove ---------------------------------------------------------------------------------
+    def install(self) -> None:
+        self._handles += [
+            self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
+            self.model.register_forward_hook(self._after_forward, with_kwargs=True),
+            self.adapter.language_model.register_forward_pre_hook(self._before_language_model, with_kwargs=True),
+        ]
+        for idx, layer in enumerate(self.adapter.decoder_layers):
+            hook = self._layer_hook(idx)
+            self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+        if self.policy.prefill is not None:
+            self._use_attention("text_config", self.backend, self._text_attention)
+        if self.vision_layers:
+            modules = self.adapter.vision_attention_modules()
+            self._vision_layer_of = {id(m): i for i, m in enumerate(modules)}
+            self._vision_backend = modules[0].config._attn_implementation
+            self._use_attention(self.adapter.vision_config_key, self._vision_backend, self._vision_attention)
+        if self.policy.vision is not None:
+            tower = self.adapter.vision_tower
+            self._handles.append(tower.register_forward_pre_hook(self._before_vision_tower, with_kwargs=True))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._saved_backends:
+            self.model.set_attn_implementation(dict(self._saved_backends))
+        for name in self._registered:
+            AttentionInterface._global_mapping.pop(name, None)
+            AttentionMaskInterface._global_mapping.pop(name, None)
+        self._registered.clear()
+        self.request = None
+
+    def _use_attention(self, config_key: str, backend: str, function: Any) -> None:
+        # the name keeps "flash" when the backend has it: transformers branches on that substring
+        name = f"{self.name}_{config_key.split('_')[0]}_{backend}"
+        AttentionInterface.register(name, function)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[backend])
+        self._registered.append(name)
+        self._saved_backends[config_key] = backend
+        self.model.set_attn_implementation({config_key: name})
+
+    # -- model forward: start or continue a request ------------------------------------------------------
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs = _bind_positional(module, args, kwargs)
+        if "past_key_values" in kwargs:  # the deprecated name of `cache`
+            kwargs["cache"] = kwargs.pop("past_key_values")
+        cache = kwargs.get("cache")
+        request = self.request
+        if cache is None or cache.get_seq_length() == 0:
+            self._start_request(kwargs, cache)
+        elif request is not None and cache is request.cache:
+            self._continue_request(kwargs, request)
+        else:
+            raise UnsupportedModelError(
+                f"a compressed model cannot continue from a {type(cache).__name__} it did not fill in this "
+                "request; call generate/forward without a cache (vlmzip builds its own)"
+            )
+        return (), kwargs
+
+    def _start_request(self, kwargs: dict, cache: Any) -> None:
+        input_ids = kwargs.get("input_ids")
+        if input_ids is None and (self.policy.vision is not None or self.policy.prefill is not None):
+            raise InputError("vlmzip finds visual tokens by their placeholder ids: pass input_ids, not inputs_embeds")
+        if any(kwargs.get(name) is not None for name in ("pixel_values", "pixel_values_videos")):
+            self.vision_runs.clear()  # this forward encodes its own images: earlier runs are stale
+        prompt = input_ids if input_ids is not None else kwargs["inputs_embeds"][..., 0]
+        mask = kwargs.get("attention_mask")
+        prompt_valid = (
+            mask.bool() if mask is not None else torch.ones(prompt.shape, dtype=torch.bool, device=prompt.device)
+        )
+        use_cache = kwargs.get("use_cache")
+        if use_cache is None:
+            use_cache = getattr(self.text_config, "use_cache", True)
+        if use_cache:
+            cache = self._fresh_cache(cache)
+            kwargs["cache"] = cache
+        self.request = Request(dict(kwargs), prompt_valid, cache, step_length=prompt.shape[1])
+
+    def _fresh_cache(self, cache: Any) -> CompressedCache:
+        if cache is None or type(cache).__name__ == "DynamicCache":
+            return CompressedCache(self.text_config)
+        if isinstance(cache, CompressedCache):
+            return cache
+        raise UnsupportedModelError(
+            f"vlmzip needs its own KV cache, but got a {type(cache).__name__}; pass no cache or a DynamicCache"
+        )
+
+    def _continue_request(self, kwargs: dict, request: Request) -> None:
+        input_ids = kwargs.get("input_ids")
+        if input_ids is not None and any(bool((input_ids == t).any()) for t in self.adapter.placeholder_ids().values()):
+            raise InputError("a compressed model cannot take new images or videos in the middle of a request")
+        new = input_ids if input_ids is not None else kwargs["inputs_embeds"]
+        length = new.shape[1]
+        mask = kwargs.get("attention_mask")
+        request.step_valid = (
+            mask[:, -length:].bool()
+            if mask is not None
+            else torch.ones(new.shape[:2], dtype=torch.bool, device=new.device)
+        )
+        if kwargs.get("position_ids") is None:
+            positions = self.adapter.decode_position_ids(kwargs, request.cache)
+            if positions is not None:
+                kwargs["position_ids"] = positions
+        # every layer gets its own mask from its cache layer (their stored lengths differ)
+        kwargs["attention_mask"] = None
+        request.step_length = length
+
+    def _after_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        request = self.request
+        if request is None:
+            return
+        cache = request.cache
+        if request.phase == "prefill":
+            if cache is not None and self.policy.decode is not None:
+                self._evict(cache)
+            request.phase = "decode"
+        if cache is not None:
+            cache.logical_length += request.step_length
+        self.last_stats = self._stats(request)
+
+    # -- vision stage --------------------------------------------------------------------------------------
+    def _before_language_model(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        request = self.request
+        if request is None or request.phase != "prefill" or request.rows_valid is not None:
+            return None
+        runs, self.vision_runs = self.vision_runs, []
+        self._find_visual_tokens(request, runs)
+        method = self.policy.vision
+        if method is None or not request.items:
+            request.set_rows(request.prompt_valid, request.visual, None)
+            return None
+        embeds = kwargs["inputs_embeds"]
+        if "vision_attention" in method.needs:
+            self.adapter.vision_scores(runs, request.items)
+        keep = request.prompt_valid & ~request.visual
+        for item in request.items:
+            item.features = embeds[item.sample, item.positions]
+            chosen = item.positions[method.select(item).to(item.positions.device)]
+            keep[item.sample, chosen] = True
+        request.kept["vision"] = (keep & request.visual).sum(dim=1).tolist()
+        if bool((keep == request.prompt_valid).all()):
+            request.set_rows(request.prompt_valid, request.visual, None)
+            return None
+        index, valid = pack_left(keep)
+        kwargs["inputs_embeds"] = gather_rows(embeds, index, dim=1)
+        kwargs["attention_mask"] = self._cut_language_model_mask(kwargs.get("attention_mask"), index, valid)
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            positions = torch.arange(keep.shape[1], device=embeds.device).unsqueeze(0)
+        kwargs["position_ids"] = _gather_positions(positions, index)
+        self.adapter.cut_language_model_inputs(kwargs, keep, index, valid)
+        request.set_rows(valid, request.visual.gather(1, index) & valid, None)
+        return args, kwargs
+
+    def _find_visual_tokens(self, request: Request, runs: list[VisionRun]) -> None:
+        if request.inputs.get("input_ids") is None:
+            request.visual = torch.zeros_like(request.prompt_valid)
+        else:
+            request.items = self.adapter.visual_items(request.inputs, runs)
+            request.visual = torch.zeros_like(request.prompt_valid)
+            for item in request.items:
+                request.visual[item.sample, item.positions] = True
+        request.kept["in"] = (request.visual & request.prompt_valid).sum(dim=1).tolist()
+
+    def _cut_language_model_mask(self, mask: Any, index: torch.Tensor, valid: torch.Tensor) -> Any:
+        if mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+            return valid.long()
+        dtype = self.adapter.language_model.dtype
+        if isinstance(mask, dict):  # masks already built per layer type (Gemma-3's bidirectional image blocks)
+            window = getattr(self.text_config, "sliding_window", None)
+            return {
+                kind: cut_mask(
+                    m, index, valid, self.backend, window if "sliding" in kind else None, dtype, self.text_config
+                )
+                for kind, m in mask.items()
+            }
+        return cut_mask(mask, index, valid, self.backend, None, dtype, self.text_config)
+
+    def _before_vision_tower(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.vision_runs.append(VisionRun(self.adapter.tower_grids(args, kwargs)))
+
+    def _vision_attention(self, module, query, key, value, attention_mask, **kwargs):
+        output = self._base_attention(self._vision_backend, module)(module, query, key, value, attention_mask, **kwargs)
+        layer = self._vision_layer_of.get(id(module))
+        if self.vision_runs and layer in self.vision_layers:
+            rows = query[:, :, :1] if self.adapter.vision_query == "cls" else query
+            scaling = kwargs.get("scaling", getattr(module, "scaling", query.shape[-1] ** -0.5))
+            masses = _segment_masses(
+                rows, key, scaling, attention_mask, kwargs.get("cu_seq_lens_q"), self.adapter.vision_query == "cls"
+            )
+            self.vision_runs[-1].attention.setdefault(layer, []).extend(masses)
+        return output
+
+    # -- prefill stage and per-layer bookkeeping ----------------------------------------------------------
+    def _layer_hook(self, idx: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            request = self.request
+            if request is None:
+                return None
+            if not args:
+                args = (kwargs.pop("hidden_states"),)
+            cache = kwargs.get("cache")
+            layer = cache.layers[idx] if isinstance(cache, CompressedCache) else None
+            if request.phase == "prefill":
+                args = self._prefill_layer(idx, request, args, kwargs)
+                if layer is not None:
+                    layer.incoming = RowMeta(request.rows_valid, request.rows_visual)
+            elif layer is not None:
+                hidden = args[0]
+                kv_valid = torch.cat([layer.valid, request.step_valid.to(layer.valid.device)], dim=1)
+                kwargs["attention_mask"] = layer_mask(
+                    self.backend, kv_valid, hidden.shape[1], layer.sliding_window, hidden.dtype, self.text_config
+                )
+                layer.incoming = RowMeta(request.step_valid, torch.zeros_like(request.step_valid))
+            return args, kwargs
+
+        return hook
+
+    def _prefill_layer(self, idx: int, request: Request, args: tuple, kwargs: dict) -> tuple:
+        method = self.policy.prefill
+        if method is not None and idx == method.layer:
+            args = self._prefill_cut(request, method.score(request.scores), args, kwargs)
+        if request.lm_index is not None:
+            window, dtype = self._sliding_window(idx), args[0].dtype
+            for name in ("attention_mask", "position_embeddings", "position_ids"):
+                if name in kwargs:
+                    kwargs[name] = self._cut_input(request, name, kwargs[name], window, dtype)
+        return args
+
+    def _prefill_cut(self, request: Request, scores: torch.Tensor, args: tuple, kwargs: dict) -> tuple:
+        counts = torch.tensor([kept_count(self.policy.prefill.keep, n) for n in request.visual_counts()])
+        chosen = top_k_mask(scores, request.rows_visual & request.rows_valid, counts)
+        keep = (request.rows_valid & ~request.rows_visual) | chosen
+        request.kept["prefill"] = chosen.sum(dim=1).tolist()
+        if bool((keep == request.rows_valid).all()):
+            return args
+        index, valid = pack_left(keep)
+        hidden = args[0]
+        lm_index = index if request.lm_index is None else request.lm_index.gather(1, index)
+        request.set_rows(valid, request.rows_visual.gather(1, index) & valid, lm_index)
+        return (gather_rows(hidden, index, dim=1), *args[1:])
+
+    def _cut_input(self, request: Request, name: str, value: Any, window: int | None, dtype) -> Any:
+        """A language-model input indexed by its rows (mask, rotary ``(cos, sin)``, positions), cut to the
+        rows the hidden states hold now; computed once per object and shared by all later layers."""
+        key = (name, id(value), window)
+        if key in request.cut_inputs:
+            return request.cut_inputs[key][1]
+        index, valid = request.lm_index, request.rows_valid
+        if name == "attention_mask":  # None (plain causal) becomes a real mask: the cut added padding
+            cut = cut_mask(value, index, valid, self.backend, window, dtype, self.text_config)
+        elif value is None:
+            cut = None
+        elif isinstance(value, tuple):
+            cut = tuple(gather_rows(part, index, dim=part.dim() - 2) for part in value)
+        else:
+            cut = _gather_positions(value, index)
+        request.cut_inputs[key] = (value, cut)  # holding `value` keeps its id from being reused
+        return cut
+
+    def _sliding_window(self, idx: int) -> int | None:
+        layer_types = getattr(self.text_config, "layer_types", None)
+        if layer_types and layer_types[idx] == "sliding_attention":
+            return self.text_config.sliding_window
+        return None
+
+    def _text_attention(self, module, query, key, value, attention_mask, **kwargs):
+        request = self.request
+        if (
+            request is not None
+            and request.phase == "prefill"
+            and module.layer_idx in self.policy.prefill.score_layers()
+        ):
+            request.scores[module.layer_idx] = _last_row_mass(module, query, key, attention_mask, kwargs)
+        return self._base_attention(self.backend, module)(module, query, key, value, attention_mask, **kwargs)
+
+    def _base_attention(self, backend: str, module: nn.Module):
+        if backend != "eager":
+            return ALL_ATTENTION_FUNCTIONS[backend]
+        kind = type(module)
+        if kind not in self._eager:  # each model file defines its own eager attention
+            self._eager[kind] = inspect.getmodule(kind).eager_attention_forward
+        return self._eager[kind]
+
+    # -- decode stage --------------------------------------------------------------------------------------
+    def _evict(self, cache: CompressedCache) -> None:
+        method = self.policy.decode
+        for layer in cache.layers:
+            if layer.is_sliding or not layer.is_initialized:
+                continue
+            candidates = layer.visual & layer.valid
+            counts = torch.tensor([kept_count(method.keep, n) for n in candidates.sum(dim=1).tolist()])
+            chosen = top_k_mask(method.score(layer), candidates, counts)
+            keep = (layer.valid & ~layer.visual) | chosen
+            if not bool((keep == layer.valid).all()):
+                index, valid = pack_left(keep)
+                layer.keep_entries(index, valid)
+
+    def _stats(self, request: Request) -> Stats:
+        kept = {stage: counts for stage, counts in request.kept.items() if stage != "in"}
+        stats = Stats(str(self.policy), request.kept["in"], kept)
+        cache = request.cache
+        if cache is not None:
+            stats.kv_entries = cache.entries()
+            stats.kv_visual_entries = [
+                (layer.visual & layer.valid).sum(dim=1).tolist() if layer.valid is not None else []
+                for layer in cache.layers
+            ]
+            stats.kv_bytes = cache.nbytes()
+        return stats
+
+
+def _bind_positional(module: nn.Module, args: tuple, kwargs: dict) -> dict:
+    if not args:
+        return dict(kwargs)
+    names = [p for p in inspect.signature(module.forward).parameters if p not in ("args", "kwargs")]
+    return {**dict(zip(names, args)), **kwargs}
+
+
+def _gather_positions(positions: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Cut position ids ``[B, L]``, ``[1, L]`` or multimodal ``[3 | 4, B, L]`` to rows ``index``."""
+    return gather_rows(positions, index, dim=positions.dim() - 1, batch_dim=positions.dim() - 2)
+
+
+def _last_row_mass(module, query, key, attention_mask, kwargs) -> torch.Tensor:
+    """Head-averaged attention of the last row (the last prompt token) over every key, ``[B, K]``."""
+    if attention_mask is not None:
+        attention_mask = (
+            attention_mask[:, None, None, :].bool() if attention_mask.dim() == 2 else attention_mask[:, :, -1:, :]
+        )
+    scaling = kwargs.get("scaling", getattr(module, "scaling", query.shape[-1] ** -0.5))
+    return attention_mass(query[:, :, -1:], key, scaling, attention_mask, softcap=kwargs.get("softcap"))
+
+
+def _segment_masses(rows, key, scaling, mask, cu_seqlens, cls_only: bool) -> list[torch.Tensor]:
+    """Attention mass per key for one vision attention call, split by packed sequences (``cu_seqlens``)."""
+    if cu_seqlens is None or cls_only:
+        return [attention_mass(rows, key, scaling, mask)]
+    bounds = cu_seqlens.tolist()
+    return [
+        attention_mass(rows[:, :, start:stop], key[:, :, start:stop], scaling)
+        for start, stop in zip(bounds[:-1], bounds[1:])
+    ]

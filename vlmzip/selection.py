@@ -1,0 +1,53 @@
+"""Pure tensor helpers that choose rows and pack a batch after rows are dropped.
+
+Rows are sequence positions of a left-padded batch ``[B, L]``. Every helper is batched: samples may keep
+different numbers of rows, and packing re-pads them on the left so the last row stays the last prompt token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def top_k_mask(scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Mark, per sample, the ``counts[b]`` candidates with the highest score.
+
+    scores: ``[B, L]`` float; candidates: ``[B, L]`` bool; counts: ``[B]`` int. Ties are broken by position
+    (earlier wins) so selection is deterministic. Returns a ``[B, L]`` bool mask, a subset of ``candidates``.
+    """
+    ranked = torch.where(candidates, scores.float(), torch.tensor(float("-inf"), device=scores.device))
+    order = ranked.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+    )
+    return candidates & (ranks < counts.to(ranks.device).unsqueeze(1))
+
+
+def pack_left(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack the kept rows of each sample to the right end of a shorter, left-padded batch.
+
+    keep: ``[B, L]`` bool. Returns ``(index, valid)``, both ``[B, L']`` with ``L' = max_b keep[b].sum()``:
+    ``index[b, j]`` is the source row of packed row ``j`` (rows keep their order), ``valid[b, j]`` is False on
+    the new left padding (whose ``index`` points at some dropped row and must be masked out).
+    """
+    batch, length = keep.shape
+    positions = torch.arange(length, device=keep.device).expand(batch, length)
+    order = (keep.long() * length + positions).argsort(dim=1)
+    width = int(keep.sum(dim=1).max().item()) if length else 0
+    index = order[:, length - width :]
+    return index, keep.gather(1, index)
+
+
+def gather_rows(tensor: torch.Tensor, index: torch.Tensor, dim: int, batch_dim: int = 0) -> torch.Tensor:
+    """Select rows ``index [B, L']`` along sequence dimension ``dim`` of ``tensor`` (batch at ``batch_dim``).
+
+    A broadcast batch of 1 (``position_ids [1, L]``, rotary ``cos [1, L, d]``) is expanded to ``B``.
+    """
+    batch, rows = index.shape
+    if tensor.shape[batch_dim] == 1 and batch > 1:
+        tensor = tensor.expand(*tensor.shape[:batch_dim], batch, *tensor.shape[batch_dim + 1 :])
+    view = [1] * tensor.dim()
+    view[batch_dim], view[dim] = batch, rows
+    target = list(tensor.shape)
+    target[dim] = rows
+    return tensor.gather(dim, index.to(tensor.device).view(view).expand(target))

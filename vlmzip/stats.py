@@ -1,0 +1,35 @@
+"""What the last forward or ``generate`` of a compressed model did."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Stats:
+    """Counts from the last request (a ``forward`` or a whole ``generate``), per sample of the batch.
+
+    ``visual_tokens_kept`` maps each stage that cut the sequence (``"vision"``, ``"prefill"``) to the visual
+    tokens per sample that remained after it; ``kv_entries`` / ``kv_visual_entries`` are the valid entries
+    (all / visual) each layer's cache stores, per sample; ``kv_bytes`` is what the cache's tensors occupy,
+    padding included.
+    """
+
+    policy: str
+    visual_tokens_in: list[int]
+    visual_tokens_kept: dict[str, list[int]] = field(default_factory=dict)
+    kv_entries: list[list[int]] = field(default_factory=list)
+    kv_visual_entries: list[list[int]] = field(default_factory=list)
+    kv_bytes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [f"policy: {self.policy}", f"visual tokens in:   {self.visual_tokens_in}"]
+        lines += [f"kept after {stage + ':':<8} {kept}" for stage, kept in self.visual_tokens_kept.items()]
+        if self.kv_entries:
+            lines.append(f"KV entries/layer (sample 0): {[layer[0] for layer in self.kv_entries if layer]}")
+            lines.append(f"KV bytes: {self.kv_bytes:,}")
+        return "\n".join(lines)
