@@ -38,7 +38,7 @@ from transformers import (
     Qwen3VLConfig,
 )
 
-__all__ = ["FAMILIES", "tiny_inputs", "tiny_model", "visual_token_count"]
+__all__ = ["FAMILIES", "split_batch", "tiny_inputs", "tiny_model", "visual_token_count"]
 
 FAMILIES: tuple[str, ...] = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3")
 
@@ -463,3 +463,43 @@ def visual_token_count(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) 
     ids = [getattr(config, name, None) for name in ("image_token_id", "video_token_id")]
     placeholders = torch.tensor([i for i in ids if i is not None], dtype=torch.long)
     return torch.isin(inputs["input_ids"], placeholders).sum(dim=-1).tolist()
+
+
+def split_batch(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The samples of a ``tiny_inputs`` batch as separate, unpadded batches of one (same ids and pixels).
+
+    Used to check that a sample gives the same output alone as inside a padded batch.
+    """
+    config = model.config
+    family = _family(model)
+    mask = inputs["attention_mask"].bool()
+    kinds = [("image", "pixel_values", "image_grid_thw"), ("video", "pixel_values_videos", "video_grid_thw")]
+    consumed = {kind: (0, 0) for kind, _, _ in kinds}  # (items, pixel rows) used by earlier samples
+    samples = []
+    for row in range(mask.shape[0]):
+        sample = {key: inputs[key][row : row + 1, mask[row]] for key in inputs if _is_per_token(key)}
+        for kind, pixels, grids in kinds:
+            if pixels not in inputs:
+                continue
+            count = int((sample["input_ids"] == getattr(config, f"{kind}_token_id")).sum())
+            first_item, first_row = consumed[kind]
+            if grids in inputs:  # Qwen: patches of every item stacked, sizes from the grid rows
+                per_item = inputs[grids].prod(dim=-1)
+                tokens_per_item = per_item // config.vision_config.spatial_merge_size**2
+                items = int((tokens_per_item[first_item:].cumsum(0) <= count).sum())
+                rows = int(per_item[first_item : first_item + items].sum())
+                sample[grids] = inputs[grids][first_item : first_item + items]
+                if kind == "video" and "second_per_grid_ts" in inputs:
+                    sample["second_per_grid_ts"] = inputs["second_per_grid_ts"][first_item : first_item + items]
+            else:
+                per_image = config.mm_tokens_per_image if family == "gemma3" else config.image_seq_length
+                items = rows = count // per_image
+            if items:
+                sample[pixels] = inputs[pixels][first_row : first_row + rows]
+            consumed[kind] = (first_item + items, first_row + rows)
+        samples.append(sample)
+    return samples
+
+
+def _is_per_token(key: str) -> bool:
+    return key in ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")

@@ -92,8 +92,6 @@ class Adapter:
         items: list[VisualItem] = []
         for kind, token_id in self.placeholder_ids().items():
             rows, cols = (input_ids == token_id).nonzero(as_tuple=True)
-            if rows.numel() == 0:
-                continue
             grids = self.item_grids(kind, inputs, runs)
             sizes = [t * h * w for t, h, w in grids]
             if sum(sizes) != rows.numel():

@@ -11,7 +11,8 @@ class Stats:
     """Counts from the last request (a ``forward`` or a whole ``generate``), per sample of the batch.
 
     ``visual_tokens_kept`` maps each stage that cut the sequence (``"vision"``, ``"prefill"``) to the visual
-    tokens per sample that remained after it; ``kv_entries`` / ``kv_visual_entries`` are the valid entries
+    tokens per sample that remained after it, ``visual_positions_kept`` their prompt positions (indices into
+    ``input_ids``); ``kv_entries`` / ``kv_visual_entries`` are the valid entries
     (all / visual) each layer's cache stores, per sample; ``kv_bytes`` is what the cache's tensors occupy,
     padding included.
     """
@@ -19,6 +20,7 @@ class Stats:
     policy: str
     visual_tokens_in: list[int]
     visual_tokens_kept: dict[str, list[int]] = field(default_factory=dict)
+    visual_positions_kept: dict[str, list[list[int]]] = field(default_factory=dict)
     kv_entries: list[list[int]] = field(default_factory=list)
     kv_visual_entries: list[list[int]] = field(default_factory=list)
     kv_bytes: int = 0

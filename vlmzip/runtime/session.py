@@ -51,18 +51,28 @@ class Request:
     visual: torch.Tensor | None = None  # [B, L] visual placeholder rows of the prompt
     phase: str = "prefill"
     step_length: int = 0
-    # rows the hidden states hold now (prefill): index into the language model's input, validity, visual
-    lm_index: torch.Tensor | None = None
+    # rows the hidden states hold now (prefill), [B, L_now]: validity, visual or not, prompt position, and
+    # index into the language model's input rows (None until a prefill-stage cut)
     rows_valid: torch.Tensor | None = None
     rows_visual: torch.Tensor | None = None
+    rows_prompt: torch.Tensor | None = None
+    lm_index: torch.Tensor | None = None
     kept: dict[str, list[int]] = field(default_factory=dict)
+    kept_positions: dict[str, list[list[int]]] = field(default_factory=dict)
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
     cut_inputs: dict[int, tuple[Any, Any]] = field(default_factory=dict)  # id(original) -> (original, cut)
     step_valid: torch.Tensor | None = None  # [B, q] validity of a decode step's new tokens
 
-    def set_rows(self, valid: torch.Tensor, visual: torch.Tensor, index: torch.Tensor | None) -> None:
-        self.rows_valid, self.rows_visual, self.lm_index = valid, visual, index
+    def set_rows(self, valid: torch.Tensor, prompt: torch.Tensor, lm_index: torch.Tensor | None) -> None:
+        self.rows_valid, self.rows_prompt, self.lm_index = valid, prompt, lm_index
+        self.rows_visual = self.visual.gather(1, prompt) & valid
         self.cut_inputs.clear()
+
+    def record(self, stage: str) -> None:
+        """Remember which visual tokens (prompt positions, per sample) the rows hold after ``stage``."""
+        kept = self.rows_visual & self.rows_valid
+        self.kept[stage] = kept.sum(dim=1).tolist()
+        self.kept_positions[stage] = [row[mask].tolist() for row, mask in zip(self.rows_prompt, kept)]
 
     def visual_counts(self) -> list[int]:
         return (self.rows_visual & self.rows_valid).sum(dim=1).tolist()
@@ -112,9 +122,10 @@ class Session:
             self._vision_layer_of = {id(m): i for i, m in enumerate(modules)}
             self._vision_backend = modules[0].config._attn_implementation
             self._use_attention(self.adapter.vision_config_key, self._vision_backend, self._vision_attention)
-        if self.policy.vision is not None:
-            tower = self.adapter.vision_tower
-            self._handles.append(tower.register_forward_pre_hook(self._before_vision_tower, with_kwargs=True))
+        # always: under generate the tower's arguments (e.g. Qwen's grid_thw) are the only record of the
+        # items' layouts, which every policy needs to locate the visual tokens
+        tower = self.adapter.vision_tower
+        self._handles.append(tower.register_forward_pre_hook(self._before_vision_tower, with_kwargs=True))
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -173,6 +184,8 @@ class Session:
             cache = self._fresh_cache(cache)
             kwargs["cache"] = cache
         self.request = Request(dict(kwargs), prompt_valid, cache, step_length=prompt.shape[1])
+        # found before the model runs, so a placeholder mismatch fails before any work is done
+        self._find_visual_tokens(self.request)
 
     def _fresh_cache(self, cache: Any) -> CompressedCache:
         if cache is None or type(cache).__name__ == "DynamicCache":
@@ -222,10 +235,10 @@ class Session:
         if request is None or request.phase != "prefill" or request.rows_valid is not None:
             return None
         runs, self.vision_runs = self.vision_runs, []
-        self._find_visual_tokens(request, runs)
+        all_rows = torch.arange(request.visual.shape[1], device=request.visual.device).expand_as(request.visual)
         method = self.policy.vision
         if method is None or not request.items:
-            request.set_rows(request.prompt_valid, request.visual, None)
+            request.set_rows(request.prompt_valid, all_rows, None)
             return None
         embeds = kwargs["inputs_embeds"]
         if "vision_attention" in method.needs:
@@ -235,9 +248,9 @@ class Session:
             item.features = embeds[item.sample, item.positions]
             chosen = item.positions[method.select(item).to(item.positions.device)]
             keep[item.sample, chosen] = True
-        request.kept["vision"] = (keep & request.visual).sum(dim=1).tolist()
         if bool((keep == request.prompt_valid).all()):
-            request.set_rows(request.prompt_valid, request.visual, None)
+            request.set_rows(request.prompt_valid, all_rows, None)
+            request.record("vision")
             return None
         index, valid = pack_left(keep)
         kwargs["inputs_embeds"] = gather_rows(embeds, index, dim=1)
@@ -247,14 +260,15 @@ class Session:
             positions = torch.arange(keep.shape[1], device=embeds.device).unsqueeze(0)
         kwargs["position_ids"] = _gather_positions(positions, index)
         self.adapter.cut_language_model_inputs(kwargs, keep, index, valid)
-        request.set_rows(valid, request.visual.gather(1, index) & valid, None)
+        request.set_rows(valid, index, None)
+        request.record("vision")
         return args, kwargs
 
-    def _find_visual_tokens(self, request: Request, runs: list[VisionRun]) -> None:
+    def _find_visual_tokens(self, request: Request) -> None:
         if request.inputs.get("input_ids") is None:
             request.visual = torch.zeros_like(request.prompt_valid)
         else:
-            request.items = self.adapter.visual_items(request.inputs, runs)
+            request.items = self.adapter.visual_items(request.inputs, self.vision_runs)
             request.visual = torch.zeros_like(request.prompt_valid)
             for item in request.items:
                 request.visual[item.sample, item.positions] = True
@@ -329,14 +343,14 @@ class Session:
         counts = torch.tensor([kept_count(self.policy.prefill.keep, n) for n in request.visual_counts()])
         chosen = top_k_mask(scores, request.rows_visual & request.rows_valid, counts)
         keep = (request.rows_valid & ~request.rows_visual) | chosen
-        request.kept["prefill"] = chosen.sum(dim=1).tolist()
         if bool((keep == request.rows_valid).all()):
+            request.record("prefill")
             return args
         index, valid = pack_left(keep)
-        hidden = args[0]
         lm_index = index if request.lm_index is None else request.lm_index.gather(1, index)
-        request.set_rows(valid, request.rows_visual.gather(1, index) & valid, lm_index)
-        return (gather_rows(hidden, index, dim=1), *args[1:])
+        request.set_rows(valid, request.rows_prompt.gather(1, index), lm_index)
+        request.record("prefill")
+        return (gather_rows(args[0], index, dim=1), *args[1:])
 
     def _cut_input(self, request: Request, name: str, value: Any, window: int | None, dtype) -> Any:
         """A language-model input indexed by its rows (mask, rotary ``(cos, sin)``, positions), cut to the
@@ -396,7 +410,7 @@ class Session:
 
     def _stats(self, request: Request) -> Stats:
         kept = {stage: counts for stage, counts in request.kept.items() if stage != "in"}
-        stats = Stats(str(self.policy), request.kept["in"], kept)
+        stats = Stats(str(self.policy), request.kept["in"], kept, dict(request.kept_positions))
         cache = request.cache
         if cache is not None:
             stats.kv_entries = cache.entries()

@@ -1,0 +1,75 @@
+"""Gemma-3 (``Gemma3ForConditionalGeneration``): SigLIP tower without [CLS], patches average-pooled to a fixed
+square grid of ``mm_tokens_per_image`` tokens per image.
+
+The language model receives Gemma-3's per-layer-type mask dict (image tokens attend bidirectionally within their
+image, built from ``token_type_ids`` before the language model runs); the runtime slices those masks, so nothing
+but the core's cut is needed here (``token_type_ids`` never reach the language model).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vlmzip.adapter import Adapter, VisionRun
+from vlmzip.errors import UnsupportedModelError
+from vlmzip.methods.base import VisualItem
+from vlmzip.registry import register_adapter
+
+
+@register_adapter
+class Gemma3Adapter(Adapter):
+    model_types = ("gemma3",)
+    vision_query = "mean"  # SigLIP has no [CLS]: score a patch by the mean attention it receives
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        config = model.config
+        vision = config.vision_config
+        self.patches_per_side = vision.image_size // vision.patch_size
+        self.tokens_per_side = math.isqrt(config.mm_tokens_per_image)
+        if self.tokens_per_side**2 != config.mm_tokens_per_image or self.patches_per_side % self.tokens_per_side != 0:
+            raise UnsupportedModelError(
+                f"vlmzip expects Gemma-3's mm_tokens_per_image ({config.mm_tokens_per_image}) to be a square "
+                f"whose side divides the patch grid side ({self.patches_per_side})"
+            )
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.model.vision_tower
+
+    def vision_attention_modules(self) -> list[nn.Module]:
+        # the projector reads the last hidden state: every encoder layer shapes the features
+        tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
+        return [layer.self_attn for layer in tower.encoder.layers]
+
+    def placeholder_ids(self) -> dict[str, int]:
+        return {"image": self.model.config.image_token_id}
+
+    def item_grids(self, kind: str, inputs: dict, runs: list[VisionRun]) -> list[tuple[int, int, int]]:
+        side = self.tokens_per_side
+        pixel_values = inputs.get("pixel_values")
+        if pixel_values is not None:
+            count = pixel_values.shape[0]
+        else:  # generate encoded the images already and dropped pixel_values: every image has the same size
+            placeholders = int((inputs["input_ids"] == self.model.config.image_token_id).sum())
+            count = placeholders // (side * side)
+        return [(1, side, side)] * count
+
+    def vision_scores(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
+        # per layer: [images, patches] from each attention call (one per layer for SigLIP); sum the layers
+        per_patch = torch.cat([sum(torch.cat(chunks) for chunks in run.attention.values()) for run in runs])
+        per_token = self._pool_like_projector(per_patch)
+        for item in items:
+            item.scores["vision_attention"] = per_token[item.kind_index].to(item.positions.device)
+
+    def _pool_like_projector(self, per_patch: torch.Tensor) -> torch.Tensor:
+        """``[images, patches]`` -> ``[images, tokens]``: the projector's row-major patch grid, average-pooled
+        with its kernel and flattened row-major, so token ``t`` scores the patches that token ``t`` pools."""
+        side = self.patches_per_side
+        grid = per_patch.reshape(-1, 1, side, side)
+        kernel = side // self.tokens_per_side
+        return F.avg_pool2d(grid, kernel_size=kernel, stride=kernel).flatten(1)

@@ -1,0 +1,202 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL (``*ForConditionalGeneration``): ViT with no [CLS], dynamic grids.
+
+The tower embeds each image (or video) as a ``(t, h, w)`` grid of patches; its patch merger turns every
+``spatial_merge_size**2`` consecutive patches into one language-model token, so an item has
+``t * (h / merge) * (w / merge)`` placeholder tokens, in frame-major, row-major order. Images and videos
+are encoded in separate tower forwards (images first), each packing all its items into one sequence
+attended chunk by chunk (``cu_seqlens``: one chunk per frame, or per window in Qwen2.5-VL's windowed blocks).
+
+Family differences: Qwen2.5-VL runs its blocks on a window-permuted sequence; Qwen3-VL adds DeepStack
+features to the hidden states of its visual positions after the first language-model layers, and
+splits each video into one placeholder run per temporal step (timestamp text in between).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.vision_utils import get_vision_window_index
+
+from vlmzip.adapter import Adapter, VisionRun
+from vlmzip.errors import InputError
+from vlmzip.methods.base import ModelInfo, VisualItem
+from vlmzip.registry import register_adapter
+
+_KINDS = ("image", "video")
+_PIXEL_KEYS = {"image": "pixel_values", "video": "pixel_values_videos"}
+_GRID_KEYS = {"image": "image_grid_thw", "video": "video_grid_thw"}
+
+
+class QwenVLAdapter(Adapter):
+    """Shared logic of the Qwen-VL families; subclasses register the model types."""
+
+    vision_query = "mean"
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.model.visual
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.model.config.vision_config.spatial_merge_size)
+
+    def vision_attention_modules(self) -> list[nn.Module]:
+        return [block.attn for block in self.vision_tower.blocks]
+
+    def placeholder_ids(self) -> dict[str, int]:
+        config = self.model.config
+        return {"image": config.image_token_id, "video": config.video_token_id}
+
+    def tower_grids(self, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
+        # forward(hidden_states, grid_thw, **kwargs); get_*_features pass grid_thw by keyword
+        grid_thw = kwargs.get("grid_thw")
+        if grid_thw is None and len(args) > 1:
+            grid_thw = args[1]
+        return grid_thw
+
+    def item_grids(self, kind: str, inputs: dict[str, Any], runs: list[VisionRun]) -> list[tuple[int, int, int]]:
+        grid_thw = inputs.get(_GRID_KEYS[kind])
+        if grid_thw is None:
+            if not bool((inputs["input_ids"] == self.placeholder_ids()[kind]).any()):
+                return []
+            grid_thw = self._grids_from_runs(kind, inputs, runs)
+        merge = self.merge_size
+        return [(t, h // merge, w // merge) for t, h, w in torch.as_tensor(grid_thw).tolist()]
+
+    def _grids_from_runs(self, kind: str, inputs: dict[str, Any], runs: list[VisionRun]) -> torch.Tensor:
+        """The ``grid_thw`` the tower was given for ``kind`` (``generate`` drops it from the forward)."""
+        encoded = _encoded_kinds(inputs, self.placeholder_ids())
+        if kind not in encoded or len(runs) != len(encoded) or runs[encoded.index(kind)].grids is None:
+            raise InputError(
+                f"the prompt has {kind} placeholder tokens but vlmzip cannot tell their {_GRID_KEYS[kind]}: pass "
+                f"{_PIXEL_KEYS[kind]} with {_GRID_KEYS[kind]} (as the processor returns them), not precomputed "
+                "encoder outputs"
+            )
+        return runs[encoded.index(kind)].grids
+
+    # -- vision-attention scores --------------------------------------------------------------------------
+    def vision_scores(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
+        # the tower runs images first, then videos: pair each kind present with the next run
+        pending = iter(runs)
+        for kind in _KINDS:
+            of_kind = sorted((item for item in items if item.kind == kind), key=lambda item: item.kind_index)
+            if not of_kind:
+                continue
+            run = next(pending, None)
+            grids = [item.grid for item in of_kind]
+            if run is None or self._run_item_grids(run) != grids:
+                raise InputError(
+                    f"vlmzip saw no vision-tower forward for this request's {kind}s, so it cannot score them "
+                    f"by vision attention: pass {_PIXEL_KEYS[kind]} (not precomputed encoder outputs)"
+                )
+            per_token = self._token_scores(run)
+            sizes = [t * h * w for t, h, w in grids]
+            for item, scores in zip(of_kind, per_token.split(sizes)):
+                item.scores["vision_attention"] = scores.to(item.positions.device)
+
+    def _run_item_grids(self, run: VisionRun) -> list[tuple[int, int, int]]:
+        merge = self.merge_size
+        return [(t, h // merge, w // merge) for t, h, w in torch.as_tensor(run.grids).tolist()]
+
+    def _token_scores(self, run: VisionRun) -> torch.Tensor:
+        """Mean attention each language-model token's patches receive from its item's patches, summed
+        over the captured layers: ``[tokens of the run]`` in the order of the merger's output.
+
+        Each attention call covers one chunk (frame or window) and its mass sums to 1 over the chunk;
+        weighting it by the chunk's length and dividing by the item's patch count makes it the mean over
+        all the item's queries (a query in another chunk gives 0), so small edge windows are not inflated.
+        """
+        grid_thw = torch.as_tensor(run.grids)
+        patches_per_item = grid_thw.prod(dim=-1)
+        total = int(patches_per_item.sum())
+        per_patch = torch.zeros(total, dtype=torch.float32)
+        for chunks in run.attention.values():
+            received = torch.cat([chunk.sum(dim=0).float().cpu() * chunk.shape[-1] for chunk in chunks])
+            if received.numel() != total:
+                raise InputError(f"captured vision attention covers {received.numel()} patches, expected {total}")
+            per_patch += received
+        order = self._tower_order(grid_thw)
+        if order is not None:  # the blocks saw merge units permuted by `order`: put patches back first
+            unit = self.merge_size**2
+            per_patch = per_patch.view(-1, unit)[order.argsort()].flatten()
+        per_patch = per_patch / patches_per_item.repeat_interleave(patches_per_item).float()
+        return per_patch.view(-1, self.merge_size**2).sum(dim=-1)
+
+    def _tower_order(self, grid_thw: torch.Tensor) -> torch.Tensor | None:
+        """Order of merge units in the sequence the tower blocks attend over (``None``: natural order)."""
+        return None
+
+    # -- decoding -------------------------------------------------------------------------------------------
+    def decode_position_ids(self, kwargs: dict[str, Any], cache: Any) -> torch.Tensor | None:
+        # the stock model continues M-RoPE from the 2D mask's cumsum plus the rope deltas of the prompt
+        # (the text position each token would have, shifted by how much the visual grids compressed it)
+        mask = kwargs.get("attention_mask")
+        deltas = getattr(self.model.model, "rope_deltas", None)
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or deltas is None:
+            return None
+        new = kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        batch, length = new.shape[0], new.shape[1]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, -length:]
+        deltas = deltas.repeat_interleave(batch // deltas.shape[0], dim=0).to(positions.device)
+        return (positions + deltas).unsqueeze(0).expand(3, -1, -1).to(new.device)
+
+
+@register_adapter
+class Qwen2VLAdapter(QwenVLAdapter):
+    model_types = ("qwen2_vl",)
+
+
+@register_adapter
+class Qwen2_5_VLAdapter(QwenVLAdapter):  # noqa: N801 (named like the model class)
+    model_types = ("qwen2_5_vl",)
+
+    def _tower_order(self, grid_thw: torch.Tensor) -> torch.Tensor | None:
+        vision = self.model.config.vision_config
+        window_index, _ = get_vision_window_index(
+            grid_thw.cpu(),
+            spatial_merge_size=vision.spatial_merge_size,
+            window_size=vision.window_size,
+            patch_size=vision.patch_size,
+        )
+        return window_index
+
+
+@register_adapter
+class Qwen3VLAdapter(QwenVLAdapter):
+    model_types = ("qwen3_vl",)
+
+    def model_info(self) -> ModelInfo:
+        # DeepStack adds features to the visual rows after layers 0..n-1: a prefill cut must come later
+        deepstack = len(self.model.config.vision_config.deepstack_visual_indexes)
+        return dataclasses.replace(super().model_info(), min_prefill_layer=max(1, deepstack))
+
+    def cut_language_model_inputs(
+        self, kwargs: dict[str, Any], keep: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
+    ) -> None:
+        visual = kwargs.get("visual_pos_masks")
+        if visual is None:
+            return
+        visual = visual.to(keep.device)
+        # DeepStack rows follow the visual positions in row-major order, as `keep[visual]` does
+        kept_rows = keep[visual]
+        embeds: Sequence[torch.Tensor] | None = kwargs.get("deepstack_visual_embeds")
+        if embeds is not None:
+            kwargs["deepstack_visual_embeds"] = [rows[kept_rows.to(rows.device)] for rows in embeds]
+        kwargs["visual_pos_masks"] = visual.gather(1, index) & valid
+
+
+def _encoded_kinds(inputs: dict[str, Any], placeholder_ids: dict[str, int]) -> list[str]:
+    """The kinds the tower encoded for this request, in the order it encoded them (images first).
+
+    A forward given pixels encodes those kinds itself; otherwise ``generate`` encoded, before the
+    forward, every kind whose placeholders the prompt holds.
+    """
+    own = [kind for kind in _KINDS if inputs.get(_PIXEL_KEYS[kind]) is not None]
+    if own:
+        return own
+    input_ids = inputs["input_ids"]
+    return [kind for kind in _KINDS if bool((input_ids == placeholder_ids[kind]).any())]

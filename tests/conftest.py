@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny random models of every family that has an adapter, built offline on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlmzip.eval.tiny import FAMILIES, tiny_inputs, tiny_model
+
+BACKENDS = ("sdpa", "eager")
+
+
+def pytest_generate_tests(metafunc):
+    if "family" in metafunc.fixturenames:
+        metafunc.parametrize("family", FAMILIES)
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS)
+
+
+@pytest.fixture
+def model(family, backend):
+    return tiny_model(family, attn_implementation=backend)
+
+
+@pytest.fixture
+def batch(model):
+    """Two prompts of different lengths and image counts, left-padded."""
+    return tiny_inputs(model, [1, 2], text_lengths=[3, 7])
+
+
+def greedy(model, inputs, new_tokens: int = 5):
+    return model.generate(
+        **inputs, max_new_tokens=new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
+
+
+def max_logit_diff(a, b) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits, strict=True))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)

@@ -1,0 +1,145 @@
+"""DESIGN.md's invariants, for every model family and attention backend, on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import greedy, max_logit_diff
+
+import vlmzip
+from vlmzip.eval.tiny import split_batch, tiny_inputs, tiny_model, visual_token_count
+
+KEEP_ALL = [
+    "none",
+    "random:keep=1.0",
+    "uniform:keep=1.0",
+    "vtc-cls:keep=1.0",
+    "fastv:layer=1,keep=1.0",
+    "knorm:keep=1.0",
+    "vtc-cls:keep=1.0+fastv:layer=2,keep=1.0+knorm:keep=1.0",
+]
+QUARTER = {  # policy -> stage whose kept count it sets
+    "random:keep=0.25": "vision",
+    "uniform:keep=0.25": "vision",
+    "vtc-cls:keep=0.25": "vision",
+    "fastv:layer=2,keep=0.25": "prefill",
+    "knorm:keep=0.25": "decode",
+}
+NEW_TOKENS = 5
+
+
+@pytest.mark.parametrize("policy", KEEP_ALL)
+def test_keep_everything_equals_the_unwrapped_model(model, batch, policy):
+    for inputs in (split_batch(model, batch)[0], batch):  # batch of 1, and left-padded batch of 2
+        reference = greedy(model, inputs)
+        vlmzip.compress(model, policy)
+        out = greedy(model, inputs)
+        vlmzip.restore(model)
+        assert torch.equal(out.sequences, reference.sequences)
+        assert max_logit_diff(out, reference) < 1e-5
+
+
+@pytest.mark.parametrize("policy", list(QUARTER))
+def test_quarter_keeps_exactly_a_quarter_and_every_text_token(model, batch, policy):
+    vlmzip.compress(model, policy)
+    out = greedy(model, batch, NEW_TOKENS)
+    stats = vlmzip.stats(model)
+    visual_in = visual_token_count(model, batch)
+    expected = [n // 4 for n in visual_in]  # 16 tokens per image
+    assert stats.visual_tokens_in == visual_in
+    assert out.sequences.shape[1] == batch["input_ids"].shape[1] + NEW_TOKENS
+
+    stage = QUARTER[policy]
+    text = (batch["attention_mask"].sum(dim=1) - torch.tensor(visual_in)).tolist()
+    cache = out.cache
+    for index, layer in enumerate(cache.layers):
+        stored = layer.valid.sum(dim=1).tolist()
+        visual = (layer.valid & layer.visual).sum(dim=1).tolist()
+        assert stored == stats.kv_entries[index] and visual == stats.kv_visual_entries[index]
+        if layer.is_sliding:
+            assert max(stored) <= layer.sliding_window - 1
+            continue
+        # every text token and every generated token (but the last, never fed back) is still cached
+        assert [s - v for s, v in zip(stored, visual)] == [t + NEW_TOKENS - 1 for t in text]
+        cut_here = stage in ("vision", "decode") or index >= 2
+        assert visual == (expected if cut_here else visual_in)
+    if stage != "decode":
+        assert stats.visual_tokens_kept[stage] == expected
+        for sample, positions in enumerate(stats.visual_positions_kept[stage]):
+            ids = batch["input_ids"][sample, positions]
+            assert len(positions) == expected[sample] and set(ids.tolist()) <= _visual_ids(model)
+
+
+def _visual_ids(model) -> set[int]:
+    return {getattr(model.config, name) for name in ("image_token_id", "video_token_id") if hasattr(model.config, name)}
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "uniform:keep=0.25",
+        "vtc-cls:keep=0.25",
+        "fastv:layer=2,keep=0.25",
+        "knorm:keep=0.25",
+        "vtc-cls:keep=0.5+fastv:layer=1,keep=0.5+knorm:keep=0.5",
+    ],
+)
+def test_pruned_batch_equals_each_sample_alone(model, policy):
+    """Samples keep different numbers of tokens, so cutting re-pads the batch: padding must not leak."""
+    batch = tiny_inputs(model, [1, 2, 0], text_lengths=[3, 7, 5])
+    vlmzip.compress(model, policy)
+    together = greedy(model, batch)
+    for row, single in enumerate(split_batch(model, batch)):
+        alone = greedy(model, single)
+        assert torch.equal(alone.sequences[0, -NEW_TOKENS:], together.sequences[row, -NEW_TOKENS:])
+        worst = max((a[0] - b[row]).abs().max().item() for a, b in zip(alone.logits, together.logits))
+        assert worst < 1e-4
+
+
+def _hooks(model) -> list:
+    return [(name, list(m._forward_pre_hooks), list(m._forward_hooks)) for name, m in model.named_modules()]
+
+
+def test_restore_brings_back_identical_outputs_and_compress_twice_does_not_stack(model, batch):
+    reference = greedy(model, batch)
+    hooks = _hooks(model)
+    vlmzip.compress(model, "vtc-cls:keep=0.25+fastv:layer=2,keep=0.5+knorm:keep=0.5")
+    vlmzip.compress(model, "fastv:layer=2,keep=0.25")  # replaces, does not stack
+    greedy(model, batch)
+    assert vlmzip.stats(model).visual_tokens_kept == {"prefill": [n // 4 for n in visual_token_count(model, batch)]}
+    assert vlmzip.policy_of(model) == vlmzip.Policy.parse("fastv:layer=2,keep=0.25")
+    vlmzip.restore(model)
+    assert vlmzip.policy_of(model) is None
+    assert _hooks(model) == hooks
+    assert "vlmzip" not in str(model.config.get_text_config()._attn_implementation)
+    out = greedy(model, batch)
+    assert torch.equal(out.sequences, reference.sequences) and max_logit_diff(out, reference) == 0
+
+
+def test_plain_forward_reports_stats(model, batch):
+    vlmzip.compress(model, "uniform:keep=0.25")
+    logits = model(**batch).logits
+    stats = vlmzip.stats(model).as_dict()
+    assert logits.shape[1] < batch["input_ids"].shape[1]  # the language model saw the shorter sequence
+    assert stats["visual_tokens_kept"]["vision"] == [n // 4 for n in visual_token_count(model, batch)]
+    assert stats["kv_bytes"] > 0 and len(stats["kv_entries"]) == model.config.get_text_config().num_hidden_layers
+
+
+def test_prefill_layer_beyond_depth_is_rejected(family):
+    model = tiny_model(family)
+    with pytest.raises(ValueError, match=r"fastv: layer=4 is beyond the language model's depth \(4 layers"):
+        vlmzip.compress(model, "fastv:layer=4")
+    assert vlmzip.policy_of(model) is None
+
+
+def test_placeholder_count_mismatch_is_rejected(family):
+    model = tiny_model(family)
+    batch = tiny_inputs(model, [1, 2], text_lengths=[3, 7])
+    ids = batch["input_ids"].clone()
+    row, col = (ids == model.config.image_token_id).nonzero()[0]
+    ids[row, col] = 7  # one image placeholder too few
+    vlmzip.compress(model, "uniform:keep=0.5")
+    with pytest.raises(
+        ValueError, match="the prompt has 47 image placeholder tokens but the image inputs give 3 image"
+    ):
+        model(**{**batch, "input_ids": ids})
