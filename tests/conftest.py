@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from vlmzip.eval.tiny import FAMILIES, tiny_inputs, tiny_model
 
 BACKENDS = ("sdpa", "eager")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
+from vlmzip.eval.tiny import tiny_inputs, tiny_model
 
 import vlmzip
-from vlmzip.eval.tiny import tiny_inputs, tiny_model
 
 
 def test_model_without_adapter():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import greedy, max_logit_diff
+from vlmzip.eval.tiny import split_batch, tiny_inputs, tiny_model, visual_token_count
 
 import vlmzip
-from vlmzip.eval.tiny import split_batch, tiny_inputs, tiny_model, visual_token_count
 
 KEEP_ALL = [
     "none",
@@ -143,3 +143,41 @@ def test_placeholder_count_mismatch_is_rejected(family):
         ValueError, match="the prompt has 47 image placeholder tokens but the image inputs give 3 image"
     ):
         model(**{**batch, "input_ids": ids})
+
+
+def test_beam_search(family):
+    model = tiny_model(family)
+    batch = tiny_inputs(model, [1, 2], text_lengths=[3, 7])
+    reference = model.generate(**batch, max_new_tokens=4, num_beams=3, do_sample=False)
+    vlmzip.compress(model, "vtc-cls:keep=1.0+fastv:layer=2,keep=1.0+knorm:keep=1.0")
+    assert torch.equal(model.generate(**batch, max_new_tokens=4, num_beams=3, do_sample=False), reference)
+    vlmzip.compress(model, "vtc-cls:keep=0.25+fastv:layer=2,keep=0.5+knorm:keep=0.5")
+    model.generate(**batch, max_new_tokens=4, num_beams=3, do_sample=False)
+    beams = vlmzip.stats(model).visual_positions_kept
+    model.generate(**batch, max_new_tokens=4, do_sample=False)
+    single = vlmzip.stats(model).visual_positions_kept
+    for stage in ("vision", "prefill"):  # every beam of a prompt keeps what the prompt keeps alone
+        assert beams[stage] == [positions for positions in single[stage] for _ in range(3)]
+
+
+def test_manual_decode_loop_and_generate_without_cache(family):
+    model = tiny_model(family)
+    batch = tiny_inputs(model, [1, 2], text_lengths=[3, 7])
+
+    def loop():
+        out = model(**batch)
+        token, mask, cache = out.logits[:, -1:].argmax(-1), batch["attention_mask"], out.cache
+        for _ in range(3):
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+            out = model(input_ids=token, attention_mask=mask, cache=cache)
+            token, cache = out.logits[:, -1:].argmax(-1), out.cache
+        return out.logits
+
+    reference = loop()
+    no_cache = model.generate(**batch, max_new_tokens=3, use_cache=False, do_sample=False)
+    vlmzip.compress(model, "none")
+    torch.testing.assert_close(loop(), reference, rtol=0, atol=1e-5)
+    assert torch.equal(model.generate(**batch, max_new_tokens=3, use_cache=False, do_sample=False), no_cache)
+    vlmzip.compress(model, "vtc-cls:keep=0.25")
+    model.generate(**batch, max_new_tokens=3, use_cache=False, do_sample=False)
+    assert vlmzip.stats(model).visual_tokens_kept["vision"] == [n // 4 for n in visual_token_count(model, batch)]

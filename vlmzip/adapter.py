@@ -28,6 +28,7 @@ class VisionRun:
     """
 
     grids: Any = None
+    count: int = 0  # images (or videos) the forward encoded
     attention: dict[int, list[torch.Tensor]] = field(default_factory=dict)
 
 
@@ -77,6 +78,14 @@ class Adapter:
     def tower_grids(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         """What a vision-tower forward tells about the layout of its items (default: nothing)."""
         return None
+
+    def tower_count(self, args: tuple, kwargs: dict[str, Any]) -> int:
+        """How many images (or videos) a vision-tower forward encodes: its grids, else its pixel batch."""
+        grids = self.tower_grids(args, kwargs)
+        if grids is not None:
+            return len(grids)
+        pixels = args[0] if args else kwargs.get("pixel_values")
+        return int(pixels.shape[0]) if pixels is not None else 0
 
     def item_grids(self, kind: str, inputs: dict[str, Any], runs: list[VisionRun]) -> list[tuple[int, int, int]]:
         """``(frames, rows, cols)`` in language-model tokens of each ``kind`` item, in batch order.

@@ -17,17 +17,21 @@ from vlmzip.errors import UnsupportedModelError
 
 @dataclass
 class RowMeta:
-    """Per-row facts about the tokens a forward pass feeds a layer: ``[B, q]`` bool each."""
+    """Per-row facts about the tokens a forward pass feeds a layer, ``[B, q]`` each: valid and visual (bool), and
+    position (long): the row's index in the padded prompt, or prompt length + step for generated tokens."""
 
     valid: torch.Tensor
     visual: torch.Tensor
+    position: torch.Tensor | None = None  # None: right after the stored entries
 
 
 class CompressedLayer(DynamicLayer):
-    """One layer's keys and values ``[B, H, S, d]`` plus ``valid`` and ``visual`` masks ``[B, S]``.
+    """One layer's keys and values ``[B, H, S, d]`` plus ``valid`` and ``visual`` masks and ``positions`` ``[B, S]``.
 
     With ``sliding_window`` set it keeps only the last ``sliding_window - 1`` entries after each update, like
-    transformers' ``DynamicSlidingWindowLayer``, the window counted in stored entries.
+    transformers' ``DynamicSlidingWindowLayer``. That is a superset of what the window lets later queries see:
+    the window is measured in ``positions`` (as in the prefill mask), valid entries follow any padding and their
+    positions strictly increase, so every entry within the window is among the last ``sliding_window - 1``.
     """
 
     def __init__(self, sliding_window: int | None = None) -> None:
@@ -35,6 +39,7 @@ class CompressedLayer(DynamicLayer):
         self.sliding_window = sliding_window
         self.valid: torch.Tensor | None = None
         self.visual: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
         self.incoming: RowMeta | None = None  # set by the runtime before each update
 
     @property
@@ -47,18 +52,28 @@ class CompressedLayer(DynamicLayer):
             batch = key_states.shape[0]
             self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=key_states.device)
             self.visual = torch.zeros_like(self.valid)
+            self.positions = torch.zeros(batch, 0, dtype=torch.long, device=key_states.device)
         meta, self.incoming = self.incoming, None
         if meta is None:
             rows = (key_states.shape[0], key_states.shape[2])
             meta = RowMeta(self.valid.new_ones(rows), self.valid.new_zeros(rows))
+        new_positions = meta.position if meta.position is not None else self.next_positions(key_states.shape[2])
         keys = torch.cat([self.keys, key_states], dim=-2)
         values = torch.cat([self.values, value_states], dim=-2)
         valid = torch.cat([self.valid, meta.valid.to(self.valid.device)], dim=-1)
         visual = torch.cat([self.visual, meta.visual.to(self.visual.device)], dim=-1)
+        positions = torch.cat([self.positions, new_positions.to(self.positions.device)], dim=-1)
         stored = slice(-self.sliding_window + 1, None) if self.is_sliding else slice(None)
         self.keys, self.values = keys[..., stored, :], values[..., stored, :]
-        self.valid, self.visual = valid[:, stored], visual[:, stored]
+        self.valid, self.visual, self.positions = valid[:, stored], visual[:, stored], positions[:, stored]
         return keys, values
+
+    def next_positions(self, count: int) -> torch.Tensor:
+        """``[B, count]`` positions of ``count`` rows that directly follow the stored entries."""
+        steps = torch.arange(count, device=self.positions.device)
+        if not self.positions.shape[1]:
+            return steps.expand(len(self.positions), -1)
+        return self.positions[:, -1:] + 1 + steps
 
     def get_seq_length(self) -> int:
         """Stored entries (including padding); the cache reports the logical length to the model."""
@@ -75,6 +90,7 @@ class CompressedLayer(DynamicLayer):
         self.keys = _gather_kv(self.keys, index)
         self.values = _gather_kv(self.values, index)
         self.visual = self.visual.gather(1, index) & valid
+        self.positions = self.positions.gather(1, index)
         self.valid = valid
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -84,24 +100,26 @@ class CompressedLayer(DynamicLayer):
 
     def reset(self) -> None:
         super().reset()
-        self.valid = self.visual = self.incoming = None
+        self.valid = self.visual = self.positions = self.incoming = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
         if self.valid is not None:
             self.valid = self.valid.index_select(0, beam_idx.to(self.valid.device))
             self.visual = self.visual.index_select(0, beam_idx.to(self.visual.device))
+            self.positions = self.positions.index_select(0, beam_idx.to(self.positions.device))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
         if self.valid is not None:
             self.valid = self.valid.repeat_interleave(repeats, dim=0)
             self.visual = self.visual.repeat_interleave(repeats, dim=0)
+            self.positions = self.positions.repeat_interleave(repeats, dim=0)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)
         if self.valid is not None:
-            self.valid, self.visual = self.valid[indices], self.visual[indices]
+            self.valid, self.visual, self.positions = self.valid[indices], self.visual[indices], self.positions[indices]
 
     def nbytes(self) -> int:
         return 0 if not self.is_initialized else self.keys.nbytes + self.values.nbytes

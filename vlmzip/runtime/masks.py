@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from transformers.masking_utils import (
     ALL_MASK_ATTENTION_FUNCTIONS,
+    and_masks,
     causal_mask_function,
     sliding_window_causal_mask_function,
 )
@@ -25,16 +26,22 @@ def layer_mask(
     sliding_window: int | None,
     dtype: torch.dtype,
     config,
+    kv_positions: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Causal (optionally sliding-window) mask of ``query_length`` new rows over ``kv_valid [B, kv]`` entries.
 
-    The queries are the last ``query_length`` entries; all earlier entries are in the past. Window and
-    causality are counted in stored-entry space.
+    The queries are the last ``query_length`` entries; all earlier entries are in the past. Causality is
+    counted in stored-entry space; the window too, unless ``kv_positions [B, kv]`` (each entry's sequence
+    position) is given: then it is measured in positions, as the prefill mask measured it, so cut or evicted
+    entries do not pull older ones into the window. (Flash attention applies its window itself, in entries.)
     """
     batch, kv_length = kv_valid.shape
-    mask_function = (
-        causal_mask_function if sliding_window is None else sliding_window_causal_mask_function(sliding_window)
-    )
+    if sliding_window is None:
+        mask_function = causal_mask_function
+    elif kv_positions is None:
+        mask_function = sliding_window_causal_mask_function(sliding_window)
+    else:
+        mask_function = and_masks(causal_mask_function, _window_in_positions(kv_positions, sliding_window))
     return ALL_MASK_ATTENTION_FUNCTIONS[impl](
         batch_size=batch,
         q_length=query_length,
@@ -43,11 +50,21 @@ def layer_mask(
         kv_offset=0,
         mask_function=mask_function,
         attention_mask=kv_valid.bool(),
-        allow_is_causal_skip=True,
+        # a window in positions is no pattern sdpa's is_causal could stand in for
+        allow_is_causal_skip=sliding_window is None or kv_positions is None,
         dtype=dtype,
         config=config,
         device=kv_valid.device,
     )
+
+
+def _window_in_positions(positions: torch.Tensor, sliding_window: int):
+    """Mask function: the entry lies within ``sliding_window`` positions of the query (itself an entry)."""
+
+    def inner_mask(batch_idx, head_idx, q_idx, kv_idx):
+        return positions[batch_idx, kv_idx] > positions[batch_idx, q_idx] - sliding_window
+
+    return inner_mask
 
 
 def cut_mask(

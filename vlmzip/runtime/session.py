@@ -96,8 +96,10 @@ class Session:
         self.vision_layers = policy.vision.vision_layers(self.info) if policy.vision else []
         self.name = f"vlmzip{next(_SESSION_IDS)}"
         self.request: Request | None = None
-        # vision-tower forwards not yet consumed by a prompt pass (generate encodes images before it)
+        # the vision-tower forwards behind the current images (generate encodes images before the prompt
+        # pass, and once for all the passes of generate(use_cache=False)); replaced by the next encoding
         self.vision_runs: list[VisionRun] = []
+        self._runs_used = False
         self.last_stats: Stats | None = None
         self._handles: list[Any] = []
         self._saved_backends: dict[str, str] = {}
@@ -234,7 +236,7 @@ class Session:
         request = self.request
         if request is None or request.phase != "prefill" or request.rows_valid is not None:
             return None
-        runs, self.vision_runs = self.vision_runs, []
+        runs, self._runs_used = self.vision_runs, True
         all_rows = torch.arange(request.visual.shape[1], device=request.visual.device).expand_as(request.visual)
         method = self.policy.vision
         if method is None or not request.items:
@@ -242,6 +244,7 @@ class Session:
             return None
         embeds = kwargs["inputs_embeds"]
         if "vision_attention" in method.needs:
+            _index_encoded_items(request.items, sum(run.count for run in runs))
             self.adapter.vision_scores(runs, request.items)
         keep = request.prompt_valid & ~request.visual
         for item in request.items:
@@ -289,7 +292,10 @@ class Session:
         return cut_mask(mask, index, valid, self.backend, None, dtype, self.text_config)
 
     def _before_vision_tower(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.vision_runs.append(VisionRun(self.adapter.tower_grids(args, kwargs)))
+        if self._runs_used:  # a new encoding: the previous images are done with
+            self.vision_runs, self._runs_used = [], False
+        grids = self.adapter.tower_grids(args, kwargs)
+        self.vision_runs.append(VisionRun(grids, self.adapter.tower_count(args, kwargs)))
 
     def _vision_attention(self, module, query, key, value, attention_mask, **kwargs):
         output = self._base_attention(self._vision_backend, module)(module, query, key, value, attention_mask, **kwargs)
@@ -316,14 +322,20 @@ class Session:
             if request.phase == "prefill":
                 args = self._prefill_layer(idx, request, args, kwargs)
                 if layer is not None:
-                    layer.incoming = RowMeta(request.rows_valid, request.rows_visual)
+                    layer.incoming = RowMeta(request.rows_valid, request.rows_visual, request.rows_prompt)
             elif layer is not None:
                 hidden = args[0]
                 kv_valid = torch.cat([layer.valid, request.step_valid.to(layer.valid.device)], dim=1)
+                # positions continue the padded prompt: a sliding window after a cut spans what it spanned
+                # at prefill (positions), not its width in stored entries
+                step = torch.arange(hidden.shape[1], device=layer.positions.device) + cache.logical_length
+                step_positions = step.expand(kv_valid.shape[0], -1)
+                kv_positions = torch.cat([layer.positions, step_positions], dim=1)
+                window = layer.sliding_window
                 kwargs["attention_mask"] = layer_mask(
-                    self.backend, kv_valid, hidden.shape[1], layer.sliding_window, hidden.dtype, self.text_config
+                    self.backend, kv_valid, hidden.shape[1], window, hidden.dtype, self.text_config, kv_positions
                 )
-                layer.incoming = RowMeta(request.step_valid, torch.zeros_like(request.step_valid))
+                layer.incoming = RowMeta(request.step_valid, torch.zeros_like(request.step_valid), step_positions)
             return args, kwargs
 
         return hook
@@ -427,6 +439,30 @@ def _bind_positional(module: nn.Module, args: tuple, kwargs: dict) -> dict:
         return dict(kwargs)
     names = [p for p in inspect.signature(module.forward).parameters if p not in ("args", "kwargs")]
     return {**dict(zip(names, args)), **kwargs}
+
+
+def _index_encoded_items(items: list[VisualItem], encoded: int) -> None:
+    """Point each item's ``kind_index`` at the vision-tower output it came from.
+
+    ``generate`` encodes images once, then repeats each sample ``k`` times for beam search or several
+    return sequences: there are then ``k`` times more items than encoded ones, sample ``s`` being a copy of
+    original sample ``s // k``.
+    """
+    if not items or len(items) == encoded:
+        return
+    if encoded == 0 or len(items) % encoded:
+        raise InputError(f"{len(items)} images/videos in the prompts but {encoded} were encoded by the vision tower")
+    copies = len(items) // encoded
+    for kind in {item.kind for item in items}:
+        same = sorted((item for item in items if item.kind == kind), key=lambda item: item.kind_index)
+        first_of_group: dict[int, int] = {}  # expanded-order index of the first item of each original sample
+        for order, item in enumerate(same):
+            first_of_group.setdefault(item.sample // copies, order)
+        within_sample: dict[int, int] = {}
+        for item in same:
+            local = within_sample.get(item.sample, 0)
+            within_sample[item.sample] = local + 1
+            item.kind_index = first_of_group[item.sample // copies] // copies + local
 
 
 def _gather_positions(positions: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
