@@ -242,6 +242,11 @@ def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0) ->
         if family == "gemma3":
             # Gemma-3 zero-initialises its image projection, which would make every image embed to 0.
             torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=_INIT_STD)
+            # and zero-initialises its query/key norms (weights are offsets from 1): all keys then share one
+            # norm, and key-norm scores would rank rounding noise
+            for name, parameter in model.named_parameters():
+                if name.endswith(("k_norm.weight", "q_norm.weight")):
+                    torch.nn.init.normal_(parameter, std=0.5)
     _configure_generation(model, _SPECIAL_IDS[family])
     return model.eval()
 

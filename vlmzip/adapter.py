@@ -117,8 +117,10 @@ class Adapter:
                 items.append(VisualItem(int(sample[0]), -1, kind, cols[start : start + size], grid, kind_index))
                 start += size
         items.sort(key=lambda item: (item.sample, int(item.positions[0])))
+        per_sample: dict[int, int] = {}
         for index, item in enumerate(items):
-            item.index = index
+            item.index, item.sample_index = index, per_sample.get(item.sample, 0)
+            per_sample[item.sample] = item.sample_index + 1
         return items
 
     def vision_scores(self, runs: list[VisionRun], items: list[VisualItem]) -> None:

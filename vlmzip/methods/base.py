@@ -98,6 +98,7 @@ class VisualItem:
     positions: torch.Tensor
     grid: tuple[int, int, int]
     kind_index: int = 0  # order among the items of its kind: the order of the model's feature tensors
+    sample_index: int = 0  # order among the items of its sample
     features: torch.Tensor | None = None
     scores: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 

@@ -20,6 +20,6 @@ class RandomPrune(VisionMethod):
     seed: int = 0
 
     def score(self, item: VisualItem) -> torch.Tensor:
-        # one generator per item: the choice for an item does not depend on the rest of the batch
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + item.index)
+        # seeded by the item's place within its sample: a prompt gets the same choice alone or in any batch
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + item.sample_index)
         return torch.rand(item.num_tokens, generator=generator)
