@@ -52,9 +52,10 @@ def stats(model: nn.Module) -> Stats:
     session = _SESSIONS.get(model)
     if session is None:
         raise VlmzipError("this model is not compressed: call vlmzip.compress(model, policy) first")
-    if session.last_stats is None:
+    stats = session.stats()
+    if stats is None:
         raise VlmzipError("the compressed model has not run yet: call model.generate(...) or model(...) first")
-    return session.last_stats
+    return stats
 
 
 def policy_of(model: nn.Module) -> Policy | None:

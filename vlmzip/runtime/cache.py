@@ -25,8 +25,31 @@ class RowMeta:
     position: torch.Tensor | None = None  # None: right after the stored entries
 
 
+class RowFacts:
+    """Appends and trims the ``[B, S]`` row facts of a cache's layers, sharing results between layers.
+
+    Layers fed the same rows end up holding the *same* tensor objects, so the runtime builds one decode
+    mask per distinct history instead of one per layer. Results are memoised by input identity for one
+    forward pass (``clear`` at each pass; the memo holds its inputs so their ids are not reused).
+    """
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple, tuple] = {}
+
+    def clear(self) -> None:
+        self._memo.clear()
+
+    def append(self, old: torch.Tensor, new: torch.Tensor, keep_last: int | None) -> torch.Tensor:
+        key = (id(old), id(new), keep_last)
+        hit = self._memo.get(key)
+        if hit is None:
+            joined = torch.cat([old, new.to(old.device)], dim=-1) if old.shape[-1] else new.to(old.device)
+            hit = self._memo[key] = (old, new, joined if keep_last is None else joined[:, -keep_last:])
+        return hit[2]
+
+
 class CompressedLayer(DynamicLayer):
-    """One layer's keys and values ``[B, H, S, d]`` plus ``valid`` and ``visual`` masks and ``positions`` ``[B, S]``.
+    """One layer's keys and values ``[B, H, S, d]`` plus ``valid``, ``visual`` and ``positions`` ``[B, S]``.
 
     With ``sliding_window`` set it keeps only the last ``sliding_window - 1`` entries after each update, like
     transformers' ``DynamicSlidingWindowLayer``. That is a superset of what the window lets later queries see:
@@ -34,9 +57,10 @@ class CompressedLayer(DynamicLayer):
     positions strictly increase, so every entry within the window is among the last ``sliding_window - 1``.
     """
 
-    def __init__(self, sliding_window: int | None = None) -> None:
+    def __init__(self, sliding_window: int | None = None, facts: RowFacts | None = None) -> None:
         super().__init__()
         self.sliding_window = sliding_window
+        self.facts = facts if facts is not None else RowFacts()
         self.valid: torch.Tensor | None = None
         self.visual: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
@@ -60,12 +84,13 @@ class CompressedLayer(DynamicLayer):
         new_positions = meta.position if meta.position is not None else self.next_positions(key_states.shape[2])
         keys = torch.cat([self.keys, key_states], dim=-2)
         values = torch.cat([self.values, value_states], dim=-2)
-        valid = torch.cat([self.valid, meta.valid.to(self.valid.device)], dim=-1)
-        visual = torch.cat([self.visual, meta.visual.to(self.visual.device)], dim=-1)
-        positions = torch.cat([self.positions, new_positions.to(self.positions.device)], dim=-1)
-        stored = slice(-self.sliding_window + 1, None) if self.is_sliding else slice(None)
-        self.keys, self.values = keys[..., stored, :], values[..., stored, :]
-        self.valid, self.visual, self.positions = valid[:, stored], visual[:, stored], positions[:, stored]
+        keep_last = self.sliding_window - 1 if self.is_sliding else None
+        self.keys, self.values = (
+            (keys, values) if keep_last is None else (keys[..., -keep_last:, :], values[..., -keep_last:, :])
+        )
+        self.valid = self.facts.append(self.valid, meta.valid, keep_last)
+        self.visual = self.facts.append(self.visual, meta.visual, keep_last)
+        self.positions = self.facts.append(self.positions, new_positions, keep_last)
         return keys, values
 
     def next_positions(self, count: int) -> torch.Tensor:
@@ -136,12 +161,13 @@ class CompressedCache(DynamicCache):
 
     def __init__(self, config) -> None:
         layer_types, layer_kwargs = get_layer_types_and_kwargs(config)
+        self.facts = RowFacts()
         layers = []
         for layer_type, kwargs in zip(layer_types, layer_kwargs):
             if layer_type == "full_attention":
-                layers.append(CompressedLayer())
+                layers.append(CompressedLayer(facts=self.facts))
             elif layer_type == "sliding_attention":
-                layers.append(CompressedLayer(sliding_window=kwargs["sliding_window"]))
+                layers.append(CompressedLayer(sliding_window=kwargs["sliding_window"], facts=self.facts))
             else:
                 raise UnsupportedModelError(f"vlmzip's cache does not support {layer_type!r} layers yet")
         Cache.__init__(self, layers=layers)

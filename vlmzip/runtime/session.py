@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import weakref
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +33,7 @@ from vlmzip.budget import kept_count
 from vlmzip.errors import InputError, UnsupportedModelError
 from vlmzip.methods.base import VisualItem
 from vlmzip.policy import Policy
-from vlmzip.runtime.cache import CompressedCache, RowMeta
+from vlmzip.runtime.cache import CompressedCache, CompressedLayer, RowMeta
 from vlmzip.runtime.masks import cut_mask, layer_mask
 from vlmzip.scoring import attention_mass
 from vlmzip.selection import gather_rows, pack_left, top_k_mask
@@ -46,7 +49,7 @@ class Request:
 
     inputs: dict[str, Any]  # the model's forward arguments of the prompt pass
     prompt_valid: torch.Tensor  # [B, L] non-padding rows of the prompt
-    cache: CompressedCache | None
+    cache_ref: Callable[[], CompressedCache | None]  # weak: the caller owns the cache and frees it
     items: list[VisualItem] = field(default_factory=list)
     visual: torch.Tensor | None = None  # [B, L] visual placeholder rows of the prompt
     phase: str = "prefill"
@@ -61,7 +64,11 @@ class Request:
     kept_positions: dict[str, list[list[int]]] = field(default_factory=dict)
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
     cut_inputs: dict[int, tuple[Any, Any]] = field(default_factory=dict)  # id(original) -> (original, cut)
-    step_valid: torch.Tensor | None = None  # [B, q] validity of a decode step's new tokens
+    step: RowMeta | None = None  # the rows a decode step feeds every layer
+    step_masks: dict[tuple, tuple] = field(default_factory=dict)  # one mask per distinct cache-layer history
+    # what the cache held after the last forward: (valid, visual) per layer, and bytes
+    kv_rows: list[tuple[torch.Tensor | None, torch.Tensor | None]] = field(default_factory=list)
+    kv_bytes: int = 0
 
     def set_rows(self, valid: torch.Tensor, prompt: torch.Tensor, lm_index: torch.Tensor | None) -> None:
         self.rows_valid, self.rows_prompt, self.lm_index = valid, prompt, lm_index
@@ -100,7 +107,7 @@ class Session:
         # pass, and once for all the passes of generate(use_cache=False)); replaced by the next encoding
         self.vision_runs: list[VisionRun] = []
         self._runs_used = False
-        self.last_stats: Stats | None = None
+        self.last_request: Request | None = None  # the last request that ran to the end of a forward
         self._handles: list[Any] = []
         self._saved_backends: dict[str, str] = {}
         self._registered: list[str] = []
@@ -159,7 +166,7 @@ class Session:
         request = self.request
         if cache is None or cache.get_seq_length() == 0:
             self._start_request(kwargs, cache)
-        elif request is not None and cache is request.cache:
+        elif request is not None and cache is request.cache_ref():
             self._continue_request(kwargs, request)
         else:
             raise UnsupportedModelError(
@@ -185,7 +192,7 @@ class Session:
         if use_cache:
             cache = self._fresh_cache(cache)
             kwargs["cache"] = cache
-        self.request = Request(dict(kwargs), prompt_valid, cache, step_length=prompt.shape[1])
+        self.request = Request(dict(kwargs), prompt_valid, _weak(cache), step_length=prompt.shape[1])
         # found before the model runs, so a placeholder mismatch fails before any work is done
         self._find_visual_tokens(self.request)
 
@@ -199,21 +206,25 @@ class Session:
         )
 
     def _continue_request(self, kwargs: dict, request: Request) -> None:
-        input_ids = kwargs.get("input_ids")
-        if input_ids is not None and any(bool((input_ids == t).any()) for t in self.adapter.placeholder_ids().values()):
+        if any(kwargs.get(name) is not None for name in ("pixel_values", "pixel_values_videos")):
             raise InputError("a compressed model cannot take new images or videos in the middle of a request")
-        new = input_ids if input_ids is not None else kwargs["inputs_embeds"]
-        length = new.shape[1]
+        cache = kwargs["cache"]
+        new = kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        batch, length = new.shape[:2]
         mask = kwargs.get("attention_mask")
-        request.step_valid = (
+        valid = (
             mask[:, -length:].bool()
             if mask is not None
-            else torch.ones(new.shape[:2], dtype=torch.bool, device=new.device)
+            else torch.ones(batch, length, dtype=torch.bool, device=new.device)
         )
+        positions = (torch.arange(length, device=new.device) + cache.logical_length).expand(batch, -1)
+        request.step = RowMeta(valid, torch.zeros_like(valid), positions)
+        request.step_masks.clear()
+        cache.facts.clear()
         if kwargs.get("position_ids") is None:
-            positions = self.adapter.decode_position_ids(kwargs, request.cache)
-            if positions is not None:
-                kwargs["position_ids"] = positions
+            position_ids = self.adapter.decode_position_ids(kwargs, cache)
+            if position_ids is not None:
+                kwargs["position_ids"] = position_ids
         # every layer gets its own mask from its cache layer (their stored lengths differ)
         kwargs["attention_mask"] = None
         request.step_length = length
@@ -222,14 +233,17 @@ class Session:
         request = self.request
         if request is None:
             return
-        cache = request.cache
+        cache = request.cache_ref()
         if request.phase == "prefill":
             if cache is not None and self.policy.decode is not None:
                 self._evict(cache)
             request.phase = "decode"
         if cache is not None:
             cache.logical_length += request.step_length
-        self.last_stats = self._stats(request)
+            # references only (no device work): stats are counted when asked for
+            request.kv_rows = [(layer.valid, layer.visual) for layer in cache.layers]
+            request.kv_bytes = cache.nbytes()
+        self.last_request = request
 
     # -- vision stage --------------------------------------------------------------------------------------
     def _before_language_model(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -324,21 +338,28 @@ class Session:
                 if layer is not None:
                     layer.incoming = RowMeta(request.rows_valid, request.rows_visual, request.rows_prompt)
             elif layer is not None:
-                hidden = args[0]
-                kv_valid = torch.cat([layer.valid, request.step_valid.to(layer.valid.device)], dim=1)
-                # positions continue the padded prompt: a sliding window after a cut spans what it spanned
-                # at prefill (positions), not its width in stored entries
-                step = torch.arange(hidden.shape[1], device=layer.positions.device) + cache.logical_length
-                step_positions = step.expand(kv_valid.shape[0], -1)
-                kv_positions = torch.cat([layer.positions, step_positions], dim=1)
-                window = layer.sliding_window
-                kwargs["attention_mask"] = layer_mask(
-                    self.backend, kv_valid, hidden.shape[1], window, hidden.dtype, self.text_config, kv_positions
-                )
-                layer.incoming = RowMeta(request.step_valid, torch.zeros_like(request.step_valid), step_positions)
+                kwargs["attention_mask"] = self._decode_mask(request, layer, args[0].dtype)
+                layer.incoming = request.step
             return args, kwargs
 
         return hook
+
+    def _decode_mask(self, request: Request, layer: CompressedLayer, dtype: torch.dtype) -> Any:
+        """The mask of a decode step's rows over ``layer``'s entries and themselves, built once per distinct
+        history (layers fed the same rows share their row-fact tensors)."""
+        window = layer.sliding_window
+        key = (id(layer.valid), id(layer.positions) if window else None)
+        if key not in request.step_masks:
+            step = request.step
+            kv_valid = torch.cat([layer.valid, step.valid.to(layer.valid.device)], dim=1)
+            # positions continue the padded prompt: a sliding window after a cut spans what it spanned at
+            # prefill (positions), not its width in stored entries
+            kv_positions = torch.cat([layer.positions, step.position.to(layer.valid.device)], dim=1) if window else None
+            mask = layer_mask(
+                self.backend, kv_valid, step.valid.shape[1], window, dtype, self.text_config, kv_positions
+            )
+            request.step_masks[key] = (layer.valid, layer.positions, mask)  # holding them keeps the ids unique
+        return request.step_masks[key][2]
 
     def _prefill_layer(self, idx: int, request: Request, args: tuple, kwargs: dict) -> tuple:
         method = self.policy.prefill
@@ -408,30 +429,47 @@ class Session:
 
     # -- decode stage --------------------------------------------------------------------------------------
     def _evict(self, cache: CompressedCache) -> None:
+        """Run the decode-stage method on every full-attention layer, batched over layers that hold the same
+        rows (their candidates and budgets are identical)."""
         method = self.policy.decode
+        groups: dict[int, list[CompressedLayer]] = defaultdict(list)
         for layer in cache.layers:
-            if layer.is_sliding or not layer.is_initialized:
+            if layer.is_initialized and not layer.is_sliding:
+                groups[id(layer.valid)].append(layer)
+        for layers in groups.values():
+            valid, visual = layers[0].valid, layers[0].visual
+            candidates = visual & valid
+            available = candidates.sum(dim=1).tolist()
+            counts = [kept_count(method.keep, n) for n in available]
+            if counts == available:
                 continue
-            candidates = layer.visual & layer.valid
-            counts = torch.tensor([kept_count(method.keep, n) for n in candidates.sum(dim=1).tolist()])
-            chosen = top_k_mask(method.score(layer), candidates, counts)
-            keep = (layer.valid & ~layer.visual) | chosen
-            if not bool((keep == layer.valid).all()):
-                index, valid = pack_left(keep)
-                layer.keep_entries(index, valid)
+            copies = len(layers)
+            scores = torch.cat([method.score(layer) for layer in layers])  # [copies * B, S]
+            budget = torch.tensor(counts, device=scores.device).repeat(copies)
+            chosen = top_k_mask(scores, candidates.repeat(copies, 1), budget)
+            index, kept = pack_left((valid & ~visual).repeat(copies, 1) | chosen)
+            shared = kept[: valid.shape[0]]  # the same budget per sample: every copy has the same padding
+            for layer, rows in zip(layers, index.split(valid.shape[0])):
+                layer.keep_entries(rows, shared)
 
-    def _stats(self, request: Request) -> Stats:
+    def stats(self) -> Stats | None:
+        """Counts of the last request that finished a forward (computed now, from references kept then)."""
+        request = self.last_request
+        if request is None:
+            return None
         kept = {stage: counts for stage, counts in request.kept.items() if stage != "in"}
         stats = Stats(str(self.policy), request.kept["in"], kept, dict(request.kept_positions))
-        cache = request.cache
-        if cache is not None:
-            stats.kv_entries = cache.entries()
+        if request.kv_rows:
+            stats.kv_entries = [valid.sum(dim=1).tolist() if valid is not None else [] for valid, _ in request.kv_rows]
             stats.kv_visual_entries = [
-                (layer.visual & layer.valid).sum(dim=1).tolist() if layer.valid is not None else []
-                for layer in cache.layers
+                (visual & valid).sum(dim=1).tolist() if valid is not None else [] for valid, visual in request.kv_rows
             ]
-            stats.kv_bytes = cache.nbytes()
+            stats.kv_bytes = request.kv_bytes
         return stats
+
+
+def _weak(cache: CompressedCache | None) -> Callable[[], CompressedCache | None]:
+    return weakref.ref(cache) if cache is not None else lambda: None
 
 
 def _bind_positional(module: nn.Module, args: tuple, kwargs: dict) -> dict:
