@@ -192,7 +192,8 @@ class Session:
         if use_cache:
             cache = self._fresh_cache(cache)
             kwargs["cache"] = cache
-        self.request = Request(dict(kwargs), prompt_valid, _weak(cache), step_length=prompt.shape[1])
+        inputs = {key: value for key, value in kwargs.items() if key != "cache"}  # the caller owns the cache
+        self.request = Request(inputs, prompt_valid, _weak(cache), step_length=prompt.shape[1])
         # found before the model runs, so a placeholder mismatch fails before any work is done
         self._find_visual_tokens(self.request)
 
