@@ -22,7 +22,7 @@ from torch import nn
 from transformers.vision_utils import get_vision_window_index
 
 from vlmzip.adapter import Adapter, VisionRun
-from vlmzip.errors import InputError
+from vlmzip.errors import InputError, UnsupportedModelError
 from vlmzip.methods.base import ModelInfo, VisualItem
 from vlmzip.registry import register_adapter
 
@@ -60,10 +60,16 @@ class QwenVLAdapter(Adapter):
 
     def item_grids(self, kind: str, inputs: dict[str, Any], runs: list[VisionRun]) -> list[tuple[int, int, int]]:
         grid_thw = inputs.get(_GRID_KEYS[kind])
-        if grid_thw is None:
-            if not bool((inputs["input_ids"] == self.placeholder_ids()[kind]).any()):
-                return []
-            grid_thw = self._grids_from_runs(kind, inputs, runs)
+        if grid_thw is not None:
+            return self._llm_grids(grid_thw)
+        counts = (inputs["input_ids"] == self.placeholder_ids()[kind]).sum(dim=1).tolist()
+        if not any(counts):
+            return []
+        grids = self._llm_grids(self._grids_from_runs(kind, inputs, runs))
+        return _expand_like_generate(grids, counts)
+
+    def _llm_grids(self, grid_thw: Any) -> list[tuple[int, int, int]]:
+        """``(t, h, w)`` in language-model tokens of each row of a ``grid_thw`` (patches)."""
         merge = self.merge_size
         return [(t, h // merge, w // merge) for t, h, w in torch.as_tensor(grid_thw).tolist()]
 
@@ -80,27 +86,23 @@ class QwenVLAdapter(Adapter):
 
     # -- vision-attention scores --------------------------------------------------------------------------
     def vision_scores(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
-        # the tower runs images first, then videos: pair each kind present with the next run
+        # the tower runs images first, then videos: pair each kind present with the next run; the runtime
+        # has pointed each item's kind_index at its row in that run (generate's sample copies share one)
         pending = iter(runs)
         for kind in _KINDS:
-            of_kind = sorted((item for item in items if item.kind == kind), key=lambda item: item.kind_index)
+            of_kind = [item for item in items if item.kind == kind]
             if not of_kind:
                 continue
             run = next(pending, None)
-            grids = [item.grid for item in of_kind]
-            if run is None or self._run_item_grids(run) != grids:
+            encoded = self._llm_grids(run.grids) if run is not None and run.grids is not None else []
+            if any(item.kind_index >= len(encoded) or encoded[item.kind_index] != item.grid for item in of_kind):
                 raise InputError(
                     f"vlmzip saw no vision-tower forward for this request's {kind}s, so it cannot score them "
                     f"by vision attention: pass {_PIXEL_KEYS[kind]} (not precomputed encoder outputs)"
                 )
-            per_token = self._token_scores(run)
-            sizes = [t * h * w for t, h, w in grids]
-            for item, scores in zip(of_kind, per_token.split(sizes)):
-                item.scores["vision_attention"] = scores.to(item.positions.device)
-
-    def _run_item_grids(self, run: VisionRun) -> list[tuple[int, int, int]]:
-        merge = self.merge_size
-        return [(t, h // merge, w // merge) for t, h, w in torch.as_tensor(run.grids).tolist()]
+            per_item = self._token_scores(run).split([t * h * w for t, h, w in encoded])
+            for item in of_kind:
+                item.scores["vision_attention"] = per_item[item.kind_index].to(item.positions.device)
 
     def _token_scores(self, run: VisionRun) -> torch.Tensor:
         """Mean attention each language-model token's patches receive from its item's patches, summed
@@ -110,21 +112,27 @@ class QwenVLAdapter(Adapter):
         weighting it by the chunk's length and dividing by the item's patch count makes it the mean over
         all the item's queries (a query in another chunk gives 0), so small edge windows are not inflated.
         """
-        grid_thw = torch.as_tensor(run.grids)
+        grid_thw = torch.as_tensor(run.grids).cpu()
         patches_per_item = grid_thw.prod(dim=-1)
         total = int(patches_per_item.sum())
-        per_patch = torch.zeros(total, dtype=torch.float32)
-        for chunks in run.attention.values():
-            received = torch.cat([chunk.sum(dim=0).float().cpu() * chunk.shape[-1] for chunk in chunks])
+        layers = []
+        for layer, chunks in run.attention.items():
+            received = torch.cat([chunk.sum(dim=0).float() * chunk.shape[-1] for chunk in chunks])
             if received.numel() != total:
-                raise InputError(f"captured vision attention covers {received.numel()} patches, expected {total}")
-            per_patch += received
+                raise UnsupportedModelError(
+                    f"vision layer {layer}'s captured attention covers {received.numel()} patches, but the tower's "
+                    f"grid_thw gives {total}; this Qwen-VL tower attends in a way vlmzip does not know"
+                )
+            layers.append(received)
+        if not layers:
+            return torch.zeros(total // self.merge_size**2)
+        per_patch = torch.stack(layers).sum(dim=0)
         order = self._tower_order(grid_thw)
+        unit = self.merge_size**2
         if order is not None:  # the blocks saw merge units permuted by `order`: put patches back first
-            unit = self.merge_size**2
-            per_patch = per_patch.view(-1, unit)[order.argsort()].flatten()
-        per_patch = per_patch / patches_per_item.repeat_interleave(patches_per_item).float()
-        return per_patch.view(-1, self.merge_size**2).sum(dim=-1)
+            per_patch = per_patch.view(-1, unit)[order.argsort().to(per_patch.device)].flatten()
+        item_sizes = patches_per_item.repeat_interleave(patches_per_item).to(per_patch.device)
+        return (per_patch / item_sizes).view(-1, unit).sum(dim=-1)
 
     def _tower_order(self, grid_thw: torch.Tensor) -> torch.Tensor | None:
         """Order of merge units in the sequence the tower blocks attend over (``None``: natural order)."""
@@ -140,6 +148,8 @@ class QwenVLAdapter(Adapter):
             return None
         new = kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
         batch, length = new.shape[0], new.shape[1]
+        if batch % deltas.shape[0]:  # deltas of an earlier request (this prompt had no images or videos)
+            return None
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, -length:]
         deltas = deltas.repeat_interleave(batch // deltas.shape[0], dim=0).to(positions.device)
         return (positions + deltas).unsqueeze(0).expand(3, -1, -1).to(new.device)
@@ -200,3 +210,28 @@ def _encoded_kinds(inputs: dict[str, Any], placeholder_ids: dict[str, int]) -> l
         return own
     input_ids = inputs["input_ids"]
     return [kind for kind in _KINDS if bool((input_ids == placeholder_ids[kind]).any())]
+
+
+def _expand_like_generate(grids: list[tuple[int, int, int]], counts: list[int]) -> list[tuple[int, int, int]]:
+    """The items' grids in batch order, given the tower's grids and each sample's placeholder count.
+
+    ``generate`` encodes the batch, then repeats every sample ``k`` times in place (beam search,
+    ``num_return_sequences``): the prompt then holds ``k`` copies of each sample's items. Grids that do
+    not line up with the samples are returned as they are, for ``visual_items`` to report.
+    """
+    tokens, placeholders = sum(t * h * w for t, h, w in grids), sum(counts)
+    if tokens == 0 or placeholders == tokens or placeholders % tokens or len(counts) % (placeholders // tokens):
+        return grids
+    copies = placeholders // tokens
+    if any(count != counts[row - row % copies] for row, count in enumerate(counts)):
+        return grids
+    per_sample: list[list[tuple[int, int, int]]] = []
+    remaining = iter(grids)
+    for count in counts[::copies]:
+        mine: list[tuple[int, int, int]] = []
+        while sum(t * h * w for t, h, w in mine) < count and (grid := next(remaining, None)) is not None:
+            mine.append(grid)
+        per_sample.append(mine)
+    if next(remaining, None) is not None or [sum(t * h * w for t, h, w in g) for g in per_sample] != counts[::copies]:
+        return grids
+    return [grid for mine in per_sample for _ in range(copies) for grid in mine]

@@ -161,23 +161,31 @@ def test_beam_search(family):
 
 
 def test_manual_decode_loop_and_generate_without_cache(family):
+    """A hand-written greedy loop (no position ids: the model derives them) equals generate's."""
     model = tiny_model(family)
     batch = tiny_inputs(model, [1, 2], text_lengths=[3, 7])
 
     def loop():
         out = model(**batch)
-        token, mask, cache = out.logits[:, -1:].argmax(-1), batch["attention_mask"], out.cache
+        logits, mask, cache = [out.logits[:, -1]], batch["attention_mask"], out.cache
         for _ in range(3):
+            token = logits[-1].argmax(-1, keepdim=True)
             mask = torch.cat([mask, torch.ones_like(token)], dim=1)
             out = model(input_ids=token, attention_mask=mask, cache=cache)
-            token, cache = out.logits[:, -1:].argmax(-1), out.cache
-        return out.logits
+            logits.append(out.logits[:, -1])
+            cache = out.cache
+        return logits
 
-    reference = loop()
+    reference = greedy(model, batch, 4)
     no_cache = model.generate(**batch, max_new_tokens=3, use_cache=False, do_sample=False)
     vlmzip.compress(model, "none")
-    torch.testing.assert_close(loop(), reference, rtol=0, atol=1e-5)
+    for got, expected in zip(loop(), reference.logits, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     assert torch.equal(model.generate(**batch, max_new_tokens=3, use_cache=False, do_sample=False), no_cache)
+    vlmzip.compress(model, "vtc-cls:keep=0.25+fastv:layer=2,keep=0.5+knorm:keep=0.5")
+    pruned = greedy(model, batch, 4)
+    for got, expected in zip(loop(), pruned.logits, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     vlmzip.compress(model, "vtc-cls:keep=0.25")
     model.generate(**batch, max_new_tokens=3, use_cache=False, do_sample=False)
     assert vlmzip.stats(model).visual_tokens_kept["vision"] == [n // 4 for n in visual_token_count(model, batch)]

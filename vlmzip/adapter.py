@@ -113,7 +113,7 @@ class Adapter:
             for kind_index, (grid, size) in enumerate(zip(grids, sizes)):
                 sample = rows[start : start + size]
                 if bool((sample != sample[0]).any()):
-                    raise InputError(f"a {kind}'s placeholder tokens span two samples of the batch")
+                    raise InputError(f"the placeholder tokens of one {kind} span two samples of the batch")
                 items.append(VisualItem(int(sample[0]), -1, kind, cols[start : start + size], grid, kind_index))
                 start += size
         items.sort(key=lambda item: (item.sample, int(item.positions[0])))
