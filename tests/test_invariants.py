@@ -189,3 +189,35 @@ def test_manual_decode_loop_and_generate_without_cache(family):
     vlmzip.compress(model, "vtc-cls:keep=0.25")
     model.generate(**batch, max_new_tokens=3, use_cache=False, do_sample=False)
     assert vlmzip.stats(model).visual_tokens_kept["vision"] == [n // 4 for n in visual_token_count(model, batch)]
+
+
+QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+@pytest.mark.parametrize("qwen", QWEN)
+@pytest.mark.parametrize(
+    "policy", ["none", "vtc-cls:keep=1.0", "uniform:keep=1.0", "fastv:layer=3,keep=1.0", "knorm:keep=1.0"]
+)
+def test_videos_keep_everything_equals_the_unwrapped_model(qwen, policy):
+    model = tiny_model(qwen)
+    batch = tiny_inputs(model, [1, 0], text_lengths=[4, 6], video_frames=[4, 2])
+    reference = greedy(model, batch)
+    vlmzip.compress(model, policy)
+    out = greedy(model, batch)
+    assert torch.equal(out.sequences, reference.sequences) and max_logit_diff(out, reference) < 1e-5
+
+
+@pytest.mark.parametrize("qwen", QWEN)
+@pytest.mark.parametrize("policy", ["vtc-cls:keep=0.25", "uniform:keep=0.25", "fastv:layer=3,keep=0.25"])
+def test_videos_and_images_pruned_per_item_and_batch_consistent(qwen, policy):
+    model = tiny_model(qwen)
+    batch = tiny_inputs(model, [1, 0, 2], text_lengths=[4, 6, 5], video_frames=[4, 2, 0])
+    vlmzip.compress(model, policy)
+    together = greedy(model, batch)
+    stats = vlmzip.stats(model)
+    stage = "prefill" if policy.startswith("fastv") else "vision"
+    assert stats.visual_tokens_in == [48, 16, 32]  # a frame pair is 16 tokens; an image is 16
+    assert stats.visual_tokens_kept[stage] == [12, 4, 8]
+    for row, single in enumerate(split_batch(model, batch)):
+        alone = greedy(model, single)
+        assert torch.equal(alone.sequences[0, -NEW_TOKENS:], together.sequences[row, -NEW_TOKENS:])
