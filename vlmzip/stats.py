@@ -31,7 +31,10 @@ class Stats:
     def __str__(self) -> str:
         lines = [f"policy: {self.policy}", f"visual tokens in:   {self.visual_tokens_in}"]
         lines += [f"kept after {stage + ':':<8} {kept}" for stage, kept in self.visual_tokens_kept.items()]
+        for sample in range(len(self.visual_tokens_in) if self.kv_entries else 0):
+            entries = [layer[sample] for layer in self.kv_entries if layer]
+            visual = [layer[sample] for layer in self.kv_visual_entries if layer]
+            lines.append(f"sample {sample} KV entries per layer: {entries} (visual: {visual})")
         if self.kv_entries:
-            lines.append(f"KV entries/layer (sample 0): {[layer[0] for layer in self.kv_entries if layer]}")
             lines.append(f"KV bytes: {self.kv_bytes:,}")
         return "\n".join(lines)
