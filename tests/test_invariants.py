@@ -221,3 +221,26 @@ def test_videos_and_images_pruned_per_item_and_batch_consistent(qwen, policy):
     for row, single in enumerate(split_batch(model, batch)):
         alone = greedy(model, single)
         assert torch.equal(alone.sequences[0, -NEW_TOKENS:], together.sequences[row, -NEW_TOKENS:])
+
+
+def test_scoring_keeps_the_model_on_its_own_backend(family, monkeypatch):
+    """FastV and VTC-CLS read attention without switching any attention module to eager."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    model = tiny_model(family, attn_implementation="sdpa")
+    batch = tiny_inputs(model, [1, 2], text_lengths=[3, 7])
+    sdpa, calls = ALL_ATTENTION_FUNCTIONS["sdpa"], []
+
+    def counting(module, *args, **kwargs):
+        calls.append(type(module).__name__)
+        return sdpa(module, *args, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", counting)
+    reference = greedy(model, batch)
+    expected = sorted(calls)
+    calls.clear()
+    vlmzip.compress(model, "vtc-cls:keep=1.0+fastv:layer=2,keep=1.0")
+    assert "vlmzip" in model.config.get_text_config()._attn_implementation
+    out = greedy(model, batch)
+    assert sorted(calls) == expected  # every attention call of both towers still ran sdpa
+    assert torch.equal(out.sequences, reference.sequences)

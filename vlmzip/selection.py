@@ -23,17 +23,19 @@ def top_k_mask(scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Ten
     return candidates & (ranks < counts.to(ranks.device).unsqueeze(1))
 
 
-def pack_left(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pack_left(keep: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pack the kept rows of each sample to the right end of a shorter, left-padded batch.
 
     keep: ``[B, L]`` bool. Returns ``(index, valid)``, both ``[B, L']`` with ``L' = max_b keep[b].sum()``:
     ``index[b, j]`` is the source row of packed row ``j`` (rows keep their order), ``valid[b, j]`` is False on
-    the new left padding (whose ``index`` points at some dropped row and must be masked out).
+    the new left padding (whose ``index`` points at some dropped row and must be masked out). Pass ``width``
+    (the largest kept count) when the caller knows it: it spares a device-to-host synchronisation.
     """
     batch, length = keep.shape
     positions = torch.arange(length, device=keep.device).expand(batch, length)
     order = (keep.long() * length + positions).argsort(dim=1)
-    width = int(keep.sum(dim=1).max().item()) if length else 0
+    if width is None:
+        width = int(keep.sum(dim=1).max().item()) if length else 0
     index = order[:, length - width :]
     return index, keep.gather(1, index)
 

@@ -60,8 +60,11 @@ class Request:
     rows_visual: torch.Tensor | None = None
     rows_prompt: torch.Tensor | None = None
     lm_index: torch.Tensor | None = None
+    # per sample, on the host (so cuts need no device round trip): rows held now, visual rows among them
+    rows_count: list[int] = field(default_factory=list)
+    visual_count: list[int] = field(default_factory=list)
     kept: dict[str, list[int]] = field(default_factory=dict)
-    kept_positions: dict[str, list[list[int]]] = field(default_factory=dict)
+    kept_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # (prompt rows, kept)
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
     cut_inputs: dict[int, tuple[Any, Any]] = field(default_factory=dict)  # id(original) -> (original, cut)
     step: RowMeta | None = None  # the rows a decode step feeds every layer
@@ -75,14 +78,18 @@ class Request:
         self.rows_visual = self.visual.gather(1, prompt) & valid
         self.cut_inputs.clear()
 
-    def record(self, stage: str) -> None:
-        """Remember which visual tokens (prompt positions, per sample) the rows hold after ``stage``."""
-        kept = self.rows_visual & self.rows_valid
-        self.kept[stage] = kept.sum(dim=1).tolist()
-        self.kept_positions[stage] = [row[mask].tolist() for row, mask in zip(self.rows_prompt, kept)]
+    def record(self, stage: str, visual_count: list[int]) -> None:
+        """Remember what the rows hold after ``stage``: ``visual_count`` visual tokens per sample (their
+        prompt positions are read when stats are asked for)."""
+        self.rows_count = [rows - old + new for rows, old, new in zip(self.rows_count, self.visual_count, visual_count)]
+        self.visual_count = self.kept[stage] = list(visual_count)
+        self.kept_rows[stage] = (self.rows_prompt, self.rows_visual & self.rows_valid)
 
-    def visual_counts(self) -> list[int]:
-        return (self.rows_visual & self.rows_valid).sum(dim=1).tolist()
+    def kept_positions(self) -> dict[str, list[list[int]]]:
+        return {
+            stage: [row[mask].tolist() for row, mask in zip(prompt, kept)]
+            for stage, (prompt, kept) in self.kept_rows.items()
+        }
 
 
 class Session:
@@ -262,15 +269,18 @@ class Session:
             _index_encoded_items(request.items, sum(run.count for run in runs))
             self.adapter.vision_scores(runs, request.items)
         keep = request.prompt_valid & ~request.visual
+        kept = [0] * len(request.rows_count)
         for item in request.items:
             item.features = embeds[item.sample, item.positions]
-            chosen = item.positions[method.select(item).to(item.positions.device)]
-            keep[item.sample, chosen] = True
-        if bool((keep == request.prompt_valid).all()):
+            local = method.select(item)
+            keep[item.sample, item.positions[local.to(item.positions.device)]] = True
+            kept[item.sample] += len(local)
+        if kept == request.visual_count:
             request.set_rows(request.prompt_valid, all_rows, None)
-            request.record("vision")
+            request.record("vision", kept)
             return None
-        index, valid = pack_left(keep)
+        width = max(rows - old + new for rows, old, new in zip(request.rows_count, request.visual_count, kept))
+        index, valid = pack_left(keep, width)
         kwargs["inputs_embeds"] = gather_rows(embeds, index, dim=1)
         kwargs["attention_mask"] = self._cut_language_model_mask(kwargs.get("attention_mask"), index, valid)
         positions = kwargs.get("position_ids")
@@ -279,7 +289,7 @@ class Session:
         kwargs["position_ids"] = _gather_positions(positions, index)
         self.adapter.cut_language_model_inputs(kwargs, keep, index, valid)
         request.set_rows(valid, index, None)
-        request.record("vision")
+        request.record("vision", kept)
         return args, kwargs
 
     def _find_visual_tokens(self, request: Request) -> None:
@@ -290,7 +300,9 @@ class Session:
             request.visual = torch.zeros_like(request.prompt_valid)
             for item in request.items:
                 request.visual[item.sample, item.positions] = True
-        request.kept["in"] = (request.visual & request.prompt_valid).sum(dim=1).tolist()
+        counts = torch.stack([(request.visual & request.prompt_valid).sum(dim=1), request.prompt_valid.sum(dim=1)])
+        request.kept["in"], request.rows_count = counts.tolist()
+        request.visual_count = list(request.kept["in"])
 
     def _cut_language_model_mask(self, mask: Any, index: torch.Tensor, valid: torch.Tensor) -> Any:
         if mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 2):
@@ -374,16 +386,18 @@ class Session:
         return args
 
     def _prefill_cut(self, request: Request, scores: torch.Tensor, args: tuple, kwargs: dict) -> tuple:
-        counts = torch.tensor([kept_count(self.policy.prefill.keep, n) for n in request.visual_counts()])
-        chosen = top_k_mask(scores, request.rows_visual & request.rows_valid, counts)
-        keep = (request.rows_valid & ~request.rows_visual) | chosen
-        if bool((keep == request.rows_valid).all()):
-            request.record("prefill")
+        counts = [kept_count(self.policy.prefill.keep, n) for n in request.visual_count]
+        if counts == request.visual_count:
+            request.record("prefill", counts)
             return args
-        index, valid = pack_left(keep)
+        budget = torch.tensor(counts, device=scores.device)
+        chosen = top_k_mask(scores, request.rows_visual & request.rows_valid, budget)
+        keep = (request.rows_valid & ~request.rows_visual) | chosen
+        width = max(rows - old + new for rows, old, new in zip(request.rows_count, request.visual_count, counts))
+        index, valid = pack_left(keep, width)
         lm_index = index if request.lm_index is None else request.lm_index.gather(1, index)
         request.set_rows(valid, request.rows_prompt.gather(1, index), lm_index)
-        request.record("prefill")
+        request.record("prefill", counts)
         return (gather_rows(args[0], index, dim=1), *args[1:])
 
     def _cut_input(self, request: Request, name: str, value: Any, window: int | None, dtype) -> Any:
@@ -440,15 +454,16 @@ class Session:
         for layers in groups.values():
             valid, visual = layers[0].valid, layers[0].visual
             candidates = visual & valid
-            available = candidates.sum(dim=1).tolist()
+            available, stored = torch.stack([candidates.sum(dim=1), valid.sum(dim=1)]).tolist()
             counts = [kept_count(method.keep, n) for n in available]
             if counts == available:
                 continue
+            width = max(rows - old + new for rows, old, new in zip(stored, available, counts))
             copies = len(layers)
             scores = torch.cat([method.score(layer) for layer in layers])  # [copies * B, S]
             budget = torch.tensor(counts, device=scores.device).repeat(copies)
             chosen = top_k_mask(scores, candidates.repeat(copies, 1), budget)
-            index, kept = pack_left((valid & ~visual).repeat(copies, 1) | chosen)
+            index, kept = pack_left((valid & ~visual).repeat(copies, 1) | chosen, width)
             shared = kept[: valid.shape[0]]  # the same budget per sample: every copy has the same padding
             for layer, rows in zip(layers, index.split(valid.shape[0])):
                 layer.keep_entries(rows, shared)
@@ -459,7 +474,7 @@ class Session:
         if request is None:
             return None
         kept = {stage: counts for stage, counts in request.kept.items() if stage != "in"}
-        stats = Stats(str(self.policy), request.kept["in"], kept, dict(request.kept_positions))
+        stats = Stats(str(self.policy), request.kept["in"], kept, request.kept_positions())
         if request.kv_rows:
             stats.kv_entries = [valid.sum(dim=1).tolist() if valid is not None else [] for valid, _ in request.kv_rows]
             stats.kv_visual_entries = [
