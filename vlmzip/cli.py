@@ -49,7 +49,7 @@ def _methods(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from vlmzip.eval.tiny import FAMILIES
-    from vlmzip.examples import run_tiny
+    from vlmzip.eval.demo import run_tiny
 
     for family in args.family or FAMILIES:
         print(run_tiny(family, args.policy), end="\n\n")

@@ -1,4 +1,4 @@
-"""Small runnable demonstrations shared by ``vlmzip demo`` and ``examples/quickstart.py``."""
+"""``vlmzip demo``: compress tiny random models and report what was kept (runs anywhere, on the CPU)."""
 
 from __future__ import annotations
 
