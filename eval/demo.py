@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 
 import vlmzip
-from vlmzip.eval.tiny import tiny_inputs, tiny_model
+from vlmzip.eval.tiny import random_inputs, tiny_model
 
 
 def run_tiny(family: str, policy: str, new_tokens: int = 8) -> str:
     """Compress a tiny random ``family`` model with ``policy``, generate for a padded batch of two prompts
     (one and two images), and return a report: tokens generated and the stats of the compressed run."""
     model = tiny_model(family)
-    inputs = tiny_inputs(model, [1, 2], text_lengths=[4, 9])
+    inputs = random_inputs(model, [1, 2], text_lengths=[4, 9])
     reference = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
     vlmzip.compress(model, policy)
     out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)

@@ -38,7 +38,7 @@ from transformers import (
     Qwen3VLConfig,
 )
 
-__all__ = ["FAMILIES", "split_batch", "tiny_inputs", "tiny_model", "visual_token_count"]
+__all__ = ["FAMILIES", "random_inputs", "split_batch", "tiny_model", "visual_token_count"]
 
 FAMILIES: tuple[str, ...] = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3")
 
@@ -291,11 +291,11 @@ def _random_text(pool: torch.Tensor, n: int, gen: torch.Generator) -> list[int]:
     return pool[torch.randint(len(pool), (n,), generator=gen)].tolist()
 
 
-def _qwen_tokens_per_frame(config: PreTrainedConfig) -> int:
-    return (_QWEN_GRID // config.vision_config.spatial_merge_size) ** 2
+def _qwen_tokens_per_frame(config: PreTrainedConfig, patches: int) -> int:
+    return (patches // config.vision_config.spatial_merge_size) ** 2
 
 
-def _image_ids(family: str, config: PreTrainedConfig) -> list[int]:
+def _image_ids(family: str, config: PreTrainedConfig, patches: int) -> list[int]:
     """The token ids one image expands to, as the family's processor (and chat template) lays it out."""
     if family == "llava":
         vision = config.vision_config
@@ -305,12 +305,12 @@ def _image_ids(family: str, config: PreTrainedConfig) -> list[int]:
     if family == "gemma3":
         run = [config.image_token_id] * config.mm_tokens_per_image
         return [config.boi_token_id, *run, config.eoi_token_id]
-    run = [config.image_token_id] * _qwen_tokens_per_frame(config)
+    run = [config.image_token_id] * _qwen_tokens_per_frame(config, patches)
     return [config.vision_start_token_id, *run, config.vision_end_token_id]
 
 
 def _video_ids(
-    family: str, config: PreTrainedConfig, frames: int, pool: torch.Tensor, gen: torch.Generator
+    family: str, config: PreTrainedConfig, frames: int, patches: int, pool: torch.Tensor, gen: torch.Generator
 ) -> list[int]:
     """Token ids of one video of ``frames`` frames (Qwen families).
 
@@ -318,7 +318,7 @@ def _video_ids(
     (one random text token here) and wrapped in vision start/end; its M-RoPE needs that layout.
     """
     start, end, video = config.vision_start_token_id, config.vision_end_token_id, config.video_token_id
-    per_frame = _qwen_tokens_per_frame(config)
+    per_frame = _qwen_tokens_per_frame(config, patches)
     temporal = frames // config.vision_config.temporal_patch_size
     if family != "qwen3_vl":
         return [start, *[video] * (per_frame * temporal), end]
@@ -363,15 +363,15 @@ def _qwen_pixels(config: PreTrainedConfig, grids: list[list[int]], gen: torch.Ge
 
 
 def _qwen_visual_inputs(
-    family: str, config: PreTrainedConfig, n_images: int, frames: list[int], gen: torch.Generator
+    family: str, config: PreTrainedConfig, n_images: int, frames: list[int], patches: int, gen: torch.Generator
 ) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     if n_images:
-        grids = [[1, _QWEN_GRID, _QWEN_GRID]] * n_images
+        grids = [[1, patches, patches]] * n_images
         out["pixel_values"] = _qwen_pixels(config, grids, gen)
         out["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
     temporal_patch = config.vision_config.temporal_patch_size
-    videos = [[f // temporal_patch, _QWEN_GRID, _QWEN_GRID] for f in frames if f]
+    videos = [[f // temporal_patch, patches, patches] for f in frames if f]
     if videos:
         out["pixel_values_videos"] = _qwen_pixels(config, videos, gen)
         out["video_grid_thw"] = torch.tensor(videos, dtype=torch.long)
@@ -403,14 +403,16 @@ def _check_request(
         raise ValueError(f"video frame counts must be non-negative multiples of {step}: {list(video_frames)}")
 
 
-def tiny_inputs(
+def random_inputs(
     model: PreTrainedModel,
     images_per_sample: Sequence[int],
     text_lengths: Sequence[int] | None = None,
     video_frames: Sequence[int] | None = None,
     seed: int = 0,
+    qwen_patches: int = _QWEN_GRID,
 ) -> dict[str, torch.Tensor]:
-    """A left-padded batch of ``len(images_per_sample)`` random prompts for a ``tiny_model``.
+    """A left-padded batch of ``len(images_per_sample)`` random prompts for a model of a supported family
+    (a ``tiny_model``, or a real-size architecture for benchmarks).
 
     Sample ``i`` is ``[BOS]`` (LLaVA, Gemma-3), then ``text_lengths[i]`` random text ids (default 8)
     split into near-equal non-empty segments around its ``images_per_sample[i]`` images and, for Qwen
@@ -425,7 +427,9 @@ def tiny_inputs(
     Returns the kwargs the family's processor would give: ``input_ids``, ``attention_mask``,
     ``pixel_values`` (if any image), plus ``image_grid_thw`` and ``mm_token_type_ids`` (0 text,
     1 image, 2 video) for Qwen, ``pixel_values_videos`` / ``video_grid_thw`` (and Qwen2.5-VL's
-    ``second_per_grid_ts``) for videos, ``token_type_ids`` (1 on image tokens) for Gemma-3.
+    ``second_per_grid_ts``) for videos, ``token_type_ids`` (1 on image tokens) for Gemma-3. LLaVA and
+    Gemma-3 images have the size their config fixes; Qwen images and video frames are ``qwen_patches``
+    patches per side (24 for 336x336 at patch 14).
     """
     config = model.config
     family = _family(model)
@@ -437,9 +441,9 @@ def tiny_inputs(
 
     samples: list[list[int]] = []
     for i, n_images in enumerate(images_per_sample):
-        visuals = [_image_ids(family, config) for _ in range(n_images)]
+        visuals = [_image_ids(family, config, qwen_patches) for _ in range(n_images)]
         if frames[i]:
-            visuals.append(_video_ids(family, config, frames[i], pool, gen))
+            visuals.append(_video_ids(family, config, frames[i], qwen_patches, pool, gen))
         default_length = max(_DEFAULT_TEXT_TOKENS, len(visuals) + 1)
         text_length = text_lengths[i] if text_lengths is not None else default_length
         has_bos = family in _BOS_FAMILIES and text_config.bos_token_id is not None
@@ -451,7 +455,7 @@ def tiny_inputs(
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     n_images = sum(images_per_sample)
     if family in _QWEN_FAMILIES:
-        inputs.update(_qwen_visual_inputs(family, config, n_images, frames, gen))
+        inputs.update(_qwen_visual_inputs(family, config, n_images, frames, qwen_patches, gen))
         types = (input_ids == config.image_token_id).long() + 2 * (input_ids == config.video_token_id).long()
         inputs["mm_token_type_ids"] = types
     else:
@@ -471,7 +475,7 @@ def visual_token_count(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) 
 
 
 def split_batch(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """The samples of a ``tiny_inputs`` batch as separate, unpadded batches of one (same ids and pixels).
+    """The samples of a ``random_inputs`` batch as separate, unpadded batches of one (same ids and pixels).
 
     Used to check that a sample gives the same output alone as inside a padded batch.
     """

@@ -10,15 +10,14 @@ checkpoint the same four calls apply:
                          max_new_tokens=64)
 """
 
-from vlmzip.eval.tiny import FAMILIES, tiny_inputs, tiny_model
-
 import vlmzip
+from vlmzip.eval.tiny import FAMILIES, random_inputs, tiny_model
 
 POLICY = "vtc-cls:keep=0.5+fastv:layer=2,keep=0.5+knorm:keep=0.5"
 
 for family in FAMILIES:
     model = tiny_model(family)  # random weights: the text is noise, the bookkeeping is real
-    inputs = tiny_inputs(model, images_per_sample=[1, 2], text_lengths=[4, 9])  # left-padded batch of 2
+    inputs = random_inputs(model, images_per_sample=[1, 2], text_lengths=[4, 9])  # left-padded batch of 2
 
     vlmzip.compress(model, POLICY)
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vlmzip.eval.tiny import FAMILIES, tiny_inputs, tiny_model
+
+from vlmzip.eval.tiny import FAMILIES, random_inputs, tiny_model
 
 BACKENDS = ("sdpa", "eager")
 
@@ -24,7 +25,7 @@ def model(family, backend):
 @pytest.fixture
 def batch(model):
     """Two prompts of different lengths and image counts, left-padded."""
-    return tiny_inputs(model, [1, 2], text_lengths=[3, 7])
+    return random_inputs(model, [1, 2], text_lengths=[3, 7])
 
 
 def greedy(model, inputs, new_tokens: int = 5):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
-from vlmzip.eval.tiny import tiny_inputs, tiny_model
 
 import vlmzip
+from vlmzip.eval.tiny import random_inputs, tiny_model
 
 
 def test_model_without_adapter():
@@ -46,7 +46,7 @@ def test_stats_before_compress_or_run():
 
 def test_inputs_embeds_without_ids_for_a_visual_method():
     model = tiny_model("llava")
-    inputs = tiny_inputs(model, [1])
+    inputs = random_inputs(model, [1])
     vlmzip.compress(model, "fastv:layer=1,keep=0.5")
     embeds = model.get_input_embeddings()(inputs["input_ids"])
     with pytest.raises(ValueError, match="pass input_ids, not inputs_embeds"):

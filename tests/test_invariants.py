@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import greedy, max_logit_diff
-from vlmzip.eval.tiny import split_batch, tiny_inputs, tiny_model, visual_token_count
 
 import vlmzip
+from vlmzip.eval.tiny import random_inputs, split_batch, tiny_model, visual_token_count
 
 KEEP_ALL = [
     "none",
@@ -86,7 +86,7 @@ def _visual_ids(model) -> set[int]:
 )
 def test_pruned_batch_equals_each_sample_alone(model, policy):
     """Samples keep different numbers of tokens, so cutting re-pads the batch: padding must not leak."""
-    batch = tiny_inputs(model, [1, 2, 0], text_lengths=[3, 7, 5])
+    batch = random_inputs(model, [1, 2, 0], text_lengths=[3, 7, 5])
     vlmzip.compress(model, policy)
     together = greedy(model, batch)
     for row, single in enumerate(split_batch(model, batch)):
@@ -134,7 +134,7 @@ def test_prefill_layer_beyond_depth_is_rejected(family):
 
 def test_placeholder_count_mismatch_is_rejected(family):
     model = tiny_model(family)
-    batch = tiny_inputs(model, [1, 2], text_lengths=[3, 7])
+    batch = random_inputs(model, [1, 2], text_lengths=[3, 7])
     ids = batch["input_ids"].clone()
     row, col = (ids == model.config.image_token_id).nonzero()[0]
     ids[row, col] = 7  # one image placeholder too few
@@ -147,7 +147,7 @@ def test_placeholder_count_mismatch_is_rejected(family):
 
 def test_beam_search(family):
     model = tiny_model(family)
-    batch = tiny_inputs(model, [1, 2], text_lengths=[3, 7])
+    batch = random_inputs(model, [1, 2], text_lengths=[3, 7])
     reference = model.generate(**batch, max_new_tokens=4, num_beams=3, do_sample=False)
     vlmzip.compress(model, "vtc-cls:keep=1.0+fastv:layer=2,keep=1.0+knorm:keep=1.0")
     assert torch.equal(model.generate(**batch, max_new_tokens=4, num_beams=3, do_sample=False), reference)
@@ -163,7 +163,7 @@ def test_beam_search(family):
 def test_manual_decode_loop_and_generate_without_cache(family):
     """A hand-written greedy loop (no position ids: the model derives them) equals generate's."""
     model = tiny_model(family)
-    batch = tiny_inputs(model, [1, 2], text_lengths=[3, 7])
+    batch = random_inputs(model, [1, 2], text_lengths=[3, 7])
 
     def loop():
         out = model(**batch)
@@ -200,7 +200,7 @@ QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 )
 def test_videos_keep_everything_equals_the_unwrapped_model(qwen, policy):
     model = tiny_model(qwen)
-    batch = tiny_inputs(model, [1, 0], text_lengths=[4, 6], video_frames=[4, 2])
+    batch = random_inputs(model, [1, 0], text_lengths=[4, 6], video_frames=[4, 2])
     reference = greedy(model, batch)
     vlmzip.compress(model, policy)
     out = greedy(model, batch)
@@ -211,7 +211,7 @@ def test_videos_keep_everything_equals_the_unwrapped_model(qwen, policy):
 @pytest.mark.parametrize("policy", ["vtc-cls:keep=0.25", "uniform:keep=0.25", "fastv:layer=3,keep=0.25"])
 def test_videos_and_images_pruned_per_item_and_batch_consistent(qwen, policy):
     model = tiny_model(qwen)
-    batch = tiny_inputs(model, [1, 0, 2], text_lengths=[4, 6, 5], video_frames=[4, 2, 0])
+    batch = random_inputs(model, [1, 0, 2], text_lengths=[4, 6, 5], video_frames=[4, 2, 0])
     vlmzip.compress(model, policy)
     together = greedy(model, batch)
     stats = vlmzip.stats(model)
@@ -228,7 +228,7 @@ def test_scoring_keeps_the_model_on_its_own_backend(family, monkeypatch):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     model = tiny_model(family, attn_implementation="sdpa")
-    batch = tiny_inputs(model, [1, 2], text_lengths=[3, 7])
+    batch = random_inputs(model, [1, 2], text_lengths=[3, 7])
     sdpa, calls = ALL_ATTENTION_FUNCTIONS["sdpa"], []
 
     def counting(module, *args, **kwargs):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from vlmzip.eval.tiny import tiny_inputs, tiny_model
 
 import vlmzip
+from vlmzip.eval.tiny import random_inputs, tiny_model
 
 
 def _top_visual(scores: torch.Tensor, visual: torch.Tensor, count: int) -> list[int]:
@@ -16,7 +16,7 @@ def _top_visual(scores: torch.Tensor, visual: torch.Tensor, count: int) -> list[
 
 def test_fastv_keeps_what_the_last_token_attends_to_most(family, backend):
     model = tiny_model(family, attn_implementation=backend)
-    inputs = tiny_inputs(model, [2], text_lengths=[6])
+    inputs = random_inputs(model, [2], text_lengths=[6])
     reference = tiny_model(family, attn_implementation="eager")
     with torch.no_grad():
         attentions = reference(**inputs, output_attentions=True).attentions
@@ -31,7 +31,7 @@ def test_fastv_keeps_what_the_last_token_attends_to_most(family, backend):
 
 def test_vtc_cls_keeps_what_cls_attends_to_most_summed_over_layers():
     model = tiny_model("llava")
-    inputs = tiny_inputs(model, [1], text_lengths=[4])
+    inputs = random_inputs(model, [1], text_lengths=[4])
     reference = tiny_model("llava", attn_implementation="eager")
     with torch.no_grad():
         tower = reference.model.vision_tower(inputs["pixel_values"], output_attentions=True)
@@ -47,7 +47,7 @@ def test_vtc_cls_keeps_what_cls_attends_to_most_summed_over_layers():
 
 def test_knorm_keeps_the_lowest_norm_visual_keys():
     model = tiny_model("llava")
-    inputs = tiny_inputs(model, [1], text_lengths=[4])
+    inputs = random_inputs(model, [1], text_lengths=[4])
     with torch.no_grad():
         keys = model(**inputs, use_cache=True).cache.layers[3].keys[0]  # [H, L, d], unwrapped
     norms = keys.norm(dim=-1).mean(dim=0)

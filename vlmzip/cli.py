@@ -48,8 +48,8 @@ def _methods(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from vlmzip.eval.tiny import FAMILIES
     from vlmzip.eval.demo import run_tiny
+    from vlmzip.eval.tiny import FAMILIES
 
     for family in args.family or FAMILIES:
         print(run_tiny(family, args.policy), end="\n\n")
