@@ -1,4 +1,4 @@
-"""The ``vlmzip`` command line: ``vlmzip methods``, ``vlmzip demo`` (more subcommands come with the eval work)."""
+"""The ``vlmzip`` command line: ``methods``, ``demo``, ``bench`` (``eval`` comes with the benchmarks)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--policy", default="vtc-cls:keep=0.5+fastv:layer=2,keep=0.5+knorm:keep=0.5")
     demo.add_argument("--family", action="append", help="model family (repeatable); default: all")
     demo.set_defaults(run=_demo)
+    bench = commands.add_parser(
+        "bench", help="time to first token, prefill, decode speed, memory and KV bytes against the unwrapped model"
+    )
+    _bench_module().add_arguments(bench)
+    bench.set_defaults(run=lambda args: _bench_module().main(args))
     return parser
+
+
+def _bench_module():
+    from vlmzip.eval import bench  # imported on use: it is the only command that needs the benchmark code
+
+    return bench
 
 
 def _methods(args: argparse.Namespace) -> int:

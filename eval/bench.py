@@ -1,0 +1,367 @@
+"""``vlmzip bench``: speed and memory of compressed models against the unwrapped model, in one process.
+
+Real-size architectures are built from bundled configs with random weights (speed does not depend on the
+weights); ``--model PATH`` loads a checkpoint offline instead. For every batch size the unwrapped model is
+measured first, then ``none`` (vlmzip installed with nothing to do: the hooks' own cost), then each policy,
+all on the same inputs. Times are medians over ``--repeats`` after a warm-up, with the spread (max - min).
+
+Time to first token is split where it goes: the vision encoder (every forward of the vision tower), the
+language model's prompt pass, and its first decode step (hooks on those modules, synchronised).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForImageTextToText,
+    CLIPVisionConfig,
+    Gemma3Config,
+    LlamaConfig,
+    LlavaConfig,
+    PretrainedConfig,
+    Qwen2_5_VLConfig,
+)
+
+import vlmzip
+from vlmzip.eval.tiny import FAMILIES, random_inputs, tiny_model
+from vlmzip.registry import adapter_for
+
+UNWRAPPED = "(unwrapped)"
+
+
+def llava_15_7b() -> LlavaConfig:
+    """LLaVA-1.5-7B: CLIP ViT-L/14 at 336 px (576 patches, feature layer -2) and Vicuna-7B (Llama-2-7B)."""
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    )
+    text = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32064,
+        max_position_embeddings=4096,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=32000,
+        image_seq_length=576,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+
+
+def qwen2_5_vl_7b() -> Qwen2_5_VLConfig:
+    """Qwen2.5-VL-7B: 32-block windowed ViT (full attention in blocks 7, 15, 23, 31), Qwen2.5-7B (GQA 28/4)."""
+    vision = {
+        "depth": 32,
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,
+        "out_hidden_size": 3584,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+        "tokens_per_second": 2,
+    }
+    text = {
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "vocab_size": 152064,
+        "max_position_embeddings": 128000,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+    }
+    return Qwen2_5_VLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=151655,
+        video_token_id=151656,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+    )
+
+
+def gemma_3_4b() -> Gemma3Config:
+    """Gemma-3-4B: SigLIP so400m at 896 px (64x64 patches pooled to 256 tokens), 34 layers, 5 of 6 sliding."""
+    vision = {
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "image_size": 896,
+        "patch_size": 14,
+    }
+    text = {
+        "hidden_size": 2560,
+        "intermediate_size": 10240,
+        "num_hidden_layers": 34,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "sliding_window": 1024,
+        "vocab_size": 262208,
+        "query_pre_attn_scalar": 256,
+    }
+    return Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=256)
+
+
+ARCHS: dict[str, Callable[[], PretrainedConfig]] = {
+    "llava-1.5-7b": llava_15_7b,
+    "qwen2.5-vl-7b": qwen2_5_vl_7b,
+    "gemma-3-4b": gemma_3_4b,
+}
+TINY_ARCHS = {f"tiny-{family}": family for family in FAMILIES}  # for tests and CPU smoke runs
+
+
+def build(
+    arch: str | None = None, path: str | None = None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16
+) -> nn.Module:
+    """A real-size architecture with random weights (``arch``), or a checkpoint loaded offline (``path``)."""
+    if path is not None:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, device_map=device, local_files_only=True)
+    elif arch in TINY_ARCHS:
+        model = tiny_model(TINY_ARCHS[arch]).to(device=device, dtype=dtype)
+    elif arch in ARCHS:
+        with torch.device(device):
+            model = AutoModelForImageTextToText.from_config(ARCHS[arch](), dtype=dtype, attn_implementation="sdpa")
+    else:
+        known = ", ".join([*ARCHS, *TINY_ARCHS])
+        raise vlmzip.VlmzipError(f"unknown architecture {arch!r}; known: {known} (or pass --model PATH)")
+    return model.eval()
+
+
+@dataclass
+class Workload:
+    """What each sample of a benchmark batch holds."""
+
+    images: int = 1
+    frames: int = 0  # video frames (Qwen families)
+    frame_patches: int = 24  # Qwen images/frames: patches per side (24 = 336 px at patch 14)
+    text_tokens: int = 40
+
+    def inputs(self, model: nn.Module, batch: int) -> dict[str, torch.Tensor]:
+        frames = [self.frames] * batch if self.frames else None
+        inputs = random_inputs(
+            model, [self.images] * batch, [self.text_tokens] * batch, frames, qwen_patches=self.frame_patches
+        )
+        return {
+            key: value.to(model.device, model.dtype if value.is_floating_point() else value.dtype)
+            for key, value in inputs.items()
+        }
+
+
+@dataclass
+class Result:
+    batch: int
+    policy: str
+    prefill_ms: float
+    prefill_spread_ms: float
+    first_token_ms: float
+    vision_ms: float
+    lm_prefill_ms: float
+    first_decode_ms: float
+    decode_tokens_per_s: float
+    peak_gib: float
+    kv_bytes: int
+    visual_tokens_in: list[int] = field(default_factory=list)
+    visual_tokens_kept: dict[str, list[int]] = field(default_factory=dict)
+
+
+class _Phases:
+    """Wall time of each forward of the vision tower and the language model, synchronised at the edges."""
+
+    def __init__(self, model: nn.Module) -> None:
+        adapter = adapter_for(model)
+        self.modules = {"vision": adapter.vision_tower, "language": adapter.language_model}
+        self.times: dict[str, list[float]] = {name: [] for name in self.modules}
+        self._start: dict[str, float] = {}
+
+    def __enter__(self) -> _Phases:
+        self._handles = []
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_pre_hook(lambda *_, n=name: self._begin(n)))
+            self._handles.append(module.register_forward_hook(lambda *_, n=name: self._end(n)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _begin(self, name: str) -> None:
+        _sync()
+        self._start[name] = time.perf_counter()
+
+    def _end(self, name: str) -> None:
+        _sync()
+        self.times[name].append((time.perf_counter() - self._start[name]) * 1e3)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    times = []
+    for _ in range(repeats):
+        _sync()
+        start = time.perf_counter()
+        fn()
+        _sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), max(times) - min(times)
+
+
+@torch.no_grad()
+def measure(
+    model: nn.Module, inputs: dict[str, torch.Tensor], policy: str, new_tokens: int = 32, repeats: int = 5
+) -> Result:
+    """Time one policy (or ``UNWRAPPED``) on ``inputs``; the model is restored afterwards."""
+    if policy != UNWRAPPED:
+        vlmzip.compress(model, policy)
+    try:
+
+        def generate(tokens: int) -> Callable[[], Any]:
+            return lambda: model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+
+        generate(new_tokens)()  # warm-up
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        prefill_ms, spread = _timed(lambda: model(**inputs, use_cache=True), repeats)
+        first_ms, _ = _timed(generate(1), repeats)
+        all_ms, _ = _timed(generate(new_tokens), repeats)
+        phases = [_phase_times(model, generate(2)) for _ in range(repeats)]
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+        stats = vlmzip.stats(model) if policy != UNWRAPPED else None
+    finally:
+        vlmzip.restore(model)
+    batch = inputs["input_ids"].shape[0]
+    decode_s = max(all_ms - first_ms, 1e-6) / 1e3  # generate(n) - generate(1): the prompt pass cancels
+    return Result(
+        batch,
+        policy,
+        prefill_ms,
+        spread,
+        first_ms,
+        *(statistics.median(p[i] for p in phases) for i in range(3)),
+        decode_tokens_per_s=(new_tokens - 1) * batch / decode_s,
+        peak_gib=peak,
+        kv_bytes=stats.kv_bytes if stats else 0,
+        visual_tokens_in=stats.visual_tokens_in if stats else [],
+        visual_tokens_kept=stats.visual_tokens_kept if stats else {},
+    )
+
+
+def _phase_times(model: nn.Module, run: Callable[[], Any]) -> tuple[float, float, float]:
+    with _Phases(model) as phases:
+        run()
+    language = phases.times["language"]
+    return sum(phases.times["vision"]), language[0], language[1] if len(language) > 1 else 0.0
+
+
+def run(
+    model: nn.Module,
+    policies: list[str],
+    batches: list[int],
+    workload: Workload,
+    new_tokens: int,
+    repeats: int,
+    report: Callable[[Result], None] = lambda result: None,
+) -> list[Result]:
+    results = []
+    for batch in batches:
+        inputs = workload.inputs(model, batch)
+        for policy in [UNWRAPPED, "none", *policies]:
+            results.append(measure(model, inputs, policy, new_tokens, repeats))
+            report(results[-1])
+    return results
+
+
+HEADER = (
+    f"{'batch':>5} {'policy':<38} {'prefill ms':>13} {'speed-up':>8} {'TTFT ms':>8} {'vision':>7} "
+    f"{'LM pre':>7} {'1st dec':>7} {'tok/s':>7} {'peak GiB':>8} {'KV MiB':>8}"
+)
+
+
+def row(result: Result, baseline: Result) -> str:
+    speedup = baseline.prefill_ms / result.prefill_ms
+    return (
+        f"{result.batch:>5} {result.policy:<38} {result.prefill_ms:>8.1f}±{result.prefill_spread_ms:<4.1f} "
+        f"{speedup:>7.2f}x {result.first_token_ms:>8.1f} {result.vision_ms:>7.1f} {result.lm_prefill_ms:>7.1f} "
+        f"{result.first_decode_ms:>7.1f} {result.decode_tokens_per_s:>7.0f} {result.peak_gib:>8.1f} "
+        f"{result.kv_bytes / 2**20:>8.1f}"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--arch", default="llava-1.5-7b", help=f"one of {', '.join([*ARCHS, *TINY_ARCHS])}")
+    source.add_argument("--model", help="a checkpoint directory (loaded offline)")
+    parser.add_argument("--policy", action="append", default=[], help="a policy to compare (repeatable)")
+    parser.add_argument("--batch-size", type=int, action="append", help="repeatable; default 1")
+    parser.add_argument("--images", type=int, default=1, help="images per sample")
+    parser.add_argument("--frames", type=int, default=0, help="video frames per sample (Qwen)")
+    parser.add_argument("--frame-size", type=int, default=336, help="Qwen image/frame side in pixels")
+    parser.add_argument("--text-tokens", type=int, default=40)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--out", type=Path, help="write results.json there")
+
+
+def main(args: argparse.Namespace) -> int:
+    for policy in args.policy:
+        vlmzip.Policy.parse(policy)  # fail before building a 7B model
+    model = build(None if args.model else args.arch, args.model, args.device, getattr(torch, args.dtype))
+    patch = getattr(model.config.vision_config, "patch_size", 14)
+    workload = Workload(args.images, args.frames, args.frame_size // patch, args.text_tokens)
+    print(HEADER, flush=True)
+    baselines: dict[int, Result] = {}
+
+    def report(result: Result) -> None:
+        baseline = baselines.setdefault(result.batch, result)
+        print(row(result, baseline), flush=True)
+
+    results = run(model, args.policy, args.batch_size or [1], workload, args.new_tokens, args.repeats, report)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        config = {key: str(value) for key, value in vars(args).items() if key != "run"}
+        payload = {"config": config, "versions": _versions(), "results": [asdict(r) for r in results]}
+        (args.out / "results.json").write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {
+        "vlmzip": vlmzip.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": device,
+    }
