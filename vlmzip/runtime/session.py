@@ -119,6 +119,8 @@ class Session:
         self._saved_backends: dict[str, str] = {}
         self._registered: list[str] = []
         self._vision_layer_of: dict[int, int] = {}
+        # vision attention calls of the current layer (one per chunk: frame or window) awaiting their mass
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor, float, torch.Tensor | None]] = []
         self._eager: dict[type, Any] = {}
 
     # -- install / remove ---------------------------------------------------------------------------------
@@ -142,6 +144,8 @@ class Session:
         # items' layouts, which every policy needs to locate the visual tokens
         tower = self.adapter.vision_tower
         self._handles.append(tower.register_forward_pre_hook(self._before_vision_tower, with_kwargs=True))
+        if self.vision_layers:
+            self._handles.append(tower.register_forward_hook(lambda *_: self._flush_vision_masses()))
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -328,13 +332,38 @@ class Session:
         output = self._base_attention(self._vision_backend, module)(module, query, key, value, attention_mask, **kwargs)
         layer = self._vision_layer_of.get(id(module))
         if self.vision_runs and layer in self.vision_layers:
-            rows = query[:, :, :1] if self.adapter.vision_query == "cls" else query
+            if self._pending and self._pending[0][0] != layer:
+                self._flush_vision_masses()
+            cls_only = self.adapter.vision_query == "cls"
+            rows = query[:, :, :1] if cls_only else query
             scaling = kwargs.get("scaling", getattr(module, "scaling", query.shape[-1] ** -0.5))
-            masses = _segment_masses(
-                rows, key, scaling, attention_mask, kwargs.get("cu_seq_lens_q"), self.adapter.vision_query == "cls"
-            )
-            self.vision_runs[-1].attention.setdefault(layer, []).extend(masses)
+            cu_seqlens = None if cls_only else kwargs.get("cu_seq_lens_q")
+            for part_rows, part_key, part_mask in _segments(rows, key, attention_mask, cu_seqlens):
+                self._pending.append((layer, part_rows, part_key, scaling, part_mask))
         return output
+
+    def _flush_vision_masses(self) -> None:
+        """Attention mass of the pending calls of one layer, computed in one batch per chunk shape (a video's
+        windows number in the thousands: one small computation each would cost more than the tower)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        masses: list[torch.Tensor | None] = [None] * len(pending)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for order, (_, rows, key, scaling, mask) in enumerate(pending):
+            groups[(rows.shape[1:], key.shape[1:], scaling, None if mask is None else mask.shape[1:])].append(order)
+        for members in groups.values():
+            rows = torch.cat([pending[i][1] for i in members])
+            key = torch.cat([pending[i][2] for i in members])
+            mask = pending[members[0]][4]
+            if mask is not None:
+                mask = torch.cat([pending[i][4].expand(pending[i][1].shape[0], *mask.shape[1:]) for i in members])
+            parts = attention_mass(rows, key, pending[members[0]][3], mask).split(
+                [pending[i][1].shape[0] for i in members]
+            )
+            for i, part in zip(members, parts):
+                masses[i] = part
+        self.vision_runs[-1].attention.setdefault(pending[0][0], []).extend(masses)
 
     # -- prefill stage and per-layer bookkeeping ----------------------------------------------------------
     def _layer_hook(self, idx: int):
@@ -534,12 +563,9 @@ def _last_row_mass(module, query, key, attention_mask, kwargs) -> torch.Tensor:
     return attention_mass(query[:, :, -1:], key, scaling, attention_mask, softcap=kwargs.get("softcap"))
 
 
-def _segment_masses(rows, key, scaling, mask, cu_seqlens, cls_only: bool) -> list[torch.Tensor]:
-    """Attention mass per key for one vision attention call, split by packed sequences (``cu_seqlens``)."""
-    if cu_seqlens is None or cls_only:
-        return [attention_mass(rows, key, scaling, mask)]
+def _segments(rows, key, mask, cu_seqlens):
+    """The packed sequences (``cu_seqlens``, flash attention's layout) of one vision attention call."""
+    if cu_seqlens is None:
+        return [(rows, key, mask)]
     bounds = cu_seqlens.tolist()
-    return [
-        attention_mass(rows[:, :, start:stop], key[:, :, start:stop], scaling)
-        for start, stop in zip(bounds[:-1], bounds[1:])
-    ]
+    return [(rows[:, :, a:b], key[:, :, a:b], None) for a, b in zip(bounds[:-1], bounds[1:])]
