@@ -1,1 +1,2 @@
-"""Evaluation: tiny models for tests and examples (``vlmzip.eval.tiny``); benchmarks come later."""
+"""Evaluation: tiny models for tests and demos (``tiny``), speed benchmarks (``bench``), the Video-MME data
+side (``videomme``: layouts, validation, frame sampling, subtitles, prompts, answer extraction, results)."""
