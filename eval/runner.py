@@ -1,0 +1,204 @@
+"""The evaluation loop behind ``vlmzip eval``: every policy on the same samples, resumable, summarised.
+
+Samples are decoded once and handed to each policy in turn. Every scored sample is appended to
+``samples.jsonl`` and flushed at once, so a killed run loses at most the line being written; ``resume``
+skips the (policy, question) pairs already there and drops a torn last line. ``results.json`` is always
+recomputed from ``samples.jsonl``: accuracy per policy (overall and by group, with intervals), accuracy
+retained relative to ``none`` where it ran, and the efficiency figures beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Protocol
+
+from vlmzip.errors import InputError
+from vlmzip.eval.videomme import Sample, score, summarize
+
+SAMPLES = "samples.jsonl"
+RESULTS = "results.json"
+CONFIG = "config.json"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A model's answer to one sample and what it cost."""
+
+    response: str | None
+    visual_tokens_in: int = 0
+    visual_tokens_kept: int = 0
+    prefill_ms: float | None = None
+    first_token_ms: float | None = None
+    peak_gib: float | None = None
+
+
+class Predictor(Protocol):
+    """Answers a batch of samples under a policy (the model, its processor and decoding are its business)."""
+
+    def predict(self, policy: str, samples: list[Sample]) -> list[Prediction]: ...
+
+
+def run(
+    samples: Iterable[Sample],
+    predictor: Predictor,
+    policies: list[str],
+    out_dir: Path,
+    config: dict[str, Any],
+    batch_size: int = 1,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Score every sample under every policy into ``out_dir``; returns (and writes) the results."""
+    if not policies or len(set(policies)) != len(policies):
+        raise InputError(f"give each policy once, at least one: got {policies}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = _start(out_dir, config, resume)
+    with (out_dir / SAMPLES).open("a", encoding="utf-8") as log:
+        for batch in _batches(samples, batch_size):
+            for policy in policies:
+                todo = [s for s in batch if (policy, s.question.question_id) not in done]
+                answerable = [s for s in todo if s.error is None]
+                predictions = _predict(predictor, policy, answerable)
+                for sample in todo:
+                    _append(log, _record(policy, sample, predictions.get(id(sample))))
+                    done.add((policy, sample.question.question_id))
+    return write_results(out_dir, policies)
+
+
+def _start(out_dir: Path, config: dict[str, Any], resume: bool) -> set[tuple[str, str]]:
+    samples, config_path = out_dir / SAMPLES, out_dir / CONFIG
+    if samples.exists() and samples.stat().st_size and not resume:
+        raise InputError(f"{out_dir} already holds results: pass --resume to continue that run, or a new --out")
+    if resume and config_path.exists():
+        previous = json.loads(config_path.read_text())
+        changed = sorted(k for k in config if k not in ("resume", "policies") and previous.get(k) != config[k])
+        if changed:
+            raise InputError(f"cannot resume {out_dir}: its run had different {', '.join(changed)}; use a new --out")
+    config_path.write_text(json.dumps(config, indent=2, default=str))
+    return {(row["policy"], row["question_id"]) for row in read_samples(out_dir, repair=True)}
+
+
+def read_samples(out_dir: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """The scored samples of a run. A torn last line (the run was killed mid-write) is ignored, and with
+    ``repair`` cut from the file so appending continues on a clean line."""
+    path = out_dir / SAMPLES
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    rows, good_end = [], 0
+    for line in data.splitlines(keepends=True):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if good_end + len(line) < len(data):  # damage before the last line is not a torn write
+                raise InputError(f"{path} is corrupt after byte {good_end}; it cannot be resumed") from None
+            break
+        good_end += len(line)
+    if repair and good_end < len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(good_end)
+    if repair and good_end and not data[:good_end].endswith(b"\n"):
+        with path.open("ab") as handle:
+            handle.write(b"\n")
+    return rows
+
+
+def write_results(out_dir: Path, policies: list[str] | None = None) -> dict[str, Any]:
+    """Recompute ``results.json`` from ``samples.jsonl``: per policy accuracy, retained %, efficiency."""
+    rows = read_samples(out_dir)
+    order = policies or list(dict.fromkeys(row["policy"] for row in rows))
+    per_policy = {policy: _policy_result([r for r in rows if r["policy"] == policy]) for policy in order}
+    baseline = per_policy.get("none", {}).get("accuracy")
+    for result in per_policy.values():
+        accuracy = result["accuracy"]
+        result["retained"] = accuracy / baseline if baseline and accuracy is not None else None
+    results = {"policies": per_policy}
+    (out_dir / RESULTS).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _policy_result(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = summarize(rows)
+    answered = [r for r in rows if r["error"] is None]
+    return {
+        "accuracy": summary["overall"]["accuracy"],
+        "ci95": summary["overall"]["ci95"],
+        "evaluated": summary["overall"]["evaluated"],
+        "total": summary["overall"]["total"],
+        "unparsed": summary["overall"]["unparsed"],
+        "visual_tokens_in": _mean(r["visual_tokens_in"] for r in answered),
+        "visual_tokens_kept": _mean(r["visual_tokens_kept"] for r in answered),
+        "prefill_ms": _median(r["prefill_ms"] for r in answered),
+        "first_token_ms": _median(r["first_token_ms"] for r in answered),
+        "peak_gib": max((r["peak_gib"] for r in answered if r["peak_gib"] is not None), default=None),
+        "summary": summary,
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    """A markdown table of the results, one row per policy."""
+    lines = [
+        "| policy | accuracy | 95% CI | retained | visual tokens kept | prefill ms | TTFT ms | peak GiB | evaluated |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for policy, r in results["policies"].items():
+        ci = r["ci95"]
+        lines.append(
+            f"| {policy} | {_pct(r['accuracy'])} | {_pct(ci[0]) if ci else '-'}-{_pct(ci[1]) if ci else '-'} | "
+            f"{_pct(r['retained'])} | {_num(r['visual_tokens_kept'])} | {_num(r['prefill_ms'])} | "
+            f"{_num(r['first_token_ms'])} | {_num(r['peak_gib'], 2)} | {r['evaluated']}/{r['total']} |"
+        )
+    return "\n".join(lines)
+
+
+def _predict(predictor: Predictor, policy: str, samples: list[Sample]) -> dict[int, Prediction]:
+    if not samples:
+        return {}
+    predictions = predictor.predict(policy, samples)
+    if len(predictions) != len(samples):
+        raise RuntimeError(f"the predictor answered {len(predictions)} of {len(samples)} samples")
+    return dict(zip(map(id, samples), predictions))
+
+
+def _record(policy: str, sample: Sample, prediction: Prediction | None) -> dict[str, Any]:
+    record = score(sample, prediction.response if prediction else None).to_dict()
+    efficiency = asdict(prediction) if prediction else asdict(Prediction(None))
+    efficiency.pop("response")
+    return {"policy": policy, **record, **efficiency}
+
+
+def _append(log, row: dict[str, Any]) -> None:
+    log.write(json.dumps(row) + "\n")
+    log.flush()
+    os.fsync(log.fileno())  # a kill after this line cannot lose it
+
+
+def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    if size < 1:
+        raise InputError(f"batch size must be at least 1, got {size}")
+    iterator = iter(samples)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
