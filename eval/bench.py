@@ -17,7 +17,6 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -316,27 +315,11 @@ def row(result: Result, baseline: Result) -> str:
     )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--arch", default="llava-1.5-7b", help=f"one of {', '.join([*ARCHS, *TINY_ARCHS])}")
-    source.add_argument("--model", help="a checkpoint directory (loaded offline)")
-    parser.add_argument("--policy", action="append", default=[], help="a policy to compare (repeatable)")
-    parser.add_argument("--batch-size", type=int, action="append", help="repeatable; default 1")
-    parser.add_argument("--images", type=int, default=1, help="images per sample")
-    parser.add_argument("--frames", type=int, default=0, help="video frames per sample (Qwen)")
-    parser.add_argument("--frame-size", type=int, default=336, help="Qwen image/frame side in pixels")
-    parser.add_argument("--text-tokens", type=int, default=40)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--out", type=Path, help="write results.json there")
-
-
 def main(args: argparse.Namespace) -> int:
     for policy in args.policy:
         vlmzip.Policy.parse(policy)  # fail before building a 7B model
-    model = build(None if args.model else args.arch, args.model, args.device, getattr(torch, args.dtype))
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = build(None if args.model else args.arch, args.model, device, getattr(torch, args.dtype))
     patch = getattr(model.config.vision_config, "patch_size", 14)
     workload = Workload(args.images, args.frames, args.frame_size // patch, args.text_tokens)
     print(HEADER, flush=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vlmzip.errors import InputError
+from vlmzip.eval import videomme
 from vlmzip.eval.videomme import Sample, score, summarize
 
 SAMPLES = "samples.jsonl"
@@ -202,3 +203,54 @@ def _pct(value: float | None) -> str:
 
 def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main(args) -> int:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlmzip.eval.predictor import ModelPredictor
+    from vlmzip.policy import Policy
+
+    if args.data_root is None or args.model is None:
+        raise InputError("--data-root and --model are needed (the bundled model and set come with the fixtures)")
+    policies = list(dict.fromkeys(["none", *(str(Policy.parse(p)) for p in args.policy)]))
+    data = videomme.load(args.data_root)
+    questions = videomme.select(data, durations=args.duration, limit=args.limit)
+    sampling = videomme.Sampling(args.frames, args.sampler, args.fps, args.max_frames)
+    samples = videomme.iter_samples(
+        data,
+        questions,
+        sampling,
+        subtitles=args.subtitles,
+        template=args.template,
+        max_side=args.max_side,
+        missing=args.missing,
+        workers=args.decode_workers,
+    )
+    dtype = getattr(torch, args.dtype)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForImageTextToText.from_pretrained(
+        args.model, dtype=dtype, device_map=device, local_files_only=True
+    )
+    processor = AutoProcessor.from_pretrained(args.model, local_files_only=True)
+    config = {
+        **{key: str(value) for key, value in vars(args).items() if key not in ("run", "resume", "policy")},
+        "policies": policies,
+        "layout": data.layout,
+        "partial": data.partial,
+        "manifest_sha256": data.manifest_sha256,
+        "questions": len(questions),
+        "sampling": sampling.describe(),
+    }
+    results = run(
+        samples,
+        ModelPredictor(model.eval(), processor, args.max_new_tokens),
+        policies,
+        args.out,
+        config,
+        args.batch_size,
+        args.resume,
+    )
+    print(table(results))
+    return 0

@@ -1,10 +1,11 @@
-"""The ``vlmzip`` command line: ``methods``, ``demo``, ``bench`` (``eval`` comes with the benchmarks)."""
+"""The ``vlmzip`` command line: ``methods``, ``demo``, ``bench``, ``eval``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,9 +38,64 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="time to first token, prefill, decode speed, memory and KV bytes against the unwrapped model"
     )
-    _bench_module().add_arguments(bench)
+    _bench_arguments(bench)
     bench.set_defaults(run=lambda args: _bench_module().main(args))
+    evaluate = commands.add_parser(
+        "eval", help="accuracy of each policy on a benchmark (Video-MME from a local copy), beside its cost"
+    )
+    _eval_arguments(evaluate)
+    evaluate.set_defaults(run=lambda args: _eval_module().main(args))
     return parser
+
+
+def _eval_module():
+    from vlmzip.eval import runner
+
+    return runner
+
+
+# The subcommands' options live here so that `vlmzip --help` needs neither torch nor transformers.
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--arch", default="llava-1.5-7b", help="llava-1.5-7b, qwen2.5-vl-7b, gemma-3-4b, or tiny-<family> (random)"
+    )
+    source.add_argument("--model", help="a checkpoint directory (loaded offline)")
+    parser.add_argument("--policy", action="append", default=[], help="a policy to compare (repeatable)")
+    parser.add_argument("--batch-size", type=int, action="append", help="repeatable; default 1")
+    parser.add_argument("--images", type=int, default=1, help="images per sample")
+    parser.add_argument("--frames", type=int, default=0, help="video frames per sample (Qwen)")
+    parser.add_argument("--frame-size", type=int, default=336, help="Qwen image/frame side in pixels")
+    parser.add_argument("--text-tokens", type=int, default=40)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--out", type=Path, help="write results.json there")
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bench", default="videomme", choices=["videomme"], help="the benchmark (more come)")
+    parser.add_argument("--data-root", type=Path, help="a local Video-MME copy, any layout (never downloaded)")
+    parser.add_argument("--model", help="a checkpoint directory, loaded offline")
+    parser.add_argument("--policy", action="append", default=[], help="repeatable; 'none' always runs first")
+    parser.add_argument("--out", type=Path, required=True, help="run directory (config, samples, results)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--frames", type=int, help="frames per video (default 32 unless --fps)")
+    parser.add_argument("--sampler", default="linspace", help="linspace (lmms-eval) or centered (VLMEvalKit)")
+    parser.add_argument("--fps", type=float, help="sample at this rate instead of a frame count")
+    parser.add_argument("--max-frames", type=int)
+    parser.add_argument("--max-side", type=int, help="resize frames so their longer side is at most this")
+    parser.add_argument("--subtitles", action="store_true", help="add the cues at the sampled frames")
+    parser.add_argument("--template", default="official", help="official, lmms-eval or vlmevalkit")
+    parser.add_argument("--duration", help="comma-separated: short,medium,long")
+    parser.add_argument("--limit", type=int, help="at most this many questions, stratified by duration")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--missing", default="record", choices=["record", "fail"])
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--decode-workers", type=int, default=0, help="threads decoding upcoming videos")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
 
 
 def _bench_module():
