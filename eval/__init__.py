@@ -1,3 +1,3 @@
 """Evaluation: tiny models for tests and demos (``tiny``), speed benchmarks (``bench``), the Video-MME data
-side (``videomme``: layouts, validation, frame sampling, subtitles, prompts, answer extraction, results), and
-the synthetic image and video question sets the bundled fidelity models are trained on (``synthetic``)."""
+side (``videomme``) and the evaluation loop behind ``vlmzip eval`` (``runner``, ``predictor``), the synthetic
+image and video question sets (``synthetic``) and the small fidelity models trained on them (``fixtures``)."""
