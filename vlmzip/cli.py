@@ -54,7 +54,7 @@ def _eval_module():
     return runner
 
 
-# The subcommands' options live here so that `vlmzip --help` needs neither torch nor transformers.
+# The subcommands' options live here: building the parser loads no benchmark code, only the command that runs does.
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
