@@ -1,4 +1,4 @@
-"""The ``vlmzip`` command line: ``methods``, ``demo``, ``bench``, ``eval``."""
+"""The ``vlmzip`` command line: ``methods``, ``demo``, ``bench``, ``eval``, ``report``."""
 
 from __future__ import annotations
 
@@ -45,7 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     _eval_arguments(evaluate)
     evaluate.set_defaults(run=lambda args: _eval_module().main(args))
+    report = commands.add_parser("report", help="one table (and a plot) of the policies of `vlmzip eval` runs")
+    report.add_argument("runs", type=Path, nargs="+", help="run directories (the --out of vlmzip eval)")
+    report.add_argument("--out", type=Path, help="write report.md, report.json (and report.png) there")
+    report.add_argument("--plot", action="store_true", help="also draw report.png (needs the plot extra)")
+    report.set_defaults(run=_report)
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    from vlmzip.eval import report
+
+    return report.main(args)
 
 
 def _eval_module():

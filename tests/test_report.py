@@ -1,0 +1,46 @@
+"""`vlmzip report`: the table across runs, the Pareto front, the plot."""
+
+from __future__ import annotations
+
+import pytest
+from test_runner import Scripted, samples
+
+from vlmzip.cli import main
+from vlmzip.errors import InputError
+from vlmzip.eval import report, runner
+from vlmzip.eval.synthetic import write_video_set
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videomme")
+    write_video_set(root, n_videos=2, split="test", seed=4, subtitles=False)
+    out = tmp_path_factory.mktemp("runs") / "a"
+    runner.run(samples(root), Scripted(), ["none", "uniform:keep=0.25"], out, {}, 3)
+    return [out]
+
+
+def test_pareto_front():
+    rows = [
+        {"accuracy": 0.9, "ttft": 100.0},  # best accuracy
+        {"accuracy": 0.5, "ttft": 20.0},  # cheapest
+        {"accuracy": 0.4, "ttft": 50.0},  # beaten on both by the row above
+        {"accuracy": None, "ttft": 10.0},  # no accuracy: not a candidate
+    ]
+    assert report.pareto(rows, "ttft") == {0, 1}
+
+
+def test_report_table_and_plot(runs, tmp_path, capsys):
+    rows = report.collect(runs)
+    assert [r["policy"] for r in rows] == ["none", "uniform:keep=0.25"]
+    assert rows[0]["accuracy"] == 1.0 and rows[1]["retained"] == pytest.approx(2 / 6)
+    pytest.importorskip("matplotlib")
+    assert main(["report", *map(str, runs), "--out", str(tmp_path), "--plot"]) == 0
+    out = capsys.readouterr().out
+    assert "| a | none | 100.0% | 100.0% |" in out
+    assert (tmp_path / "report.png").stat().st_size > 10_000 and (tmp_path / "report.md").exists()
+
+
+def test_report_rejects_a_directory_that_is_no_run(tmp_path):
+    with pytest.raises(InputError, match="is not a vlmzip eval run"):
+        report.collect([tmp_path])
