@@ -210,15 +210,16 @@ class _Phases:
             handle.remove()
 
     def _begin(self, name: str) -> None:
-        _sync()
+        synchronize()
         self._start[name] = time.perf_counter()
 
     def _end(self, name: str) -> None:
-        _sync()
+        synchronize()
         self.times[name].append((time.perf_counter() - self._start[name]) * 1e3)
 
 
-def _sync() -> None:
+def synchronize() -> None:
+    """Wait for queued device work, so host clocks measure it (no-op without CUDA)."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
@@ -226,10 +227,10 @@ def _sync() -> None:
 def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
     times = []
     for _ in range(repeats):
-        _sync()
+        synchronize()
         start = time.perf_counter()
         fn()
-        _sync()
+        synchronize()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times), max(times) - min(times)
 

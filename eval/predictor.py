@@ -16,6 +16,7 @@ from PIL import Image
 from torch import nn
 
 import vlmzip
+from vlmzip.eval.bench import synchronize
 from vlmzip.eval.runner import Prediction
 from vlmzip.eval.videomme import Sample
 
@@ -69,7 +70,7 @@ class _FirstPass:
         self.pass_ms = self.first_token_ms = None
 
     def __enter__(self) -> _FirstPass:
-        _sync()
+        synchronize()
         self._called = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -85,16 +86,11 @@ class _FirstPass:
 
     def _begin(self, *_: object) -> None:
         if self.pass_ms is None:
-            _sync()
+            synchronize()
             self._started = time.perf_counter()
 
     def _end(self, *_: object) -> None:
         if self.pass_ms is None:
-            _sync()
+            synchronize()
             now = time.perf_counter()
             self.pass_ms, self.first_token_ms = (now - self._started) * 1e3, (now - self._called) * 1e3
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmzip.errors import InputError
-from vlmzip.eval.runner import write_results
+from vlmzip.eval.runner import number, percent, write_results
 
 
 def collect(run_dirs: list[Path]) -> list[dict[str, Any]]:
@@ -41,9 +41,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for i, r in enumerate(rows):
         lines.append(
-            f"| {r['run']} | {r['policy']} | {_pct(r['accuracy'])} | {_pct(r['retained'])} | "
-            f"{_num(r['visual_tokens_kept'])} | {_num(r['first_token_ms'])} | {_num(r['prefill_ms'])} | "
-            f"{_num(r['peak_gib'], 2)} | {'*' if i in front else ''} |"
+            f"| {r['run']} | {r['policy']} | {percent(r['accuracy'])} | {percent(r['retained'])} | "
+            f"{number(r['visual_tokens_kept'])} | {number(r['first_token_ms'])} | {number(r['prefill_ms'])} | "
+            f"{number(r['peak_gib'], 2)} | {'*' if i in front else ''} |"
         )
     return "\n".join(lines)
 
@@ -95,14 +95,6 @@ def main(args) -> int:
         if args.plot:
             print(f"plot: {plot(rows, args.out / 'report.png')}")
     return 0
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _num(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 __all__ = ["collect", "markdown", "pareto", "plot"]

@@ -148,11 +148,11 @@ def table(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for policy, r in results["policies"].items():
-        ci = r["ci95"]
+        low, high = r["ci95"] or (None, None)
         lines.append(
-            f"| {policy} | {_pct(r['accuracy'])} | {_pct(ci[0]) if ci else '-'}-{_pct(ci[1]) if ci else '-'} | "
-            f"{_pct(r['retained'])} | {_num(r['visual_tokens_kept'])} | {_num(r['prefill_ms'])} | "
-            f"{_num(r['first_token_ms'])} | {_num(r['peak_gib'], 2)} | {r['evaluated']}/{r['total']} |"
+            f"| {policy} | {percent(r['accuracy'])} | {percent(low)}-{percent(high)} | "
+            f"{percent(r['retained'])} | {number(r['visual_tokens_kept'])} | {number(r['prefill_ms'])} | "
+            f"{number(r['first_token_ms'])} | {number(r['peak_gib'], 2)} | {r['evaluated']}/{r['total']} |"
         )
     return "\n".join(lines)
 
@@ -197,11 +197,11 @@ def _median(values: Iterable[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def _pct(value: float | None) -> str:
+def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _num(value: float | None, digits: int = 1) -> str:
+def number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 

@@ -63,6 +63,7 @@ class Request:
     # per sample, on the host (so cuts need no device round trip): rows held now, visual rows among them
     rows_count: list[int] = field(default_factory=list)
     visual_count: list[int] = field(default_factory=list)
+    visual_in: list[int] = field(default_factory=list)
     kept: dict[str, list[int]] = field(default_factory=dict)
     kept_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # (prompt rows, kept)
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -305,8 +306,8 @@ class Session:
             for item in request.items:
                 request.visual[item.sample, item.positions] = True
         counts = torch.stack([(request.visual & request.prompt_valid).sum(dim=1), request.prompt_valid.sum(dim=1)])
-        request.kept["in"], request.rows_count = counts.tolist()
-        request.visual_count = list(request.kept["in"])
+        request.visual_in, request.rows_count = counts.tolist()
+        request.visual_count = list(request.visual_in)
 
     def _cut_language_model_mask(self, mask: Any, index: torch.Tensor, valid: torch.Tensor) -> Any:
         if mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 2):
@@ -502,8 +503,7 @@ class Session:
         request = self.last_request
         if request is None:
             return None
-        kept = {stage: counts for stage, counts in request.kept.items() if stage != "in"}
-        stats = Stats(str(self.policy), request.kept["in"], kept, request.kept_positions())
+        stats = Stats(str(self.policy), request.visual_in, dict(request.kept), request.kept_positions())
         if request.kv_rows:
             stats.kv_entries = [valid.sum(dim=1).tolist() if valid is not None else [] for valid, _ in request.kv_rows]
             stats.kv_visual_entries = [
