@@ -17,10 +17,11 @@ loss on the answer tokens only) with JSONL curves, validation accuracy and resum
 ==============  ==================================================================================
 
 Videos for Qwen go through ``Qwen2VLVideoProcessor`` when torchvision is importable; without it (the CPU
-environment) ``encode`` patchifies frames itself in the same layout (``_qwen_video_features``), and the
+environment) ``encode`` patchifies frames itself in the same layout (``_qwen_patches``), and the
 processor is built without a video processor.
 
-CLI: ``python -m vlmzip.eval.fixtures train --family llava --steps N --batch-size B --out DIR [--resume]``.
+CLI: ``python -m vlmzip.eval.fixtures train --family llava --steps N --batch-size B --out DIR [--resume]
+[--workers W] [--device cuda]`` (see ``docs/fixtures.md`` for the commands that made the shipped ones).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import math
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -165,7 +167,7 @@ _FAMILY_SPECIALS: dict[str, dict[str, str]] = {
 # Words: runs of letters/digits/underscores; every other visible character alone; newlines kept (they are
 # part of the official prompt's layout); other whitespace dropped.
 _WORD_PATTERN = r"\w+|[^\w\s]|\n"
-_SYNTHETIC_SOURCES = ("mc_prompt", "position_name", "Event")
+_SYNTHETIC_SOURCES = ("mc_prompt", "position_name", "Event", "caption", "video_caption")
 
 
 def _literal_strings(tree: ast.AST) -> list[str]:
@@ -491,28 +493,33 @@ def _pil(images: torch.Tensor) -> list:
     return [Image.fromarray(a) for a in images.permute(0, 2, 3, 1).cpu().numpy()]
 
 
-def _qwen_video_features(processor: ProcessorMixin, videos: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Qwen2-VL video patches without torchvision: frames (padded to a multiple of the temporal patch by
-    repeating the last) rescaled, normalised and flattened exactly as ``Qwen2VLVideoProcessor`` lays them out:
-    rows ``(t, h/m, w/m, m, m)``, columns ``(C, tp, p, p)``."""
+def _qwen_patches(processor: ProcessorMixin, clips: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen2-VL patch rows of uint8 clips ``[T, 3, H, W]`` (an image is a one-frame clip), on the clips'
+    device: frames padded to a multiple of the temporal patch by repeating the last, rescaled, normalised and
+    flattened exactly as ``Qwen2VLImageProcessor`` / ``Qwen2VLVideoProcessor`` lay them out: rows
+    ``(t, h/m, w/m, m, m)``, columns ``(C, tp, p, p)``. Returns (rows, grid_thw)."""
     ip = processor.image_processor
     p, m, tp = ip.patch_size, ip.merge_size, ip.temporal_patch_size
-    mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
-    std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
     side = _image_side(processor)
     rows, grids = [], []
-    for video in videos:
-        if tuple(video.shape[-2:]) != (side, side):  # no resize here: render at the fixture's size
-            raise ValueError(f"video frames must be {side}x{side}, got {tuple(video.shape[-2:])}")
-        frames = video.cpu().float() * ip.rescale_factor
-        frames = (frames - mean) / std
+    for clip in clips:
+        if tuple(clip.shape[-2:]) != (side, side):  # no resize here: render at the fixture's size
+            raise ValueError(f"frames must be {side}x{side}, got {tuple(clip.shape[-2:])}")
+        frames = _normalise(ip, clip)
         if len(frames) % tp:
             frames = torch.cat([frames, frames[-1:].expand(tp - len(frames) % tp, -1, -1, -1)])
         t, c, h, w = len(frames) // tp, 3, frames.shape[2] // p, frames.shape[3] // p
         x = frames.reshape(t, tp, c, h // m, m, p, w // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
         rows.append(x.reshape(t * h * w, c * tp * p * p))
         grids.append([t, h, w])
-    return {"pixel_values_videos": torch.cat(rows), "video_grid_thw": torch.tensor(grids, dtype=torch.long)}
+    return torch.cat(rows), torch.tensor(grids, dtype=torch.long, device=rows[0].device)
+
+
+def _normalise(image_processor, images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` -> float32, rescaled and normalised as the image processor does."""
+    mean = torch.tensor(image_processor.image_mean, device=images.device).view(3, 1, 1)
+    std = torch.tensor(image_processor.image_std, device=images.device).view(3, 1, 1)
+    return (images.float() * image_processor.rescale_factor - mean) / std
 
 
 def encode(
@@ -536,7 +543,8 @@ def encode(
     if processor.video_processor is not None:
         clips = [v.cpu() for v in videos]
         return processor(videos=clips, text=list(texts), fps=[2.0] * len(clips), **kwargs)
-    features = _qwen_video_features(processor, videos)
+    rows, grids = _qwen_patches(processor, [v.cpu() for v in videos])
+    features = {"pixel_values_videos": rows, "video_grid_thw": grids}
     merge = processor.image_processor.merge_size**2
     token = processor.video_token
     expanded = []
@@ -554,55 +562,92 @@ def encode(
     return out
 
 
-# -------------------------------------------------------------------------------------------- training
+# -------------------------------------------------------------------------------- training inputs (fast)
+#
+# The processors work on PIL images one at a time, which makes a 512-example batch take seconds on the host.
+# Training builds the same tensors directly: token ids with each placeholder spliced into the span the
+# processor would put there, pixels normalised (and, for Qwen, patchified) on the device.
+# ``test_fixtures`` checks both halves against ``encode`` on every family.
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run. ``image_levels`` / ``video_levels`` index ``synthetic.IMAGE_CURRICULUM`` /
-    ``VIDEO_CURRICULUM``; the level rises linearly over the steps (``curriculum_fraction`` of them), so
-    early steps see one object per scene. ``word_fraction`` of the examples ask the bare question and are
-    answered with the word; the rest are the official multiple-choice prompt answered with the letter:
-    training both from the start avoids the hundreds of steps a later switch costs."""
-
-    family: str
-    steps: int
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup: int = 50
-    seed: int = 0
-    image_levels: tuple[int, int] = (0, len(synthetic.IMAGE_CURRICULUM) - 1)
-    video_levels: tuple[int, int] = (0, len(synthetic.VIDEO_CURRICULUM) - 1)
-    curriculum_fraction: float = 0.7
-    word_fraction: float = 0.5
-    video_every: int = 2  # Qwen: every n-th step is a video batch (0: images only)
-    eval_every: int = 200
-    eval_size: int = 64
-    checkpoint_every: int = 200
-    log_every: int = 10
-    grad_clip: float = 1.0
+def _expansion(processor: ProcessorMixin) -> tuple[int, list[int]]:
+    """(placeholder id, the ids the processor puts in its place) for one image, found by comparing the
+    processor's output for a one-image prompt with the bare tokenisation."""
+    side = _image_side(processor)
+    text = chat_prompt(processor, "x")
+    bare = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    full = encode(processor, [text], torch.zeros(1, 3, side, side, dtype=torch.uint8))["input_ids"][0].tolist()
+    placeholder = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    at = bare.index(placeholder)
+    tail = len(bare) - at - 1
+    if full[:at] != bare[:at] or full[len(full) - tail :] != bare[at + 1 :]:
+        raise RuntimeError("the processor changes the prompt outside its image placeholder")
+    return placeholder, full[at : len(full) - tail]
 
 
-def _level(levels: tuple[int, int], step: int, cfg: TrainConfig) -> int:
-    lo, hi = levels
-    span = max(1, int(cfg.steps * cfg.curriculum_fraction))
-    return min(hi, lo + (hi - lo + 1) * step // span)
+def _video_expansion(processor: ProcessorMixin, frames: int) -> tuple[int, list[int]]:
+    """Qwen: (video placeholder id, ``<|video_pad|>`` once per merged patch of a ``frames``-frame clip)."""
+    ip = processor.image_processor
+    per_frame = (_image_side(processor) // (ip.patch_size * ip.merge_size)) ** 2
+    video = processor.tokenizer.convert_tokens_to_ids(processor.video_token)
+    return video, [video] * (math.ceil(frames / ip.temporal_patch_size) * per_frame)
 
 
-def _examples(
-    questions: Sequence[synthetic.Question], medium: str, rng: np.random.Generator, word_fraction: float
-) -> tuple[list[str], list[str]]:
-    """(prompt text, answer) per question: the bare question -> word, or the official prompt -> letter."""
-    prompts, answers = [], []
-    for q in questions:
-        if rng.random() < word_fraction:
-            prompts.append(q.text)
-            answers.append(q.answer_word)
-        else:
-            prompts.append(synthetic.mc_prompt(q, medium))
-            answers.append(q.answer)
-    return prompts, answers
+def _tokens(
+    processor: ProcessorMixin,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    medium: str,
+    frames: Sequence[int] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` / ``attention_mask`` (plus the family's token-type ids) of chat prompt +
+    answer + EOS, with ``labels`` on the answer and EOS tokens only."""
+    tok = processor.tokenizer
+    texts = [chat_prompt(processor, p, medium) + a + tok.eos_token for p, a in zip(prompts, answers, strict=True)]
+    rows = tok(texts, add_special_tokens=False)["input_ids"]
+    answer_ids = tok([a + tok.eos_token for a in answers], add_special_tokens=False)["input_ids"]
+    if medium == "video":
+        spans = [_video_expansion(processor, n) for n in frames]
+    else:
+        spans = [_expansion(processor)] * len(rows)
+    expanded = []
+    for ids, (placeholder, span) in zip(rows, spans, strict=True):
+        at = ids.index(placeholder)
+        expanded.append(ids[:at] + span + ids[at + 1 :])
+    width = max(map(len, expanded))
+    input_ids = torch.full((len(expanded), width), tok.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, -100)
+    for i, (ids, n) in enumerate(zip(expanded, map(len, answer_ids), strict=True)):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+        labels[i, len(ids) - n : len(ids)] = input_ids[i, len(ids) - n : len(ids)]
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if isinstance(processor, Qwen2_5_VLProcessor):
+        types = torch.zeros_like(input_ids)
+        types[input_ids == processor.image_token_id] = 1
+        types[input_ids == processor.video_token_id] = 2
+        out["mm_token_type_ids"] = types
+    elif isinstance(processor, Gemma3Processor):
+        out["token_type_ids"] = (input_ids == tok.image_token_id).long()  # the soft tokens, not <start_of_image>
+    return out
+
+
+def _pixels(
+    processor: ProcessorMixin, images: torch.Tensor | None = None, videos: Sequence[torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The processor's pixel tensors for uint8 images ``[B, 3, H, W]`` or videos ``[T, 3, H, W]``, computed
+    on the device the pixels are on."""
+    if isinstance(processor, Qwen2_5_VLProcessor):
+        if videos is not None:
+            rows, grids = _qwen_patches(processor, videos)
+            seconds = torch.full((len(videos),), processor.image_processor.temporal_patch_size / 2.0, device=rows.device)
+            return {"pixel_values_videos": rows, "video_grid_thw": grids, "second_per_grid_ts": seconds}
+        rows, grids = _qwen_patches(processor, [image[None] for image in images])
+        return {"pixel_values": rows, "image_grid_thw": grids}
+    if videos is not None:
+        raise ValueError(f"{type(processor).__name__} fixtures take images, not videos")
+    return {"pixel_values": _normalise(processor.image_processor, images)}
 
 
 def training_inputs(
@@ -613,55 +658,158 @@ def training_inputs(
     images: torch.Tensor | None = None,
     videos: Sequence[torch.Tensor] | None = None,
 ) -> BatchFeature:
-    """Right-padded inputs of prompt + answer + EOS with ``labels`` on the answer and EOS tokens only.
-
-    The tokenizer is word-level and context free, so the answer's tokens are the last ``len(answer ids)``
-    non-pad tokens of each row."""
-    tok = processor.tokenizer
-    texts = [chat_prompt(processor, p, medium) + a + tok.eos_token for p, a in zip(prompts, answers, strict=True)]
-    inputs = encode(processor, texts, images, videos, padding_side="right")
-    labels = torch.full_like(inputs["input_ids"], -100)
-    lengths = inputs["attention_mask"].sum(1)
-    for i, answer in enumerate(answers):
-        n = len(tok(answer + tok.eos_token, add_special_tokens=False)["input_ids"])
-        end = int(lengths[i])
-        labels[i, end - n : end] = inputs["input_ids"][i, end - n : end]
-    inputs["labels"] = labels
-    return inputs
+    """What ``encode`` gives for chat prompt + answer + EOS (right padded), plus ``labels`` on the answer and
+    EOS tokens only; pixels stay on the device they come on."""
+    frames = [len(v) for v in videos] if videos is not None else None
+    return BatchFeature({**_tokens(processor, prompts, answers, medium, frames), **_pixels(processor, images, videos)})
 
 
-def _sample(
-    processor: ProcessorMixin,
-    cfg: TrainConfig,
-    step: int,
+# -------------------------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run.
+
+    ``image_levels`` / ``video_levels`` index ``synthetic.IMAGE_CURRICULUM`` / ``VIDEO_CURRICULUM``. The top
+    level of a step rises linearly over ``curriculum_fraction`` of the steps; half of each batch is at the top
+    level and half at a level drawn uniformly below it, so easy scenes are never forgotten. Each example is a
+    caption (``caption_fraction``: "Describe the image." answered with every object, which supervises all
+    objects at once), a bare question answered with the word (``word_fraction``) or the official
+    multiple-choice prompt answered with the letter; training words and letters together from the start
+    avoids the hundreds of steps a later switch costs. Every step's data is a pure function of
+    ``(seed, step)``, whatever the number of loader workers, so a resumed run sees the same batches."""
+
+    family: str
+    steps: int
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    seed: int = 0
+    image_levels: tuple[int, int] = (0, len(synthetic.IMAGE_CURRICULUM) - 1)
+    video_levels: tuple[int, int] = (0, len(synthetic.VIDEO_CURRICULUM) - 1)
+    curriculum_fraction: float = 0.5
+    caption_fraction: float = 0.2
+    word_fraction: float = 0.3
+    video_every: int = 2  # Qwen: every n-th step is a video batch (0: images only)
+    video_batch_size: int = 0  # 0: batch_size // 4
+    eval_every: int = 500
+    eval_size: int = 256
+    checkpoint_every: int = 500
+    log_every: int = 20
+    grad_clip: float = 1.0
+    workers: int = 0  # data-loader processes (0: in the training process)
+    max_minutes: float = 0.0  # stop early (checkpoint and model saved) after this long; 0: no limit
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown family {self.family!r}; expected one of {', '.join(FAMILIES)}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        if not 0 <= self.caption_fraction + self.word_fraction <= 1:
+            raise ValueError("caption_fraction + word_fraction must be in [0, 1]")
+        for name, levels, curriculum in (
+            ("image_levels", self.image_levels, synthetic.IMAGE_CURRICULUM),
+            ("video_levels", self.video_levels, synthetic.VIDEO_CURRICULUM),
+        ):
+            if not 0 <= levels[0] <= levels[1] < len(curriculum):
+                raise ValueError(f"{name} must be 0 <= lo <= hi < {len(curriculum)}, got {levels}")
+
+    def is_video_step(self, step: int) -> bool:
+        return self.family == "qwen2_5_vl" and self.video_every > 0 and step % self.video_every == 1
+
+
+def _top_level(levels: tuple[int, int], step: int, cfg: TrainConfig) -> int:
+    lo, hi = levels
+    span = max(1, int(cfg.steps * cfg.curriculum_fraction))
+    return min(hi, lo + (hi - lo + 1) * step // span)
+
+
+def _example_levels(
+    levels: tuple[int, int], step: int, n: int, cfg: TrainConfig, rng: np.random.Generator
+) -> list[int]:
+    top = _top_level(levels, step, cfg)
+    below = rng.integers(levels[0], top + 1, size=n - n // 2).tolist()
+    return [top] * (n // 2) + below
+
+
+def _examples(
+    items: Sequence[tuple[str, synthetic.Question]],
+    medium: str,
     rng: np.random.Generator,
-    size: int,
-    device: torch.device,
-) -> BatchFeature:
-    """The training batch of ``step``: images, or (Qwen, every ``video_every``-th step) videos."""
-    video = isinstance(processor, Qwen2_5_VLProcessor) and cfg.video_every and step % cfg.video_every == 1
-    if video:
-        level = synthetic.VIDEO_CURRICULUM[_level(cfg.video_levels, step, cfg)]
-        vb = synthetic.video_batch(cfg.batch_size, rng, level, split="train", size=size)
-        prompts, answers = _examples([qs[0] for qs in vb.questions], "video", rng, cfg.word_fraction)
-        inputs = training_inputs(processor, prompts, answers, "video", videos=vb.videos)
-    else:
-        level = synthetic.IMAGE_CURRICULUM[_level(cfg.image_levels, step, cfg)]
-        ib = synthetic.image_batch(cfg.batch_size, rng, level, split="train", size=size)
-        prompts, answers = _examples(ib.questions, "image", rng, cfg.word_fraction)
-        inputs = training_inputs(processor, prompts, answers, "image", images=ib.images)
-    return inputs.to(device)
+    cfg: TrainConfig,
+) -> tuple[list[str], list[str]]:
+    """(prompt text, answer) per (caption text pair, question): a caption, the bare question -> word, or the
+    official prompt -> letter."""
+    prompts, answers = [], []
+    for (caption_prompt, caption), q in items:
+        u = rng.random()
+        if u < cfg.caption_fraction:
+            prompts.append(caption_prompt)
+            answers.append(caption)
+        elif u < cfg.caption_fraction + cfg.word_fraction:
+            prompts.append(q.text)
+            answers.append(q.answer_word)
+        else:
+            prompts.append(synthetic.mc_prompt(q, medium))
+            answers.append(q.answer)
+    return prompts, answers
 
 
-def _loss(model: PreTrainedModel, inputs: BatchFeature, device: torch.device) -> tuple[torch.Tensor, float]:
-    """Mean answer-token cross-entropy and the fraction of examples whose answer tokens are all argmax-right."""
+def _step_rng(cfg: TrainConfig, step: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(cfg.seed, spawn_key=(3, step))))
+
+
+def step_examples(processor: ProcessorMixin, cfg: TrainConfig, step: int, size: int) -> dict:
+    """The CPU half of step ``step``'s batch: token tensors and uint8 ``images`` (or a list of ``videos``)."""
+    rng = _step_rng(cfg, step)
+    if cfg.is_video_step(step):
+        n = cfg.video_batch_size or max(1, cfg.batch_size // 4)
+        clips, items = [], []
+        for level, k in Counter(_example_levels(cfg.video_levels, step, n, cfg, rng)).items():
+            vb = synthetic.video_batch(k, rng, synthetic.VIDEO_CURRICULUM[level], split="train", size=size)
+            clips += vb.videos
+            items += [(synthetic.video_caption(tl), qs[0]) for tl, qs in zip(vb.timelines, vb.questions)]
+        prompts, answers = _examples(items, "video", rng, cfg)
+        return {**_tokens(processor, prompts, answers, "video", [len(c) for c in clips]), "videos": clips}
+    images, items = [], []
+    for level, k in Counter(_example_levels(cfg.image_levels, step, cfg.batch_size, cfg, rng)).items():
+        ib = synthetic.image_batch(k, rng, synthetic.IMAGE_CURRICULUM[level], split="train", size=size)
+        images.append(ib.images)
+        items += [(synthetic.caption(scene), q) for scene, q in zip(ib.scenes, ib.questions)]
+    prompts, answers = _examples(items, "image", rng, cfg)
+    return {**_tokens(processor, prompts, answers, "image"), "images": torch.cat(images)}
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """Steps ``start .. cfg.steps - 1`` in order; loader worker ``w`` of ``W`` makes steps ``start + w + k W``
+    (the loader takes from workers in turn, so the order is kept)."""
+
+    def __init__(self, processor: ProcessorMixin, cfg: TrainConfig, start: int, size: int) -> None:
+        self.processor, self.cfg, self.start, self.size = processor, cfg, start, size
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if info:
+            torch.set_num_threads(1)
+        for step in range(self.start + worker, self.cfg.steps, workers):
+            yield step, step_examples(self.processor, self.cfg, step, self.size)
+
+
+def _loss(model: PreTrainedModel, inputs: dict, device: torch.device) -> tuple[torch.Tensor, float]:
+    """Answer-token cross-entropy averaged per example, then over the batch (a caption weighs as much as a
+    one-word answer), and the fraction of examples whose answer tokens are all argmax-right."""
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")[:, 1:]
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = model(**inputs)
-    labels = inputs["labels"][:, 1:]
-    predicted = out.logits[:, :-1].argmax(-1)
+        logits = model(**inputs).logits[:, :-1].float()
     mask = labels != -100
-    exact = ((predicted == labels) | ~mask).all(1).float().mean().item()
-    return out.loss, exact
+    token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    loss = ((token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+    exact = ((logits.argmax(-1) == labels) | ~mask).all(1).float().mean().item()
+    return loss, exact
 
 
 @torch.no_grad()
@@ -744,18 +892,18 @@ def train(
     device: str | torch.device = "cpu",
     out_dir: str | Path = "fixture",
     resume: bool = False,
-    eval_every: int = 200,
     spec: FixtureSpec | None = None,
     **options,
 ) -> PreTrainedModel:
     """Train a fixture of ``family`` for ``steps`` optimizer steps (total, counting resumed ones).
 
-    ``out_dir`` receives ``log.jsonl`` (one line per ``log_every`` steps and per evaluation), ``checkpoint.pt``
-    (model, optimizer, data RNG and step, every ``checkpoint_every`` steps and at the end: ``resume=True``
-    continues from it) and, at the end, the fixture itself (``save``) in ``out_dir/model``. ``options`` are
-    further ``TrainConfig`` fields. Returns the trained model (fp32).
+    ``out_dir`` receives ``log.jsonl`` (one line per ``log_every`` steps and per evaluation: greedy accuracy
+    on the validation split at the last curriculum level, images and, for Qwen, videos), ``checkpoint.pt``
+    (model, optimizer and step, every ``checkpoint_every`` steps and at the end: ``resume=True`` continues from
+    it) and, at the end, the fixture itself (``save``) in ``out_dir/model``. ``options`` are further
+    ``TrainConfig`` fields. Returns the trained model (fp32).
     """
-    cfg = TrainConfig(family, steps, batch_size, lr, eval_every=eval_every, **options)
+    cfg = TrainConfig(family, steps, batch_size, lr, **options)
     device = torch.device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -763,41 +911,60 @@ def train(
     model, processor = build(family, cfg.seed, spec)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    rng = synthetic.split_rng(cfg.seed, "image", "train")
     step = 0
     if resume and _checkpoint(out_dir).exists():
         state = torch.load(_checkpoint(out_dir), map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
         step = state["step"]
     (out_dir / "config.json").write_text(json.dumps({"train": asdict(cfg), "spec": asdict(spec)}, indent=2) + "\n")
-    log = (out_dir / "log.jsonl").open("a", encoding="utf-8")
+    loader = torch.utils.data.DataLoader(
+        _Stream(processor, cfg, step, spec.image_size),
+        batch_size=None,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if cfg.workers else None,
+    )
     started = time.time()
-    while step < cfg.steps:
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(step, cfg)
-        inputs = _sample(processor, cfg, step, rng, spec.image_size, device)
-        loss, exact = _loss(model, inputs, device)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        step += 1
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            kind = "video" if "pixel_values_videos" in inputs else "image"
-            record = {"step": step, "loss": loss.item(), "exact": exact, "lr": _lr(step - 1, cfg), "kind": kind}
-            _write(log, {**record, "elapsed_s": round(time.time() - started, 2)})
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            level = _level(cfg.image_levels, step - 1, cfg)
-            acc = evaluate(model, processor, cfg.eval_size, cfg.seed, level, size=spec.image_size)
-            _write(log, {"step": step, "eval": "image", "level": level, **acc})
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
-            torch.save({**state, "rng": rng.bit_generator.state}, _checkpoint(out_dir))
-    log.close()
+    with (out_dir / "log.jsonl").open("a", encoding="utf-8") as log:
+        for step, batch in loader:
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(step, cfg)
+            loss, exact = _loss(model, _on_device(processor, batch, device), device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            done = step + 1
+            elapsed = time.time() - started
+            out_of_time = cfg.max_minutes > 0 and elapsed > 60 * cfg.max_minutes
+            last = done == cfg.steps or out_of_time
+            if done % cfg.log_every == 0 or last:
+                kind = "video" if "videos" in batch else "image"
+                record = {"step": done, "loss": round(loss.item(), 5), "exact": exact, "lr": _lr(step, cfg)}
+                _write(log, {**record, "kind": kind, "elapsed_s": round(elapsed, 2)})
+            if cfg.eval_every and (done % cfg.eval_every == 0 or last):
+                for medium in ("image", "video") if family == "qwen2_5_vl" and cfg.video_every else ("image",):
+                    levels = cfg.image_levels if medium == "image" else cfg.video_levels
+                    where = {"level": levels[1], "size": spec.image_size, "medium": medium, "batch_size": 128}
+                    acc = evaluate(model, processor, cfg.eval_size, cfg.seed, **where)
+                    _write(log, {"step": done, "eval": medium, "level": levels[1], **acc})
+            if done % cfg.checkpoint_every == 0 or last:
+                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done}
+                torch.save(state, _checkpoint(out_dir))
+            if out_of_time:
+                _write(log, {"step": done, "stopped": f"max_minutes={cfg.max_minutes} reached"})
+                break
     save(model, processor, out_dir / "model")
     return model
+
+
+def _on_device(processor: ProcessorMixin, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """A loader batch on ``device`` with its pixels made there."""
+    tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("images", "videos")}
+    if "videos" in batch:
+        return {**tensors, **_pixels(processor, videos=[v.to(device, non_blocking=True) for v in batch["videos"]])}
+    return {**tensors, **_pixels(processor, images=batch["images"].to(device, non_blocking=True))}
 
 
 def _write(log, record: dict) -> None:
@@ -820,7 +987,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--resume", action="store_true")
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    t.add_argument("--eval-every", type=int, default=200)
+    t.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
+    t.add_argument("--eval-size", type=int, default=TrainConfig.eval_size)
+    t.add_argument("--video-batch-size", type=int, default=0, help="Qwen video batches (0: batch size / 4)")
+    t.add_argument("--workers", type=int, default=0, help="data-loader processes")
+    t.add_argument("--max-minutes", type=float, default=0.0, help="stop early, saving everything, after this long")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--small", action="store_true", help="use the SMALL spec (CPU smoke runs)")
     b = sub.add_parser("build", help="save an untrained fixture")
@@ -842,9 +1013,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.device,
         args.out,
         resume=args.resume,
-        eval_every=args.eval_every,
         spec=spec,
         seed=args.seed,
+        eval_every=args.eval_every,
+        eval_size=args.eval_size,
+        video_batch_size=args.video_batch_size,
+        workers=args.workers,
+        max_minutes=args.max_minutes,
     )
     return 0
 

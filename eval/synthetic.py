@@ -115,6 +115,7 @@ __all__ = [
     "Track",
     "VideoBatch",
     "VideoDifficulty",
+    "caption",
     "classify_colours",
     "content_split",
     "encode_mp4",
@@ -138,6 +139,7 @@ __all__ = [
     "timeline_events",
     "timeline_frames",
     "video_batch",
+    "video_caption",
     "write_all",
     "write_image_set",
     "write_video_set",
@@ -1089,6 +1091,20 @@ def sample_video_item(
             if len(qs) == n_questions:
                 return tl, tuple(qs)
     raise RuntimeError(f"no clip with {n_questions} questions in {max_tries} tries under {d}")
+
+
+def caption(scene: Scene) -> tuple[str, str]:
+    """(prompt, description) of a scene for captioning, an auxiliary training task: every object's size,
+    colour, shape and position in reading order, so one example supervises every object at once."""
+    objects = ", ".join(f"{o.size} {o.name} {scene.position(o)}" for o in scene.objects)
+    return "Describe the image.", (objects or "nothing") + "."
+
+
+def video_caption(tl: Timeline) -> tuple[str, str]:
+    """(prompt, description) of a clip: the first frame's objects, then every event in order."""
+    _, start = caption(timeline_frames(tl)[0])
+    events = "".join(f" Then {e.phrase}." for e in timeline_events(tl))
+    return "Describe the video.", start + events
 
 
 def render_timeline(tl: Timeline, size: int = 64, device: torch.device | str | None = None) -> torch.Tensor:

@@ -4,6 +4,7 @@ save/load round trip, and a CPU overfit / resume check on the SMALL spec."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -135,7 +136,8 @@ def test_train_resume(tmp_path):
     assert steps == [1, 2, 3, 4]
     assert {r["kind"] for r in records if "loss" in r} == {"image", "video"}
     evals = [r for r in records if "eval" in r]
-    assert [r["step"] for r in evals] == [2, 4] and all(0 <= r["letter"] <= 1 for r in evals)
+    assert [(r["step"], r["eval"]) for r in evals] == [(s, m) for s in (2, 4) for m in ("image", "video")]
+    assert all(0 <= r["letter"] <= 1 for r in evals)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 4
     model, _ = fixtures.load(tmp_path / "model")
     assert model.config.model_type == "qwen2_5_vl"
@@ -145,3 +147,66 @@ def test_cli_train(tmp_path):
     args = ["train", "--family", "llava", "--steps", "1", "--batch-size", "2", "--out", str(tmp_path), "--small"]
     assert fixtures.main([*args, "--device", "cpu", "--eval-every", "0"]) == 0
     assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+def _reference_inputs(processor, prompts, answers, medium, **visual):
+    """``training_inputs`` the slow way: the processor (``encode``) on the full texts, right padded."""
+    eos = processor.tokenizer.eos_token
+    texts = [fixtures.chat_prompt(processor, p, medium) + a + eos for p, a in zip(prompts, answers)]
+    return fixtures.encode(processor, texts, padding_side="right", **visual)
+
+
+def test_training_inputs_match_processor(built):
+    _, _, processor = built
+    batch = synthetic.image_batch(3, 1, synthetic.IMAGE_CURRICULUM[-1])
+    prompts = [synthetic.caption(batch.scenes[0])[0], batch.questions[1].text, synthetic.mc_prompt(batch.questions[2])]
+    answers = [synthetic.caption(batch.scenes[0])[1], batch.questions[1].answer_word, batch.questions[2].answer]
+    fast = fixtures.training_inputs(processor, prompts, answers, "image", images=batch.images)
+    reference = _reference_inputs(processor, prompts, answers, "image", images=batch.images)
+    assert set(fast) == set(reference) | {"labels"}
+    for key, value in reference.items():
+        assert value.dtype == fast[key].dtype, key
+        torch.testing.assert_close(fast[key], value, rtol=0, atol=1e-6, msg=key)
+    tok = processor.tokenizer
+    for row, labels, answer in zip(fast["input_ids"], fast["labels"], answers):
+        supervised = row[labels != -100].tolist()
+        assert supervised == tok(answer + tok.eos_token, add_special_tokens=False)["input_ids"]
+
+
+def test_training_inputs_match_processor_on_videos():
+    _, processor = fixtures.build("qwen2_5_vl", spec=fixtures.SMALL)
+    batch = synthetic.video_batch(2, 0, synthetic.VIDEO_CURRICULUM[-1], size=fixtures.SMALL.image_size)
+    assert len({len(v) for v in batch.videos}) == 2  # different lengths, odd or even
+    prompts = [synthetic.video_caption(batch.timelines[0])[0], synthetic.mc_prompt(batch.questions[1][0], "video")]
+    answers = [synthetic.video_caption(batch.timelines[0])[1], batch.questions[1][0].answer]
+    fast = fixtures.training_inputs(processor, prompts, answers, "video", videos=batch.videos)
+    reference = _reference_inputs(processor, prompts, answers, "video", videos=batch.videos)
+    for key, value in reference.items():
+        torch.testing.assert_close(fast[key].to(value.dtype), value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_step_examples_are_a_function_of_seed_and_step():
+    _, processor = fixtures.build("qwen2_5_vl", spec=fixtures.SMALL)
+    cfg = fixtures.TrainConfig("qwen2_5_vl", steps=4, batch_size=6, video_batch_size=2)
+    size = fixtures.SMALL.image_size
+    serial = [(step, fixtures.step_examples(processor, cfg, step, size)) for step in range(1, 4)]
+    loader = torch.utils.data.DataLoader(fixtures._Stream(processor, cfg, 1, size), batch_size=None, num_workers=2)
+    parallel = list(loader)
+    assert [s for s, _ in parallel] == [1, 2, 3]
+    for (_, a), (_, b) in zip(serial, parallel):
+        assert a.keys() == b.keys()
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+        pixels = "videos" if "videos" in a else "images"
+        assert all(torch.equal(x, y) for x, y in zip(a[pixels], b[pixels]))
+    assert "videos" in serial[0][1] and "images" in serial[1][1]  # Qwen: every other step is a video batch
+    other = fixtures.step_examples(processor, replace(cfg, seed=1), 1, size)
+    assert not torch.equal(other["input_ids"], serial[0][1]["input_ids"])
+
+
+def test_train_config_errors():
+    with pytest.raises(ValueError, match="unknown family 'clip'"):
+        fixtures.TrainConfig("clip", 1)
+    with pytest.raises(ValueError, match="caption_fraction \\+ word_fraction"):
+        fixtures.TrainConfig("llava", 1, caption_fraction=0.7, word_fraction=0.5)
+    with pytest.raises(ValueError, match="image_levels must be"):
+        fixtures.TrainConfig("llava", 1, image_levels=(0, 9))
