@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import copy
 import importlib.util
 import inspect
@@ -61,6 +62,8 @@ from transformers import (
     Qwen2_5_VLProcessor,
     Qwen2VLImageProcessorPil,
 )
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import AttentionInterface
 
 from vlmzip.eval import synthetic
 
@@ -542,7 +545,7 @@ def encode(
         return processor(images=pil, text=list(texts), **kwargs)
     if processor.video_processor is not None:
         clips = [v.cpu() for v in videos]
-        return processor(videos=clips, text=list(texts), fps=[2.0] * len(clips), **kwargs)
+        return processor(videos=clips, text=list(texts), fps=2.0, **kwargs)
     rows, grids = _qwen_patches(processor, [v.cpu() for v in videos])
     features = {"pixel_values_videos": rows, "video_grid_thw": grids}
     merge = processor.image_processor.merge_size**2
@@ -641,7 +644,8 @@ def _pixels(
     if isinstance(processor, Qwen2_5_VLProcessor):
         if videos is not None:
             rows, grids = _qwen_patches(processor, videos)
-            seconds = torch.full((len(videos),), processor.image_processor.temporal_patch_size / 2.0, device=rows.device)
+            seconds_per_patch = processor.image_processor.temporal_patch_size / 2.0  # the clips are 2 fps
+            seconds = torch.full((len(videos),), seconds_per_patch, device=rows.device)
             return {"pixel_values_videos": rows, "video_grid_thw": grids, "second_per_grid_ts": seconds}
         rows, grids = _qwen_patches(processor, [image[None] for image in images])
         return {"pixel_values": rows, "image_grid_thw": grids}
@@ -701,6 +705,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     workers: int = 0  # data-loader processes (0: in the training process)
     max_minutes: float = 0.0  # stop early (checkpoint and model saved) after this long; 0: no limit
+    init: str = ""  # a saved fixture directory to start from (a new schedule and optimizer); "": random init
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -798,6 +803,48 @@ class _Stream(torch.utils.data.IterableDataset):
             yield step, step_examples(self.processor, self.cfg, step, self.size)
 
 
+# Qwen2.5-VL's vision attention calls a non-flash backend once per window (thousands of calls for a 512-image
+# batch: ~1.5 s a step on an H200); a backend whose name contains "flash" gets the whole packed sequence and
+# ``cu_seqlens`` instead. Training registers this one, which runs every equal-length chunk in one sdpa call.
+_PACKED_ATTENTION = "vlmzip_fixture_flash_packed_sdpa"
+
+
+def packed_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
+    """Block-diagonal attention over a packed ``[1, H, S, D]`` sequence split by ``cu_seq_lens_q``; returns
+    ``[1, S, H, D]`` as flash-attention backends do. Equal chunks (same-size images, frames, windows) run as
+    one batch; otherwise chunk by chunk."""
+    bounds = kwargs["cu_seq_lens_q"].tolist()
+    lengths = [b - a for a, b in zip(bounds, bounds[1:])]
+    _, heads, total, dim = query.shape
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if len(set(lengths)) == 1:
+        n, length = len(lengths), lengths[0]
+        q, k, v = (t.reshape(heads, n, length, dim).transpose(0, 1) for t in (query, key, value))
+        out = sdpa(q, k, v, scale=scaling, dropout_p=dropout).transpose(1, 2).reshape(1, total, heads, dim)
+        return out, None
+    chunks = [
+        sdpa(q, k, v, scale=scaling, dropout_p=dropout)
+        for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value)))
+    ]
+    return torch.cat(chunks, dim=2).transpose(1, 2), None
+
+
+@contextlib.contextmanager
+def _packed_vision_attention(model: PreTrainedModel):
+    """Qwen fixtures train with ``packed_sdpa`` in the vision tower; the saved model keeps its own backend."""
+    if model.config.model_type != "qwen2_5_vl":
+        yield
+        return
+    backend = model.config.vision_config._attn_implementation
+    AttentionInterface.register(_PACKED_ATTENTION, packed_sdpa)
+    AttentionMaskInterface.register(_PACKED_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    model.set_attn_implementation({"vision_config": _PACKED_ATTENTION})
+    try:
+        yield
+    finally:
+        model.set_attn_implementation({"vision_config": backend})
+
+
 def _loss(model: PreTrainedModel, inputs: dict, device: torch.device) -> tuple[torch.Tensor, float]:
     """Answer-token cross-entropy averaged per example, then over the batch (a caption weighs as much as a
     one-word answer), and the fraction of examples whose answer tokens are all argmax-right."""
@@ -830,11 +877,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    size = (
-        size
-        or processor.image_processor.size.get("height")
-        or int(math.isqrt(processor.image_processor.size["longest_edge"]))
-    )
+    size = size or _image_side(processor)
     rng = synthetic.split_rng(seed, medium, split)
     letter = word = 0
     for start in range(0, n, batch_size):
@@ -909,6 +952,9 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = spec or SPECS[family]
     model, processor = build(family, cfg.seed, spec)
+    if cfg.init:
+        weights, _ = load(cfg.init)
+        model.load_state_dict({k: v.float() for k, v in weights.state_dict().items()})
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     step = 0
@@ -926,7 +972,7 @@ def train(
         prefetch_factor=4 if cfg.workers else None,
     )
     started = time.time()
-    with (out_dir / "log.jsonl").open("a", encoding="utf-8") as log:
+    with (out_dir / "log.jsonl").open("a", encoding="utf-8") as log, _packed_vision_attention(model):
         for step, batch in loader:
             for group in optimizer.param_groups:
                 group["lr"] = _lr(step, cfg)
@@ -947,7 +993,10 @@ def train(
                 for medium in ("image", "video") if family == "qwen2_5_vl" and cfg.video_every else ("image",):
                     levels = cfg.image_levels if medium == "image" else cfg.video_levels
                     where = {"level": levels[1], "size": spec.image_size, "medium": medium, "batch_size": 128}
-                    acc = evaluate(model, processor, cfg.eval_size, cfg.seed, **where)
+                    try:
+                        acc = evaluate(model, processor, cfg.eval_size, cfg.seed, **where)
+                    except Exception as error:  # an evaluation bug must not throw away the training run
+                        acc = {"error": f"{type(error).__name__}: {error}"}
                     _write(log, {"step": done, "eval": medium, "level": levels[1], **acc})
             if done % cfg.checkpoint_every == 0 or last:
                 state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done}
@@ -993,6 +1042,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--workers", type=int, default=0, help="data-loader processes")
     t.add_argument("--max-minutes", type=float, default=0.0, help="stop early, saving everything, after this long")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", default="", help="start from this saved fixture (new optimizer and schedule)")
+    t.add_argument("--image-levels", type=int, nargs=2, default=TrainConfig.image_levels, metavar=("LO", "HI"))
+    t.add_argument("--video-levels", type=int, nargs=2, default=TrainConfig.video_levels, metavar=("LO", "HI"))
+    t.add_argument("--curriculum-fraction", type=float, default=TrainConfig.curriculum_fraction)
+    t.add_argument("--caption-fraction", type=float, default=TrainConfig.caption_fraction)
+    t.add_argument("--word-fraction", type=float, default=TrainConfig.word_fraction)
+    t.add_argument("--warmup", type=int, default=TrainConfig.warmup)
     t.add_argument("--small", action="store_true", help="use the SMALL spec (CPU smoke runs)")
     b = sub.add_parser("build", help="save an untrained fixture")
     b.add_argument("--family", required=True, choices=FAMILIES)
@@ -1020,6 +1076,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         video_batch_size=args.video_batch_size,
         workers=args.workers,
         max_minutes=args.max_minutes,
+        init=args.init,
+        image_levels=tuple(args.image_levels),
+        video_levels=tuple(args.video_levels),
+        curriculum_fraction=args.curriculum_fraction,
+        caption_fraction=args.caption_fraction,
+        word_fraction=args.word_fraction,
+        warmup=args.warmup,
     )
     return 0
 

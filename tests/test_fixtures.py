@@ -210,3 +210,31 @@ def test_train_config_errors():
         fixtures.TrainConfig("llava", 1, caption_fraction=0.7, word_fraction=0.5)
     with pytest.raises(ValueError, match="image_levels must be"):
         fixtures.TrainConfig("llava", 1, image_levels=(0, 9))
+
+
+@pytest.mark.parametrize("lengths", [[16, 16, 16], [8, 24, 4]])
+def test_packed_sdpa_matches_attention_per_chunk(lengths):
+    torch.manual_seed(0)
+    query, key, value = torch.randn(3, 1, 2, sum(lengths), 8).unbind(0)
+    bounds = torch.tensor([0, *np.cumsum(lengths)])
+    out, _ = fixtures.packed_sdpa(None, query, key, value, scaling=0.3, cu_seq_lens_q=bounds)
+    start = 0
+    for n in lengths:
+        q, k, v = (t[:, :, start : start + n] for t in (query, key, value))
+        expected = torch.softmax(q @ k.transpose(-1, -2) * 0.3, -1) @ v  # [1, H, n, D]
+        torch.testing.assert_close(out[:, start : start + n], expected.transpose(1, 2))
+        start += n
+
+
+def test_qwen_trains_with_packed_vision_attention_and_keeps_its_backend():
+    model, processor = fixtures.build("qwen2_5_vl", spec=fixtures.SMALL)
+    batch = synthetic.image_batch(3, 0, synthetic.IMAGE_CURRICULUM[-1], size=fixtures.SMALL.image_size)
+    inputs = fixtures.training_inputs(processor, [q.text for q in batch.questions], ["red"] * 3, "image", batch.images)
+    inputs.pop("labels")
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        with fixtures._packed_vision_attention(model):
+            assert "flash" in model.config.vision_config._attn_implementation  # routes cu_seqlens to one call
+            packed = model(**inputs).logits
+    assert model.config.vision_config._attn_implementation == "sdpa"
+    torch.testing.assert_close(packed, reference, rtol=1e-5, atol=1e-5)
