@@ -78,6 +78,8 @@ __all__ = [
     "chat_prompt",
     "encode",
     "evaluate",
+    "image_side",
+    "load_processor",
     "load",
     "main",
     "param_count",
@@ -481,9 +483,15 @@ def load(directory: str | Path) -> tuple[PreTrainedModel, ProcessorMixin]:
     """``AutoModelForImageTextToText`` and ``AutoProcessor`` from ``directory``, offline. Qwen fixtures in an
     environment without torchvision load their processor without the video processor (see ``encode``)."""
     model = AutoModelForImageTextToText.from_pretrained(directory, local_files_only=True)
-    if model.config.model_type == "qwen2_5_vl" and not _HAS_TORCHVISION:
-        return model, _QwenImagesOnlyProcessor.from_pretrained(directory, local_files_only=True)
-    return model, AutoProcessor.from_pretrained(directory, local_files_only=True)
+    return model, load_processor(directory, model.config.model_type)
+
+
+def load_processor(directory: str | Path, model_type: str) -> ProcessorMixin:
+    """``AutoProcessor`` from ``directory``, offline; a Qwen2.5-VL processor without its video processor when
+    torchvision is missing (``AutoProcessor`` cannot build one then; ``encode`` patchifies videos instead)."""
+    if model_type == "qwen2_5_vl" and not _HAS_TORCHVISION:
+        return _QwenImagesOnlyProcessor.from_pretrained(directory, local_files_only=True)
+    return AutoProcessor.from_pretrained(directory, local_files_only=True)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -503,7 +511,7 @@ def _qwen_patches(processor: ProcessorMixin, clips: Sequence[torch.Tensor]) -> t
     ``(t, h/m, w/m, m, m)``, columns ``(C, tp, p, p)``. Returns (rows, grid_thw)."""
     ip = processor.image_processor
     p, m, tp = ip.patch_size, ip.merge_size, ip.temporal_patch_size
-    side = _image_side(processor)
+    side = image_side(processor)
     rows, grids = [], []
     for clip in clips:
         if tuple(clip.shape[-2:]) != (side, side):  # no resize here: render at the fixture's size
@@ -531,10 +539,13 @@ def encode(
     images: torch.Tensor | None = None,
     videos: Sequence[torch.Tensor] | None = None,
     padding_side: str = "left",
+    fps: float | Sequence[float] = 2.0,
 ) -> BatchFeature:
     """Processor inputs for chat-templated ``texts`` with one image (uint8 ``[B, 3, H, W]``) or one video
-    (uint8 ``[T, 3, H, W]`` each) per text. Qwen videos without a video processor are patchified here and
-    their placeholders expanded the way ``Qwen2_5_VLProcessor`` would."""
+    (uint8 ``[T, 3, H, W]`` each, ``fps`` frames a second, one rate or one per video: Qwen's temporal positions
+    follow it) per text. Qwen
+    videos without a video processor are patchified here and their placeholders expanded the way
+    ``Qwen2_5_VLProcessor`` would."""
     kwargs = {"padding": True, "padding_side": padding_side, "return_tensors": "pt"}
     if isinstance(processor, Qwen2_5_VLProcessor):
         kwargs["return_mm_token_type_ids"] = True
@@ -545,7 +556,10 @@ def encode(
         return processor(images=pil, text=list(texts), **kwargs)
     if processor.video_processor is not None:
         clips = [v.cpu() for v in videos]
-        return processor(videos=clips, text=list(texts), fps=2.0, **kwargs)
+        rates = set(fps) if isinstance(fps, Sequence) else {fps}
+        if len(rates) != 1:
+            raise ValueError(f"the video processor takes one frame rate per batch, got {sorted(rates)}")
+        return processor(videos=clips, text=list(texts), fps=rates.pop(), **kwargs)
     rows, grids = _qwen_patches(processor, [v.cpu() for v in videos])
     features = {"pixel_values_videos": rows, "video_grid_thw": grids}
     merge = processor.image_processor.merge_size**2
@@ -561,7 +575,8 @@ def encode(
     types[out["input_ids"] == processor.video_token_id] = 2
     out["mm_token_type_ids"] = types
     out.update(features)
-    out["second_per_grid_ts"] = torch.full((len(videos),), processor.image_processor.temporal_patch_size / 2.0)
+    rates = torch.tensor(list(fps) if isinstance(fps, Sequence) else [fps] * len(videos), dtype=torch.float32)
+    out["second_per_grid_ts"] = processor.image_processor.temporal_patch_size / rates
     return out
 
 
@@ -576,7 +591,7 @@ def encode(
 def _expansion(processor: ProcessorMixin) -> tuple[int, list[int]]:
     """(placeholder id, the ids the processor puts in its place) for one image, found by comparing the
     processor's output for a one-image prompt with the bare tokenisation."""
-    side = _image_side(processor)
+    side = image_side(processor)
     text = chat_prompt(processor, "x")
     bare = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
     full = encode(processor, [text], torch.zeros(1, 3, side, side, dtype=torch.uint8))["input_ids"][0].tolist()
@@ -591,7 +606,7 @@ def _expansion(processor: ProcessorMixin) -> tuple[int, list[int]]:
 def _video_expansion(processor: ProcessorMixin, frames: int) -> tuple[int, list[int]]:
     """Qwen: (video placeholder id, ``<|video_pad|>`` once per merged patch of a ``frames``-frame clip)."""
     ip = processor.image_processor
-    per_frame = (_image_side(processor) // (ip.patch_size * ip.merge_size)) ** 2
+    per_frame = (image_side(processor) // (ip.patch_size * ip.merge_size)) ** 2
     video = processor.tokenizer.convert_tokens_to_ids(processor.video_token)
     return video, [video] * (math.ceil(frames / ip.temporal_patch_size) * per_frame)
 
@@ -877,7 +892,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    size = size or _image_side(processor)
+    size = size or image_side(processor)
     rng = synthetic.split_rng(seed, medium, split)
     letter = word = 0
     for start in range(0, n, batch_size):
@@ -907,7 +922,7 @@ def evaluate(
     return {"letter": letter / n, "word": word / n}
 
 
-def _image_side(processor: ProcessorMixin) -> int:
+def image_side(processor: ProcessorMixin) -> int:
     """The square image side the processor is configured for (Qwen: from its pixel budget)."""
     size = processor.image_processor.size
     if size.get("longest_edge"):

@@ -1,4 +1,4 @@
-"""The ``vlmzip`` command line: ``methods``, ``demo``, ``bench``, ``eval``, ``report``."""
+"""The ``vlmzip`` command line: ``methods``, ``demo``, ``bench``, ``eval``, ``models``, ``report``."""
 
 from __future__ import annotations
 
@@ -41,16 +41,30 @@ def _parser() -> argparse.ArgumentParser:
     _bench_arguments(bench)
     bench.set_defaults(run=lambda args: _bench_module().main(args))
     evaluate = commands.add_parser(
-        "eval", help="accuracy of each policy on a benchmark (Video-MME from a local copy), beside its cost"
+        "eval", help="accuracy of each policy on a benchmark (Video-MME, a JSONL file, bundled sets), beside its cost"
     )
     _eval_arguments(evaluate)
     evaluate.set_defaults(run=lambda args: _eval_module().main(args))
+    shipped = commands.add_parser("models", help="list the small trained models and test sets that ship with vlmzip")
+    shipped.set_defaults(run=_models)
     report = commands.add_parser("report", help="one table (and a plot) of the policies of `vlmzip eval` runs")
     report.add_argument("runs", type=Path, nargs="+", help="run directories (the --out of vlmzip eval)")
     report.add_argument("--out", type=Path, help="write report.md, report.json (and report.png) there")
     report.add_argument("--plot", action="store_true", help="also draw report.png (needs the plot extra)")
     report.set_defaults(run=_report)
     return parser
+
+
+def _models(args: argparse.Namespace) -> int:
+    from vlmzip.eval import bundled
+
+    for row in bundled.models():
+        print(
+            f"{row['name']:<11} {row['architecture']:<36} {row['dtype']:<9} {row['megabytes']:>5.2f} MB  {row['path']}"
+        )
+    for kind in bundled.DATASETS:
+        print(f"{kind + ' set':<11} {'test split':<36} {'':<9} {'':>8}  {bundled.dataset_path(kind)}")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -86,11 +100,22 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bench", default="videomme", choices=["videomme"], help="the benchmark (more come)")
+    parser.add_argument(
+        "--bench",
+        choices=["videomme", "mcq", "images", "videos"],
+        help="videomme (--data-root), mcq (--data), or the bundled image/video test sets; default: from the data "
+        "given, and with no model and no data the bundled Qwen2.5-VL fixture on the bundled videos (CPU, ~1 min)",
+    )
     parser.add_argument("--data-root", type=Path, help="a local Video-MME copy, any layout (never downloaded)")
-    parser.add_argument("--model", help="a checkpoint directory, loaded offline")
-    parser.add_argument("--policy", action="append", default=[], help="repeatable; 'none' always runs first")
-    parser.add_argument("--out", type=Path, required=True, help="run directory (config, samples, results)")
+    parser.add_argument("--data", type=Path, help="a multiple-choice JSONL file (--bench mcq; see vlmzip.eval.mcq)")
+    parser.add_argument("--model", help="a checkpoint directory, loaded offline, or a bundled model's name")
+    parser.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        help="repeatable; 'none' always runs first (bundled sets: a default list)",
+    )
+    parser.add_argument("--out", type=Path, help="run directory (config, samples, results); default: a new runs/eval-*")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--frames", type=int, help="frames per video (default 32 unless --fps)")
     parser.add_argument("--sampler", default="linspace", help="linspace (lmms-eval) or centered (VLMEvalKit)")
@@ -100,13 +125,17 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subtitles", action="store_true", help="add the cues at the sampled frames")
     parser.add_argument("--template", default="official", help="official, lmms-eval or vlmevalkit")
     parser.add_argument("--duration", help="comma-separated: short,medium,long")
-    parser.add_argument("--limit", type=int, help="at most this many questions, stratified by duration")
+    parser.add_argument(
+        "--limit", type=int, help="at most this many questions: Video-MME stratified by duration, mcq the first N"
+    )
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--missing", default="record", choices=["record", "fail"])
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--decode-workers", type=int, default=0, help="threads decoding upcoming videos")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--device", help="auto (cuda if available; the default), cuda or cpu")
+    parser.add_argument(
+        "--dtype", choices=["bfloat16", "float16", "float32"], help="default: bfloat16 on a GPU, float32 on the CPU"
+    )
 
 
 def _bench_module():

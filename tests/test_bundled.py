@@ -1,0 +1,118 @@
+"""The shipped fixtures and test sets (``vlmzip.eval.bundled``): offline loading, the data being exactly what
+its command writes, split hygiene, the Video-MME loader's validation, and the accuracy signal of the models."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+import vlmzip
+from vlmzip.cli import main as cli
+from vlmzip.eval import bundled, fidelity, fixtures, synthetic, videomme
+
+CLASSES = {
+    "llava": "LlavaForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "gemma3": "Gemma3ForConditionalGeneration",
+}
+
+
+@pytest.mark.parametrize("name", bundled.MODELS)
+def test_models_load_offline_like_a_checkpoint(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = bundled.model_path(name)
+    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
+    assert type(model).__name__ == CLASSES[name]
+    assert 2_000_000 < fixtures.param_count(model) < 3_500_000
+    assert sum(p.stat().st_size for p in path.glob("*.safetensors")) < 6.5e6
+    if name != "qwen2_5_vl" or fixtures._HAS_TORCHVISION:  # Qwen's AutoProcessor needs torchvision
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        assert processor.tokenizer.chat_template == fixtures.build_tokenizer(name).chat_template
+
+
+def test_errors_name_what_exists():
+    with pytest.raises(ValueError, match="the bundled models are llava, qwen2_5_vl, gemma3"):
+        bundled.model_path("llava-1.5-7b")
+    with pytest.raises(ValueError, match="choose 'image' or 'video'"):
+        bundled.dataset_path("audio")
+
+
+def test_cli_lists_models_and_sets(capsys):
+    assert cli(["models"]) == 0
+    out = capsys.readouterr().out
+    for name, cls in CLASSES.items():
+        assert name in out and cls in out
+    assert str(bundled.dataset_path("video")) in out
+
+
+def test_shipped_sets_are_what_the_command_writes(tmp_path):
+    bundled.write_datasets(tmp_path)
+    shipped, fresh = bundled.dataset_path("image"), tmp_path / "image"
+    assert (fresh / "test.jsonl").read_bytes() == (shipped / "test.jsonl").read_bytes()
+    for png in sorted((shipped / "images" / "test").glob("*.png"))[:20]:
+        assert (fresh / "images" / "test" / png.name).read_bytes() == png.read_bytes()
+    parquet = synthetic.VIDEOMME_PARQUET
+    assert pq.read_table(tmp_path / "video" / parquet).equals(pq.read_table(bundled.dataset_path("video") / parquet))
+
+
+def test_shipped_questions_are_test_split_and_the_right_difficulty():
+    records = synthetic.load_image_set(bundled.dataset_path("image"), "test")
+    assert len(records) == bundled.IMAGE_QUESTIONS == len({r.id for r in records})
+    assert all(synthetic.content_split(r.scene) == "test" for r in records)  # never a training scene
+    d = bundled.IMAGE_DIFFICULTY
+    assert all(d.min_objects <= len(r.scene.objects) <= d.max_objects for r in records)
+    assert {r.question.family for r in records} == set(d.families)
+
+
+def test_video_set_passes_the_videomme_loader():
+    data = videomme.load(bundled.dataset_path("video"))
+    assert data.layout == "huggingface" and not data.partial
+    assert len(data.questions) == 3 * bundled.VIDEO_CLIPS
+    sample = next(iter(videomme.iter_samples(data, data.questions[:1], missing="fail")))
+    assert sample.error is None and sample.frames[0].shape == (64, 64, 3)
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    model, processor = fixtures.load(bundled.model_path("gemma3"))
+    return model.float().eval(), processor
+
+
+def test_gemma_answers_from_the_image_and_pruning_costs_accuracy(gemma):
+    """The fixture's signal on 100 held-out questions: well above chance with the image, near chance with it
+    blanked, and random pruning to 10% of visual tokens loses accuracy (docs/fidelity.md has all 400)."""
+    model, processor = gemma
+    items = fidelity.image_items(100)
+    vlmzip.restore(model)
+    full = fidelity.accuracy(model, processor, items)
+    blank = fidelity.accuracy(model, processor, fidelity.blanked(items))
+    vlmzip.compress(model, "random:keep=0.1")
+    pruned = fidelity.accuracy(model, processor, items)
+    vlmzip.restore(model)
+    assert full >= 0.45 and blank <= 0.35 and full - pruned >= 0.15, (full, blank, pruned)
+
+
+def test_fidelity_table_keeps_hand_written_text(tmp_path):
+    path = tmp_path / "fidelity.md"
+    path.write_text(f"# Title\n\nintro\n\n{fidelity.BEGIN}\nstale table\n{fidelity.END}\n\n## Findings\n\nmine\n")
+    result = {
+        "model": "gemma3",
+        "medium": "image",
+        "questions": 4,
+        "all": 0.5,
+        "blank": 0.25,
+        "seconds": 1.0,
+        "methods": {
+            name: {"stage": stage, "accuracy": {f"{k:g}": v for k in fidelity.KEEPS}}
+            for name, stage, v in (("random", "vision", 0.25), ("fastv", "prefill", 0.5))
+        },
+    }
+    fidelity.write(path, fidelity.markdown([result], "cmd"))
+    text = path.read_text()
+    assert text.startswith("# Title\n\nintro\n\n") and text.endswith("\n\n## Findings\n\nmine\n")
+    assert "stale table" not in text and "| random (baseline) | vision | 50.0% | 25.0% |" in text
+    assert "| fastv | prefill | 50.0% | **50.0%** |" in text
+    assert json.dumps(result)  # the record is plain JSON
