@@ -1,3 +1,4 @@
 """Evaluation: tiny models for tests and demos (``tiny``), speed benchmarks (``bench``), the Video-MME data
-side (``videomme``) and the evaluation loop behind ``vlmzip eval`` (``runner``, ``predictor``), the synthetic
-image and video question sets (``synthetic``) and the small fidelity models trained on them (``fixtures``)."""
+side (``videomme``), multiple-choice JSONL files (``mcq``) and the evaluation loop behind ``vlmzip eval``
+(``runner``, ``predictor``), the synthetic image and video question sets (``synthetic``) and the small fidelity
+models trained on them (``fixtures``)."""

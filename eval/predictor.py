@@ -1,30 +1,51 @@
 """A Hugging Face model and its processor as a ``runner.Predictor``: frames and prompt in, answer text out.
 
-The processor's own chat template lays out the prompt; frames go in as one video where the processor has
-a video processor (Qwen-VL), otherwise as one image each. Decoding is greedy. The efficiency figures are
-per batch and shared by its samples: ``prefill_ms`` is the prompt pass (the first forward of ``generate``,
-vision encoder included), ``first_token_ms`` the time from calling ``generate`` to the end of that pass.
+The processor's own chat template lays out the prompt. A video sample's frames go in as one video where the
+model takes videos: through the processor's video processor, or, for a Qwen2.5-VL processor without one
+(transformers builds Qwen video processors only with torchvision), patchified by ``fixtures.encode`` after
+resizing the frames to the processor's fixed frame size. Otherwise, and for pictures, each frame is one image.
+A batch mixing the two kinds runs as one ``generate`` per kind. Decoding is greedy. The efficiency figures are
+per ``generate`` call and shared by its samples: ``prefill_ms`` is the prompt pass (the first forward of
+``generate``, vision encoder included), ``first_token_ms`` the time from calling ``generate`` to the end of
+that pass. ``load`` opens a checkpoint directory as ``fixtures.load`` does.
 """
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from transformers import Qwen2_5_VLProcessor
 
 import vlmzip
+from vlmzip.eval import fixtures
 from vlmzip.eval.bench import synchronize
 from vlmzip.eval.runner import Prediction
 from vlmzip.eval.videomme import Sample
 
 
+def load(path: str | Path, dtype: torch.dtype, device: str) -> tuple[nn.Module, Any]:
+    """Model (in eval mode) and processor from a checkpoint directory, offline. A Qwen2.5-VL processor is loaded
+    without its video processor when torchvision is missing (``AutoProcessor`` fails then), as ``fixtures.load``
+    does; the predictor then patchifies videos itself."""
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, device_map=device, local_files_only=True)
+    return model.eval(), fixtures.load_processor(path, model.config.model_type)
+
+
 class ModelPredictor:
     def __init__(self, model: nn.Module, processor: Any, max_new_tokens: int = 16) -> None:
         self.model, self.processor, self.max_new_tokens = model, processor, max_new_tokens
-        self.as_video = getattr(processor, "video_processor", None) is not None
+        self.video_side = _patchify_side(processor)
+        self.as_video = getattr(processor, "video_processor", None) is not None or self.video_side is not None
         self._policy: str | None = None
         tokenizer = getattr(processor, "tokenizer", processor)
         tokenizer.padding_side = "left"  # generation appends on the right
@@ -34,7 +55,16 @@ class ModelPredictor:
         if policy != self._policy:
             vlmzip.compress(self.model, policy)
             self._policy = policy
-        inputs = self._inputs(samples)
+        as_video = [self.as_video and sample.medium == "video" for sample in samples]
+        answers: dict[int, Prediction] = {}
+        for kind in dict.fromkeys(as_video):  # one generate per kind, in order of first appearance
+            group = [i for i, video in enumerate(as_video) if video == kind]
+            for i, prediction in zip(group, self._generate([samples[i] for i in group], kind), strict=True):
+                answers[i] = prediction
+        return [answers[i] for i in range(len(samples))]
+
+    def _generate(self, samples: list[Sample], as_video: bool) -> list[Prediction]:
+        inputs = self._inputs(samples, as_video)
         timing = _FirstPass(self.model)
         with timing:
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
@@ -43,23 +73,73 @@ class ModelPredictor:
         stats = vlmzip.stats(self.model)
         kept = next(reversed(stats.visual_tokens_kept.values()), stats.visual_tokens_in)
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        entries = [sum(layer[i] for layer in stats.kv_entries if layer) for i in range(len(samples))]
+        per_entry = _entry_bytes(self.model)
         return [
-            Prediction(response.strip(), seen, left, timing.pass_ms, timing.first_token_ms, peak)
-            for response, seen, left in zip(responses, stats.visual_tokens_in, kept, strict=True)
+            Prediction(response.strip(), seen, left, timing.pass_ms, timing.first_token_ms, peak, n * per_entry)
+            for response, seen, left, n in zip(responses, stats.visual_tokens_in, kept, entries, strict=True)
         ]
 
-    def _inputs(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        visual = {"type": "video"} if self.as_video else {"type": "image"}
-        texts, media = [], []
+    def _inputs(self, samples: list[Sample], as_video: bool) -> dict[str, torch.Tensor]:
+        visual = {"type": "video"} if as_video else {"type": "image"}
+        texts = []
         for sample in samples:
-            frames = [Image.fromarray(frame) for frame in sample.frames]
-            parts = [visual] if self.as_video else [visual] * len(frames)
+            parts = [visual] if as_video else [visual] * len(sample.frames)
             conversation = [{"role": "user", "content": [*parts, {"type": "text", "text": sample.prompt}]}]
             texts.append(self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False))
-            media.append(frames)
-        key = "videos" if self.as_video else "images"
-        batch = self.processor(text=texts, **{key: media}, return_tensors="pt", padding=True)
+        if as_video and self.video_side is not None:
+            clips = [_clip(sample.frames, self.video_side) for sample in samples]
+            batch = fixtures.encode(self.processor, texts, videos=clips, fps=[_frame_rate(s) for s in samples])
+        else:
+            media = [[Image.fromarray(frame) for frame in sample.frames] for sample in samples]
+            key = "videos" if as_video else "images"
+            batch = self.processor(text=texts, **{key: media}, return_tensors="pt", padding=True)
         return batch.to(self.model.device)
+
+
+def _patchify_side(processor: Any) -> int | None:
+    """The frame side ``fixtures.encode`` patchifies videos at, for a Qwen2.5-VL processor without a video
+    processor whose pixel budget is one square size (min = max pixels, as the fixtures' are); else None."""
+    if getattr(processor, "video_processor", None) is not None or not isinstance(processor, Qwen2_5_VLProcessor):
+        return None
+    size = processor.image_processor.size
+    pixels = size.get("longest_edge")
+    side = math.isqrt(pixels) if pixels else 0
+    if not pixels or size.get("shortest_edge") != pixels or side * side != pixels:
+        warnings.warn(
+            "this Qwen2.5-VL processor has no video processor (transformers needs torchvision for one) and no "
+            "fixed frame size to patchify videos at: video frames go in as separate images; install torchvision "
+            "to give them as videos",
+            stacklevel=3,
+        )
+        return None
+    return side
+
+
+def _entry_bytes(model: nn.Module) -> int:
+    """Bytes one cached token takes in one layer: a key and a value over the KV heads."""
+    text = model.config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return 2 * text.num_key_value_heads * head_dim * model.dtype.itemsize
+
+
+def _frame_rate(sample: Sample) -> float:
+    """Frames a second among the sampled frames (their timestamps span ``len - 1`` intervals); 2 for one frame."""
+    times = sample.timestamps
+    if len(times) < 2 or times[-1] <= times[0]:
+        return 2.0
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def _clip(frames: list[np.ndarray], side: int) -> torch.Tensor:
+    """uint8 ``[T, 3, side, side]`` from RGB frames, resized (bicubic) where they are not that size already."""
+    resized = [
+        frame
+        if frame.shape[:2] == (side, side)
+        else np.asarray(Image.fromarray(frame).resize((side, side), Image.BICUBIC))
+        for frame in frames
+    ]
+    return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous()
 
 
 class _FirstPass:

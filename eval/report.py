@@ -36,20 +36,27 @@ def pareto(rows: list[dict[str, Any]], cost: str) -> set[int]:
 def markdown(rows: list[dict[str, Any]]) -> str:
     front = pareto(rows, "first_token_ms")
     lines = [
-        "| run | policy | accuracy | retained | visual tokens kept | TTFT ms | prefill ms | peak GiB | Pareto |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | policy | accuracy | retained | visual tokens kept | KV MiB | TTFT ms | prefill ms | peak GiB "
+        "| Pareto |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rows):
         lines.append(
             f"| {r['run']} | {r['policy']} | {percent(r['accuracy'])} | {percent(r['retained'])} | "
-            f"{number(r['visual_tokens_kept'])} | {number(r['first_token_ms'])} | {number(r['prefill_ms'])} | "
+            f"{number(r['visual_tokens_kept'])} | {number(_mib(r.get('kv_bytes')), 2)} | "
+            f"{number(r['first_token_ms'])} | {number(r['prefill_ms'])} | "
             f"{number(r['peak_gib'], 2)} | {'*' if i in front else ''} |"
         )
     return "\n".join(lines)
 
 
+def _mib(value: float | None) -> float | None:
+    return None if value is None else value / 2**20
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy against time to first token and against visual tokens kept (a proxy for KV memory)."""
+    """Accuracy against time to first token and against KV-cache bytes per sample (visual tokens kept for runs
+    recorded before KV bytes were)."""
     try:
         import matplotlib
 
@@ -58,9 +65,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     except ImportError:
         raise InputError("plots need matplotlib: pip install 'vlmzip[plot]'") from None
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for axis, cost, label in zip(
-        axes, ("first_token_ms", "visual_tokens_kept"), ("time to first token (ms)", "visual tokens kept")
-    ):
+    memory = ("kv_bytes", "KV cache per sample (bytes)")
+    if not any(r.get("kv_bytes") for r in rows):
+        memory = ("visual_tokens_kept", "visual tokens kept")
+    for axis, (cost, label) in zip(axes, (("first_token_ms", "time to first token (ms)"), memory)):
         front = sorted(pareto(rows, cost), key=lambda i: rows[i][cost])
         for r in rows:
             if r["accuracy"] is not None and r[cost]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -37,6 +38,7 @@ class Prediction:
     prefill_ms: float | None = None
     first_token_ms: float | None = None
     peak_gib: float | None = None
+    kv_bytes: int | None = None  # the sample's key/value cache after generation (valid entries, all layers)
 
 
 class Predictor(Protocol):
@@ -77,7 +79,8 @@ def _start(out_dir: Path, config: dict[str, Any], resume: bool) -> set[tuple[str
         raise InputError(f"{out_dir} already holds results: pass --resume to continue that run, or a new --out")
     if resume and config_path.exists():
         previous = json.loads(config_path.read_text())
-        changed = sorted(k for k in config if k not in ("resume", "policies") and previous.get(k) != config[k])
+        keys = (set(config) | set(previous)) - {"resume", "policies"}  # an option added since reads "None" there
+        changed = sorted(k for k in keys if str(previous.get(k)) != str(config.get(k)))
         if changed:
             raise InputError(f"cannot resume {out_dir}: its run had different {', '.join(changed)}; use a new --out")
     config_path.write_text(json.dumps(config, indent=2, default=str))
@@ -137,6 +140,7 @@ def _policy_result(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "prefill_ms": _median(r["prefill_ms"] for r in answered),
         "first_token_ms": _median(r["first_token_ms"] for r in answered),
         "peak_gib": max((r["peak_gib"] for r in answered if r["peak_gib"] is not None), default=None),
+        "kv_bytes": _mean(r.get("kv_bytes") for r in answered),
         "summary": summary,
     }
 
@@ -205,52 +209,217 @@ def number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def main(args) -> int:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def category_table(results: dict[str, Any]) -> str | None:
+    """Accuracy by category (rows) and policy (columns), or None when the questions have no categories."""
+    per_policy = {policy: r["summary"].get("by_category") for policy, r in results["policies"].items()}
+    if not any(per_policy.values()):
+        return None
+    categories = sorted({name for groups in per_policy.values() if groups for name in groups})
+    lines = [f"| category | {' | '.join(per_policy)} |", "|---|" + "---|" * len(per_policy)]
+    for name in categories:
+        cells = []
+        for groups in per_policy.values():
+            tally = (groups or {}).get(name)
+            cells.append("-" if tally is None else f"{percent(tally['accuracy'])} of {tally['evaluated']}")
+        lines.append(f"| {name or '(none)'} | {' | '.join(cells)} |")
+    return "\n".join(lines)
 
-    from vlmzip.eval.predictor import ModelPredictor
+
+# ----------------------------------------------------------------------------------------------- the command
+
+BUNDLED_BENCHES = {"images": "image", "videos": "video"}  # --bench -> bundled.dataset_path kind
+DEFAULT_MODEL = "qwen2_5_vl"
+DEFAULT_POLICIES = ("none", "random:keep=0.25", "vtc-cls:keep=0.25")
+EMBEDDED_LIMIT = 90  # of 180 questions: ~35 s on two free CPU cores, under a minute on one
+
+
+@dataclass
+class _Plan:
+    bench: str
+    model: Path
+    data: Path
+    policies: list[str]
+    notes: list[str]
+
+
+def plan(args) -> _Plan:
+    """Resolve the bench, model, data, policies and defaults of ``vlmzip eval`` (``args`` is updated in place
+    with what was chosen, so the run's config records it); raises :class:`InputError` for a missing half."""
+    from vlmzip.eval import bundled
     from vlmzip.policy import Policy
 
-    if args.data_root is None or args.model is None:
-        raise InputError("--data-root and --model are needed (the bundled model and set come with the fixtures)")
-    policies = list(dict.fromkeys(["none", *(str(Policy.parse(p)) for p in args.policy)]))
-    data = videomme.load(args.data_root)
-    questions = videomme.select(data, durations=args.duration, limit=args.limit)
+    notes: list[str] = []
+    if args.data_root is not None and args.data is not None:
+        raise InputError("give --data-root (a Video-MME copy) or --data (a multiple-choice JSONL file), not both")
+    embedded = args.bench is None and args.model is None and args.data_root is None and args.data is None
+    bench = args.bench
+    if bench is None:
+        if args.data_root is not None:
+            bench = "videomme"
+        elif args.data is not None:
+            bench = "mcq"
+        elif embedded:
+            bench = "videos"
+        else:
+            raise InputError(
+                "--model needs questions: --data-root DIR (Video-MME), --data FILE.jsonl (multiple choice), or a "
+                "bundled set: --bench images or --bench videos"
+            )
+    if bench in BUNDLED_BENCHES:
+        if args.data_root is not None or args.data is not None:
+            raise InputError(
+                f"--bench {bench} runs the bundled {BUNDLED_BENCHES[bench]} test set: drop --data/--data-root, or "
+                "use --bench mcq --data FILE.jsonl / --bench videomme --data-root DIR for your own questions"
+            )
+        data = bundled.dataset_path(BUNDLED_BENCHES[bench])
+        if args.model is None:
+            args.model = DEFAULT_MODEL
+            notes.append(f"model: the bundled {DEFAULT_MODEL} fixture (--model llava|qwen2_5_vl|gemma3|PATH)")
+    else:
+        given = args.data_root if bench == "videomme" else args.data
+        wanted = "--data-root DIR (a Video-MME copy)" if bench == "videomme" else "--data FILE.jsonl"
+        other = args.data if bench == "videomme" else args.data_root
+        if other is not None:
+            raise InputError(
+                f"--bench {bench} reads {wanted}, not {'--data' if bench == 'videomme' else '--data-root'}"
+            )
+        if given is None:
+            raise InputError(f"--bench {bench} needs {wanted}; or run a bundled set: --bench images or --bench videos")
+        if args.model is None:
+            raise InputError(
+                f"--bench {bench} needs --model (a checkpoint directory, or a bundled model: "
+                f"{', '.join(bundled.MODELS)})"
+            )
+        data = given
+    if bench in ("mcq", "images") and (args.subtitles or args.duration):
+        raise InputError(f"--subtitles and --duration are Video-MME options; --bench {bench} has neither")
+    model = _model_path(args.model)
+    if args.policy:
+        policies = list(dict.fromkeys(["none", *(str(Policy.parse(p)) for p in args.policy)]))
+    elif bench in BUNDLED_BENCHES:
+        policies = list(DEFAULT_POLICIES)
+        notes.append(f"policies: {', '.join(policies)} (--policy P, repeatable, to choose)")
+    else:
+        policies = ["none"]
+    if bench == "videos" and args.frames is None and args.fps is None:
+        # every frame of the 2 fps clips, as the fixtures were trained
+        args.fps, args.max_frames = getattr(bundled, "VIDEO_FPS", 2.0), args.max_frames or 64
+        notes.append(f"frames: every frame (--fps {args.fps:g}, --max-frames {args.max_frames})")
+    if embedded:
+        if args.device is None:
+            args.device = "cpu"
+            notes.append("device: cpu (--device)")
+        if args.limit is None:
+            args.limit = EMBEDDED_LIMIT
+            notes.append(f"questions: at most {args.limit} (--limit N)")
+    args.device = args.device or "auto"
+    if args.out is None:
+        if args.resume:
+            raise InputError("--resume continues the run in --out: name that directory")
+        args.out = Path("runs") / f"eval-{bench}-{model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        notes.append(f"out: {args.out} (--out DIR)")
+    args.bench, args.model = bench, str(model)
+    if bench in ("videomme", "videos"):
+        args.data_root = data
+    else:
+        args.data = data
+    if embedded:
+        notes.insert(0, "no --model or data given: the bundled Qwen2.5-VL fixture on the bundled video test set")
+    return _Plan(bench, model, Path(data), policies, notes)
+
+
+def _model_path(name: str) -> Path:
+    from vlmzip.eval import bundled
+
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    if name in bundled.MODELS:
+        return bundled.model_path(name)
+    raise InputError(
+        f"--model {name}: no such directory, and not a bundled model ({', '.join(bundled.MODELS)}); "
+        "vlmzip loads checkpoints from disk only"
+    )
+
+
+def main(args) -> int:
+    import torch
+    from accelerate import PartialState
+
+    from vlmzip.eval import mcq, parallel
+    from vlmzip.eval.predictor import ModelPredictor, load
+
+    chosen = plan(args)
+    processes = PartialState()  # one process unless started by `accelerate launch` / torchrun
+    world, rank = processes.num_processes, processes.process_index
+    out = args.out if world == 1 else parallel.rank_dir(args.out, rank)
     sampling = videomme.Sampling(args.frames, args.sampler, args.fps, args.max_frames)
-    samples = videomme.iter_samples(
-        data,
-        questions,
-        sampling,
-        subtitles=args.subtitles,
-        template=args.template,
-        max_side=args.max_side,
-        missing=args.missing,
-        workers=args.decode_workers,
-    )
-    dtype = getattr(torch, args.dtype)
+    if chosen.bench in ("mcq", "images"):
+        data = mcq.load(chosen.data)
+        items = parallel.shard(mcq.select(data, args.limit), rank, world, lambda item: item.paths)
+        samples = mcq.iter_samples(
+            data, items, sampling, template=args.template, max_side=args.max_side, missing=args.missing
+        )
+        described = {**data.summary(), "questions": len(items)}
+        total = len(data.items)
+    else:
+        data = videomme.load(chosen.data)
+        questions = parallel.shard(videomme.select(data, durations=args.duration, limit=args.limit), rank, world)
+        samples = videomme.iter_samples(
+            data,
+            questions,
+            sampling,
+            subtitles=args.subtitles,
+            template=args.template,
+            max_side=args.max_side,
+            missing=args.missing,
+            workers=args.decode_workers,
+        )
+        described = {
+            "layout": data.layout,
+            "partial": data.partial,
+            "manifest_sha256": data.manifest_sha256,
+            "questions": len(questions),
+        }
+        total = len(data.questions)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForImageTextToText.from_pretrained(
-        args.model, dtype=dtype, device_map=device, local_files_only=True
+    args.dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    if world > 1 and device.startswith("cuda"):
+        device = str(processes.device)  # one GPU per process
+    elif args.device == "auto" and device == "cuda":
+        device = "auto"  # one process: spread a model too large for one GPU over all of them
+    for note in chosen.notes:
+        print(f"vlmzip eval: {note}")
+    print(
+        f"vlmzip eval: {described['questions']} of {total} questions x {len(chosen.policies)} policies, "
+        f"{args.model} on {device} in {args.dtype}, into {out}" + (f" (process {rank} of {world})" if world > 1 else "")
     )
-    processor = AutoProcessor.from_pretrained(args.model, local_files_only=True)
+    model, processor = load(chosen.model, getattr(torch, args.dtype), device)
     config = {
         **{key: str(value) for key, value in vars(args).items() if key not in ("run", "resume", "policy")},
-        "policies": policies,
-        "layout": data.layout,
-        "partial": data.partial,
-        "manifest_sha256": data.manifest_sha256,
-        "questions": len(questions),
+        "policies": chosen.policies,
+        **described,
         "sampling": sampling.describe(),
     }
+    started = time.perf_counter()
     results = run(
         samples,
-        ModelPredictor(model.eval(), processor, args.max_new_tokens),
-        policies,
-        args.out,
+        ModelPredictor(model, processor, args.max_new_tokens),
+        chosen.policies,
+        out,
         config,
         args.batch_size,
         args.resume,
     )
+    if world > 1:
+        processes.wait_for_everyone()
+        if not processes.is_main_process:
+            return 0
+        parallel.merge(args.out, world, SAMPLES, CONFIG)
+        results = write_results(args.out, chosen.policies)
     print(table(results))
+    by_category = category_table(results)
+    if by_category:
+        print(f"\n{by_category}")
+    print(f"\n{args.out} ({time.perf_counter() - started:.1f} s)")
     return 0

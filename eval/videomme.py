@@ -61,6 +61,7 @@ __all__ = [
     "DURATIONS",
     "EXTRACTORS",
     "LETTERS",
+    "MEDIA",
     "SAMPLERS",
     "SUB_CATEGORIES",
     "TASK_TYPES",
@@ -80,6 +81,7 @@ __all__ = [
     "extract_answer",
     "iter_samples",
     "load",
+    "normalize_options",
     "parse_srt",
     "read_clip",
     "read_subtitles",
@@ -171,7 +173,8 @@ class Question:
     """One multiple-choice question. ``options`` always read ``"A. ..."`` .. ``"D. ..."``; ``answer`` is a letter.
 
     ``video_id`` is the benchmark's number ("001"); ``video_file_stem`` names the video and subtitle files (the
-    YouTube id, ``videoID`` in the Hugging Face copy).
+    YouTube id, ``videoID`` in the Hugging Face copy). ``category`` is a free grouping for other benchmarks
+    (``mcq``'s ``category``/``family``); Video-MME leaves it empty and groups by its own four fields.
     """
 
     question_id: str
@@ -184,6 +187,7 @@ class Question:
     question: str
     options: tuple[str, str, str, str]
     answer: str
+    category: str = ""
 
 
 @dataclass(frozen=True)
@@ -296,10 +300,18 @@ def load(root: str | Path, *, require_videos: bool = True) -> Dataset:
 
 
 def manifest_hash(questions: Iterable[Question]) -> str:
-    """SHA-256 of the canonical JSON of the questions, sorted by id: equal lists hash equally in any layout."""
-    rows = [asdict(q) for q in sorted(questions, key=lambda q: q.question_id)]
+    """SHA-256 of the canonical JSON of the questions, sorted by id: equal lists hash equally in any layout. An
+    empty ``category`` is left out, so Video-MME hashes are what they were before the field existed."""
+    rows = [_hashed(q) for q in sorted(questions, key=lambda q: q.question_id)]
     text = json.dumps(rows, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _hashed(question: Question) -> dict[str, Any]:
+    row = asdict(question)
+    if not row["category"]:
+        del row["category"]
+    return row
 
 
 def _find_annotation(root: Path) -> tuple[str, Path, list[dict[str, Any]]]:
@@ -481,6 +493,19 @@ def _youtube_id(url: Any) -> str:
 _OPTION_PREFIX = re.compile(r"^\(?([A-D])[.):]\s*")
 
 
+def normalize_options(options: Sequence[Any]) -> tuple[list[str], list[str]]:
+    """Options (one per letter, in order) as ``"A. text"``: each may be labelled (``"A. x"``, ``"(A) x"``,
+    ``"A) x"``, ``"A: x"``) with its own letter, or plain. Returns (normalised options, problems)."""
+    normalized, problems = [], []
+    for letter, value in zip(LETTERS, options):
+        option = _text(value)
+        match = _OPTION_PREFIX.match(option)
+        if match and match.group(1) != letter:
+            problems.append(f"option {letter} is labelled {match.group(1)} ({option!r})")
+        normalized.append(f"{letter}. {option[match.end() :] if match else option}")
+    return normalized, problems
+
+
 def _validated(raw: Mapping[str, Any], problems: list[str]) -> Question | None:
     qid = raw["question_id"] or "?"
     before = len(problems)
@@ -492,15 +517,10 @@ def _validated(raw: Mapping[str, Any], problems: list[str]) -> Question | None:
         problems.append(f"question {qid}: duration {raw['duration']!r} is not one of {', '.join(DURATIONS)}")
     if raw["answer"] not in LETTERS:
         problems.append(f"question {qid}: answer {raw['answer']!r} is not one of A-D")
-    options = [_text(o) for o in raw["options"]]
-    if len(options) != 4:
-        problems.append(f"question {qid}: {len(options)} options, expected 4")
-    normalized = []
-    for letter, option in zip(LETTERS, options):
-        match = _OPTION_PREFIX.match(option)
-        if match and match.group(1) != letter:
-            problems.append(f"question {qid}: option {letter} is labelled {match.group(1)} ({option!r})")
-        normalized.append(f"{letter}. {option[match.end() :] if match else option}")
+    if len(raw["options"]) != 4:
+        problems.append(f"question {qid}: {len(raw['options'])} options, expected 4")
+    normalized, wrong = normalize_options(raw["options"])
+    problems += [f"question {qid}: {problem}" for problem in wrong]
     if len(problems) > before:
         return None
     return Question(
@@ -969,47 +989,50 @@ def subtitles_at(cues: Sequence[Cue], timestamps: Iterable[float]) -> str:
 
 @dataclass(frozen=True)
 class Template:
-    """A named prompt format. ``render(question, subtitles)`` builds the text (``subtitles=None``: the prompt
-    without subtitles). ``no_subtitle_file`` is what subtitle runs pass for a video that has no subtitle file
-    (``None``: that video gets the prompt without subtitles)."""
+    """A named prompt format. ``render(question, subtitles, medium)`` builds the text (``subtitles=None``: the
+    prompt without subtitles). ``medium`` is what the question is about: ``"video"`` (Video-MME's texts),
+    ``"image"`` or ``"images"`` (the same texts with "the video" in the instruction replaced, and VLMEvalKit's
+    "These are the frames of a video." left out). ``no_subtitle_file`` is what subtitle runs pass for a video
+    that has no subtitle file (``None``: that video gets the prompt without subtitles)."""
 
     name: str
     source: str
-    render: Callable[[Question, str | None], str] = field(repr=False)
+    render: Callable[[Question, str | None, str], str] = field(repr=False)
     no_subtitle_file: str | None = None
 
 
-_INSTRUCTION = (
-    "Select the best answer to the following multiple-choice question based on the video. "
-    "Respond with only the letter (A, B, C, or D) of the correct option."
-)
-_LMMS_INSTRUCTION = (
-    "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
-    "Respond with only the letter (A, B, C, or D) of the correct option."
-)
+MEDIA = ("video", "image", "images")
+
+
+def _instruction(medium: str, subtitles: bool = False) -> str:
+    source = f"the {medium} and the subtitles" if subtitles else f"the {medium}"
+    return (
+        f"Select the best answer to the following multiple-choice question based on {source}. "
+        "Respond with only the letter (A, B, C, or D) of the correct option."
+    )
 
 
 def _options(question: Question) -> str:
     return "\n".join(question.options)
 
 
-def _official(question: Question, subtitles: str | None) -> str:
-    body = f"{_INSTRUCTION}\n{question.question}\n{_options(question)}\nThe best answer is:"
+def _official(question: Question, subtitles: str | None, medium: str = "video") -> str:
+    body = f"{_instruction(medium)}\n{question.question}\n{_options(question)}\nThe best answer is:"
     return body if subtitles is None else f"This video's subtitles are listed below:\n{subtitles}\n{body}"
 
 
-def _lmms_eval(question: Question, subtitles: str | None) -> str:
-    qa = f"{_LMMS_INSTRUCTION}\n{question.question}\n{_options(question)}\n"
+def _lmms_eval(question: Question, subtitles: str | None, medium: str = "video") -> str:
+    qa = f"{_instruction(medium, subtitles=True)}\n{question.question}\n{_options(question)}\n"
     if subtitles is None:
         return qa + "\nAnswer with the option's letter from the given choices directly."
     return f"This video's subtitles are listed below: \n{subtitles}\n{qa}The best answer is:"
 
 
-def _vlmevalkit(question: Question, subtitles: str | None) -> str:
-    frames = "These are the frames of a video. "
+def _vlmevalkit(question: Question, subtitles: str | None, medium: str = "video") -> str:
+    frames = "These are the frames of a video. " if medium == "video" else ""
     if subtitles is not None:
         frames += f"This video's subtitles are listed below:\n{subtitles}\n"
-    return f"{frames}{_INSTRUCTION}\nQuestion: {question.question}\n{_options(question)}\nAnswer: "
+    return f"{frames}{_instruction(medium)}\nQuestion: {question.question}\n{_options(question)}\nAnswer: "
 
 
 TEMPLATES: dict[str, Template] = {
@@ -1036,10 +1059,14 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
-def build_prompt(question: Question, subtitles: str | None = None, template: str = "official") -> str:
+def build_prompt(
+    question: Question, subtitles: str | None = None, template: str = "official", medium: str = "video"
+) -> str:
     """The question's prompt text in the named template; ``subtitles`` (cue text, possibly ``""``) selects the
-    subtitle variant, ``None`` the one without subtitles."""
-    return _template(template).render(question, subtitles)
+    subtitle variant, ``None`` the one without subtitles; ``medium`` is one of :data:`MEDIA`."""
+    if medium not in MEDIA:
+        raise InputError(f"unknown medium {medium!r}: expected one of {', '.join(MEDIA)}")
+    return _template(template).render(question, subtitles, medium)
 
 
 def _template(name: str) -> Template:
@@ -1056,7 +1083,11 @@ def _template(name: str) -> Template:
 class Sample:
     """One question ready for a model: frames, their indices and timestamps, the subtitle text used (``None``
     without subtitles) and the prompt; or ``error`` (missing or undecodable video) with no frames. The questions
-    of one video share its frame list (decoded once): treat it as read-only."""
+    of one video share its frame list (decoded once): treat it as read-only.
+
+    ``medium`` says what the frames are: ``"video"`` (frames of one clip, given to a model as a video where it
+    takes videos), ``"image"`` (one picture) or ``"images"`` (several pictures, each its own image; frame
+    indices and timestamps are then empty)."""
 
     question: Question
     prompt: str
@@ -1067,6 +1098,7 @@ class Sample:
     timestamps: list[float] = field(default_factory=list)
     subtitles: str | None = None
     error: str | None = None
+    medium: str = "video"
 
 
 def iter_samples(
@@ -1232,7 +1264,8 @@ EXTRACTORS: dict[str, Callable[[str], str | None]] = {
 class Record:
     """One scored question, as written to a result file. ``response`` is the raw model output; ``prediction`` is
     None when it was unparsed or there was none (``error`` then says why); ``subtitles`` tells whether the prompt
-    was a subtitle variant; ``frame_indices`` and ``timestamps`` are the frames the model saw."""
+    was a subtitle variant; ``frame_indices`` and ``timestamps`` are the frames the model saw; ``category`` is
+    the question's (empty for Video-MME)."""
 
     question_id: str
     video_id: str
@@ -1252,6 +1285,7 @@ class Record:
     subtitles: bool
     frame_indices: tuple[int, ...] = ()
     timestamps: tuple[float, ...] = ()
+    category: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -1286,6 +1320,7 @@ def score(sample: Sample, response: str | None, *, extractor: str = "standalone"
         subtitles=sample.subtitles is not None,
         frame_indices=tuple(sample.frame_indices),
         timestamps=tuple(sample.timestamps),
+        category=q.category,
     )
 
 
@@ -1311,25 +1346,29 @@ _GROUPS = (
     ("domain", "by_domain", DOMAINS),
     ("sub_category", "by_sub_category", SUB_CATEGORIES),
     ("task_type", "by_task_type", TASK_TYPES),
+    ("category", "by_category", ()),
 )
 
 
 def summarize(records: Iterable[Record | Mapping[str, Any]]) -> dict[str, Any]:
-    """Accuracy overall and by duration, domain, sub-category and task type (records or their dicts).
+    """Accuracy overall and by duration, domain, sub-category, task type and category (records or their dicts);
+    a grouping no record fills (Video-MME has no ``category``, ``mcq`` questions no duration) is left out.
 
     Every group reports ``total`` questions, ``errors`` (no response: missing or undecodable video),
     ``evaluated`` = total - errors, ``unparsed`` (evaluated, no letter found), ``correct``, ``accuracy`` =
     correct / evaluated (unparsed counted wrong, as lmms-eval does) with its 95% Wilson interval ``ci95``, and
     ``accuracy_parsed`` = correct / (evaluated - unparsed) (the authors' eval_your_results.py skips unparsed
     answers). Accuracies are fractions, ``None`` for an empty denominator. Groups are listed in the benchmark's
-    order, unknown names after, sorted.
+    order, unknown names after, sorted; categories sorted.
     """
     rows = [r.to_dict() if isinstance(r, Record) else dict(r) for r in records]
     out: dict[str, Any] = {"overall": _tally(rows)}
     for key, name, canonical in _GROUPS:
-        names = {str(r.get(key, "")) for r in rows}
+        names = {str(r.get(key) or "") for r in rows}
+        if names <= {""}:
+            continue
         ordered = [n for n in canonical if n in names] + sorted(names - set(canonical))
-        out[name] = {n: _tally([r for r in rows if str(r.get(key, "")) == n]) for n in ordered}
+        out[name] = {n: _tally([r for r in rows if str(r.get(key) or "") == n]) for n in ordered}
     return out
 
 

@@ -102,3 +102,13 @@ def test_bad_arguments(copy, tmp_path):
         runner.run(samples(copy), Scripted(), ["none", "none"], tmp_path / "a", {})
     with pytest.raises(InputError, match="batch size must be at least 1"):
         runner.run(samples(copy), Scripted(), ["none"], tmp_path / "b", {}, 0)
+
+
+def test_a_run_from_before_an_option_existed_resumes(copy, tmp_path):
+    out = tmp_path / "run"
+    runner.run(samples(copy)[:2], Scripted(), ["none"], out, {"bench": "videomme"}, 2)
+    newer = {"bench": "videomme", "data": "None"}  # an option added since, at its default
+    runner.run(samples(copy), Scripted(), ["none"], out, newer, 2, resume=True)
+    assert len(runner.read_samples(out)) == 12
+    with pytest.raises(InputError, match="different data"):
+        runner.run(samples(copy), Scripted(), ["none"], out, {"bench": "videomme", "data": "x.jsonl"}, 2, resume=True)
