@@ -41,7 +41,7 @@ def rank_dir(out_dir: Path, rank: int) -> Path:
 
 def merge(out_dir: Path, world: int, samples_name: str, config_name: str) -> None:
     """Concatenate every rank's ``samples_name`` into ``out_dir`` (rewritten, so a resumed run merges again) and
-    copy rank 0's ``config_name`` there with the number of processes added."""
+    write rank 0's ``config_name`` there with the number of processes and the questions of all ranks."""
     missing = [str(rank_dir(out_dir, r)) for r in range(world) if not (rank_dir(out_dir, r) / samples_name).exists()]
     if missing:
         raise FileNotFoundError(f"cannot merge {out_dir}: no {samples_name} in {', '.join(missing)}")
@@ -52,6 +52,8 @@ def merge(out_dir: Path, world: int, samples_name: str, config_name: str) -> Non
                 if line.strip():
                     out.write(line + "\n")
     shutil.move(merged, out_dir / samples_name)
-    config = json.loads((rank_dir(out_dir, 0) / config_name).read_text(encoding="utf-8"))
-    config["processes"] = world
+    configs = [json.loads((rank_dir(out_dir, r) / config_name).read_text(encoding="utf-8")) for r in range(world)]
+    config = {**configs[0], "processes": world}
+    if all("questions" in c for c in configs):  # each rank counted its own shard
+        config["questions"] = sum(int(c["questions"]) for c in configs)
     (out_dir / config_name).write_text(json.dumps(config, indent=2, default=str), encoding="utf-8")

@@ -350,7 +350,8 @@ def main(args) -> int:
     from vlmzip.eval.predictor import ModelPredictor, load
 
     chosen = plan(args)
-    processes = PartialState()  # one process unless started by `accelerate launch` / torchrun
+    # one process unless started by `accelerate launch` / torchrun; cpu=True lets CPU processes form a group too
+    processes = PartialState(cpu=not torch.cuda.is_available())
     world, rank = processes.num_processes, processes.process_index
     out = args.out if world == 1 else parallel.rank_dir(args.out, rank)
     sampling = videomme.Sampling(args.frames, args.sampler, args.fps, args.max_frames)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from test_runner import Scripted
 
@@ -36,8 +38,11 @@ def test_merged_ranks_give_the_single_process_results(data, tmp_path):
     for rank in range(2):
         questions = parallel.shard(data.questions, rank, 2)
         samples = videomme.iter_samples(data, questions, sampling)
-        runner.run(samples, Scripted(), policies, parallel.rank_dir(out, rank), {"bench": "x"}, 2)
+        config = {"bench": "x", "questions": len(questions)}
+        runner.run(samples, Scripted(), policies, parallel.rank_dir(out, rank), config, 2)
     parallel.merge(out, 2, runner.SAMPLES, runner.CONFIG)
+    config = json.loads((out / runner.CONFIG).read_text())
+    assert config["processes"] == 2 and config["questions"] == len(data.questions)
     merged = runner.write_results(out, policies)
     assert merged == single
     assert len(runner.read_samples(out)) == 2 * len(data.questions)
