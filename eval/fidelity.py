@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 import vlmzip
 from vlmzip.eval import bundled, fixtures, synthetic, videomme
@@ -101,13 +102,16 @@ def sweep(name: str, items: Sequence[Item], medium: str = "image") -> dict:
     result["all"] = accuracy(model, processor, items, medium)
     result["blank"] = accuracy(model, processor, blanked(items), medium)
     result["methods"] = {}
+    progress = tqdm(total=len(vlmzip.methods()) * len(KEEPS), desc=f"{name} {medium}", unit="policy", disable=None)
     for method in vlmzip.methods():
         row = {}
         for keep in KEEPS:
             vlmzip.compress(model, policy(method, keep))
             row[f"{keep:g}"] = accuracy(model, processor, items, medium)
+            progress.update()
         vlmzip.restore(model)
         result["methods"][method.name] = {"stage": method.stage, "policy": policy(method, 0.5), "accuracy": row}
+    progress.close()
     result["seconds"] = round(time.time() - started, 1)
     return result
 

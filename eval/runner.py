@@ -19,6 +19,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
+from tqdm import tqdm
+
 from vlmzip.errors import InputError
 from vlmzip.eval import videomme
 from vlmzip.eval.videomme import Sample, score, summarize
@@ -55,14 +57,18 @@ def run(
     config: dict[str, Any],
     batch_size: int = 1,
     resume: bool = False,
+    total: int | None = None,
 ) -> dict[str, Any]:
-    """Score every sample under every policy into ``out_dir``; returns (and writes) the results."""
+    """Score every sample under every policy into ``out_dir``; returns (and writes) the results. A progress
+    bar (on a terminal) counts samples, out of ``total`` when given."""
     if not policies or len(set(policies)) != len(policies):
         raise InputError(f"give each policy once, at least one: got {policies}")
     out_dir.mkdir(parents=True, exist_ok=True)
     done = _start(out_dir, config, resume)
-    with (out_dir / SAMPLES).open("a", encoding="utf-8") as log:
+    progress = tqdm(total=total, unit="sample", desc=out_dir.name, disable=None)  # disable=None: only on a tty
+    with (out_dir / SAMPLES).open("a", encoding="utf-8") as log, progress:
         for batch in _batches(samples, batch_size):
+            progress.update(len(batch))
             for policy in policies:
                 todo = [s for s in batch if (policy, s.question.question_id) not in done]
                 answerable = [s for s in todo if s.error is None]
@@ -411,6 +417,7 @@ def main(args) -> int:
         config,
         args.batch_size,
         args.resume,
+        total=described["questions"],
     )
     if world > 1:
         processes.wait_for_everyone()
