@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmzip.errors import InputError
-from vlmzip.eval.runner import number, percent, write_results
+from vlmzip.eval.runner import mib, number, percent, write_results
 
 
 def collect(run_dirs: list[Path]) -> list[dict[str, Any]]:
@@ -43,15 +43,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for i, r in enumerate(rows):
         lines.append(
             f"| {r['run']} | {r['policy']} | {percent(r['accuracy'])} | {percent(r['retained'])} | "
-            f"{number(r['visual_tokens_kept'])} | {number(_mib(r.get('kv_bytes')), 2)} | "
+            f"{number(r['visual_tokens_kept'])} | {number(mib(r.get('kv_bytes')), 2)} | "
             f"{number(r['first_token_ms'])} | {number(r['prefill_ms'])} | "
             f"{number(r['peak_gib'], 2)} | {'*' if i in front else ''} |"
         )
     return "\n".join(lines)
-
-
-def _mib(value: float | None) -> float | None:
-    return None if value is None else value / 2**20
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:

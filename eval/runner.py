@@ -154,17 +154,24 @@ def _policy_result(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def table(results: dict[str, Any]) -> str:
     """A markdown table of the results, one row per policy."""
     lines = [
-        "| policy | accuracy | 95% CI | retained | visual tokens kept | prefill ms | TTFT ms | peak GiB | evaluated |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| policy | accuracy | 95% CI | retained | visual tokens kept | KV MiB | prefill ms | TTFT ms | peak GiB "
+        "| evaluated |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for policy, r in results["policies"].items():
         low, high = r["ci95"] or (None, None)
         lines.append(
             f"| {policy} | {percent(r['accuracy'])} | {percent(low)}-{percent(high)} | "
-            f"{percent(r['retained'])} | {number(r['visual_tokens_kept'])} | {number(r['prefill_ms'])} | "
+            f"{percent(r['retained'])} | {number(r['visual_tokens_kept'])} | {number(mib(r.get('kv_bytes')), 2)} | "
+            f"{number(r['prefill_ms'])} | "
             f"{number(r['first_token_ms'])} | {number(r['peak_gib'], 2)} | {r['evaluated']}/{r['total']} |"
         )
     return "\n".join(lines)
+
+
+def mib(value: float | None) -> float | None:
+    """Bytes in MiB (None stays None)."""
+    return None if value is None else value / 2**20
 
 
 def _predict(predictor: Predictor, policy: str, samples: list[Sample]) -> dict[int, Prediction]:
