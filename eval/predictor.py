@@ -55,16 +55,22 @@ class ModelPredictor:
         if policy != self._policy:
             vlmzip.compress(self.model, policy)
             self._policy = policy
-        as_video = [self.as_video and sample.medium == "video" for sample in samples]
+        kinds = [self._kind(sample) for sample in samples]
         answers: dict[int, Prediction] = {}
-        for kind in dict.fromkeys(as_video):  # one generate per kind, in order of first appearance
-            group = [i for i, video in enumerate(as_video) if video == kind]
-            for i, prediction in zip(group, self._generate([samples[i] for i in group], kind), strict=True):
+        for kind in dict.fromkeys(kinds):  # one generate per kind, in order of first appearance
+            group = [i for i, k in enumerate(kinds) if k == kind]
+            for i, prediction in zip(group, self._generate([samples[i] for i in group], *kind), strict=True):
                 answers[i] = prediction
         return [answers[i] for i in range(len(samples))]
 
-    def _generate(self, samples: list[Sample], as_video: bool) -> list[Prediction]:
-        inputs = self._inputs(samples, as_video)
+    def _kind(self, sample: Sample) -> tuple[bool, float | None]:
+        """(as a video?, the frame rate a video processor must be told): a video processor takes one rate per
+        call, and Qwen's temporal positions follow it, so videos sampled at different rates go separately."""
+        video = self.as_video and sample.medium == "video"
+        return video, round(_frame_rate(sample), 6) if video and self.video_side is None else None
+
+    def _generate(self, samples: list[Sample], as_video: bool, fps: float | None = None) -> list[Prediction]:
+        inputs = self._inputs(samples, as_video, fps)
         timing = _FirstPass(self.model)
         with timing:
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
@@ -80,7 +86,7 @@ class ModelPredictor:
             for response, seen, left, n in zip(responses, stats.visual_tokens_in, kept, entries, strict=True)
         ]
 
-    def _inputs(self, samples: list[Sample], as_video: bool) -> dict[str, torch.Tensor]:
+    def _inputs(self, samples: list[Sample], as_video: bool, fps: float | None = None) -> dict[str, torch.Tensor]:
         visual = {"type": "video"} if as_video else {"type": "image"}
         texts = []
         for sample in samples:
@@ -92,8 +98,8 @@ class ModelPredictor:
             batch = fixtures.encode(self.processor, texts, videos=clips, fps=[_frame_rate(s) for s in samples])
         else:
             media = [[Image.fromarray(frame) for frame in sample.frames] for sample in samples]
-            key = "videos" if as_video else "images"
-            batch = self.processor(text=texts, **{key: media}, return_tensors="pt", padding=True)
+            visual = {"videos": media, "fps": fps} if as_video else {"images": media}
+            batch = self.processor(text=texts, **visual, return_tensors="pt", padding=True)
         return batch.to(self.model.device)
 
 

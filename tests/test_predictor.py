@@ -70,3 +70,17 @@ def test_eval_command_runs_and_resumes(videos, tmp_path):
     )
     assert main([*args, "--resume"]) == 0  # nothing left to do: no sample repeated
     assert len(runner.read_samples(out)) == 2 * 6
+
+
+def test_videos_at_different_frame_rates_go_to_a_video_processor_separately():
+    """A video processor takes one frame rate a call and Qwen's temporal positions follow it."""
+    from types import SimpleNamespace
+
+    predictor = ModelPredictor(None, SimpleNamespace(video_processor=object(), tokenizer=SimpleNamespace()))
+    question = videomme.Question("1-1", "1", "v", "short", "d", "s", "t", "q?", ("A. a", "B. b", "C. c", "D. d"), "A")
+
+    def sample(timestamps, medium="video"):
+        return videomme.Sample(question, "p", "official", "-", timestamps=timestamps, medium=medium)
+
+    kinds = [predictor._kind(s) for s in (sample([0, 1, 2]), sample([0, 0.5, 1]), sample([3, 4]), sample([], "image"))]
+    assert kinds == [(True, 1.0), (True, 2.0), (True, 1.0), (False, None)]
