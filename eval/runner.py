@@ -316,7 +316,7 @@ def plan(args) -> _Plan:
         policies = ["none"]
     if bench == "videos" and args.frames is None and args.fps is None:
         # every frame of the 2 fps clips, as the fixtures were trained
-        args.fps, args.max_frames = getattr(bundled, "VIDEO_FPS", 2.0), args.max_frames or 64
+        args.fps, args.max_frames = bundled.VIDEO_FPS, args.max_frames or 64
         notes.append(f"frames: every frame (--fps {args.fps:g}, --max-frames {args.max_frames})")
     if embedded:
         if args.device is None:
