@@ -737,7 +737,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be 0 <= lo <= hi < {len(curriculum)}, got {levels}")
 
     def is_video_step(self, step: int) -> bool:
-        return self.family == "qwen2_5_vl" and self.video_every > 0 and step % self.video_every == 1
+        """Qwen: the last step of every ``video_every`` is a video batch (1: every step)."""
+        return self.family == "qwen2_5_vl" and self.video_every > 0 and step % self.video_every == self.video_every - 1
 
 
 def _top_level(levels: tuple[int, int], step: int, cfg: TrainConfig) -> int:

@@ -238,3 +238,10 @@ def test_qwen_trains_with_packed_vision_attention_and_keeps_its_backend():
             packed = model(**inputs).logits
     assert model.config.vision_config._attn_implementation == "sdpa"
     torch.testing.assert_close(packed, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("every", "videos"), [(0, []), (1, [0, 1, 2, 3, 4, 5]), (2, [1, 3, 5]), (3, [2, 5])])
+def test_video_steps(every, videos):
+    cfg = fixtures.TrainConfig("qwen2_5_vl", 6, video_every=every)
+    assert [s for s in range(6) if cfg.is_video_step(s)] == videos
+    assert not any(fixtures.TrainConfig("gemma3", 6, video_every=every).is_video_step(s) for s in range(6))
