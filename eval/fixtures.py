@@ -727,6 +727,9 @@ class TrainConfig:
             raise ValueError(f"unknown family {self.family!r}; expected one of {', '.join(FAMILIES)}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        negative = [n for n in ("video_every", "video_batch_size", "workers", "max_minutes") if getattr(self, n) < 0]
+        if negative:
+            raise ValueError(f"{', '.join(negative)} must be >= 0")
         if not 0 <= self.caption_fraction + self.word_fraction <= 1:
             raise ValueError("caption_fraction + word_fraction must be in [0, 1]")
         for name, levels, curriculum in (

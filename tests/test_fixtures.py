@@ -208,6 +208,8 @@ def test_train_config_errors():
         fixtures.TrainConfig("clip", 1)
     with pytest.raises(ValueError, match="caption_fraction \\+ word_fraction"):
         fixtures.TrainConfig("llava", 1, caption_fraction=0.7, word_fraction=0.5)
+    with pytest.raises(ValueError, match="workers, max_minutes must be >= 0"):
+        fixtures.TrainConfig("llava", 1, workers=-1, max_minutes=-2)
     with pytest.raises(ValueError, match="image_levels must be"):
         fixtures.TrainConfig("llava", 1, image_levels=(0, 9))
 
