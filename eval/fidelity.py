@@ -1,8 +1,8 @@
 """Accuracy against visual tokens kept, for every method, on the shipped fixtures: ``docs/fidelity.md``.
 
 ``python -m vlmzip.eval.fidelity [--models llava gemma3 qwen2_5_vl] [--limit N] [--out docs/fidelity.md]``
-answers the bundled test questions (official multiple-choice prompt, greedy, one token, the letter extracted as
-``vlmzip eval`` does) with each model uncompressed, with the image blanked, and under every registered method
+answers the bundled test questions through ``vlmzip eval``'s predictor and scoring (official multiple-choice
+prompt, greedy, one token) with each model uncompressed, with the image blanked, and under every registered method
 at 50, 25, 10 and 5% of visual tokens kept; random pruning is in every table as the baseline a method must
 beat. The Qwen2.5-VL fixture is also measured on the bundled video questions.
 """
@@ -14,18 +14,18 @@ import json
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 import vlmzip
-from vlmzip.eval import bundled, fixtures, synthetic, videomme
+from vlmzip.eval import bundled, fixtures, mcq, synthetic, videomme
+from vlmzip.eval.predictor import ModelPredictor, load
+from vlmzip.eval.videomme import Sample
 
-__all__ = ["KEEPS", "accuracy", "main", "markdown", "policy", "sweep"]
+__all__ = ["KEEPS", "accuracy", "blanked", "image_samples", "main", "markdown", "policy", "sweep", "video_samples"]
 
 KEEPS: tuple[float, ...] = (0.5, 0.25, 0.10, 0.05)
 PREFILL_LAYER = 2  # prefill methods score at this layer (of 4 in the fixtures)
@@ -37,79 +37,57 @@ def policy(method: vlmzip.MethodInfo, keep: float) -> str:
     return f"{method.name}:{layer}keep={keep:g}"
 
 
-@dataclass(frozen=True)
-class Item:
-    """One bundled question: its prompt text, answer letter, and pixels (uint8 ``[3, H, W]`` or ``[T, 3, H, W]``)."""
-
-    prompt: str
-    answer: str
-    pixels: torch.Tensor
+def image_samples(limit: int | None = None) -> list[Sample]:
+    """The bundled image questions (the first ``limit``), as ``vlmzip eval --bench images`` reads them."""
+    data = mcq.load(bundled.dataset_path("image"))
+    return list(mcq.iter_samples(data, mcq.select(data, limit), missing="fail"))
 
 
-def image_items(limit: int | None = None) -> list[Item]:
-    records = synthetic.load_image_set(bundled.dataset_path("image"), "test")[:limit]
-    return [Item(synthetic.mc_prompt(r.question, "image"), r.question.answer, _png(r.image)) for r in records]
-
-
-def video_items(limit: int | None = None) -> list[Item]:
+def video_samples(limit: int | None = None) -> list[Sample]:
+    """The bundled video questions with every frame, as ``vlmzip eval --bench videos`` reads them."""
     data = videomme.load(bundled.dataset_path("video"))
-    questions = videomme.select(data, limit=limit)
     every_frame = videomme.Sampling(fps=bundled.VIDEO_FPS, max_frames=64)
-    items = []
-    for sample in videomme.iter_samples(data, questions, every_frame, missing="fail"):
-        frames = torch.from_numpy(np.stack(sample.frames)).permute(0, 3, 1, 2).contiguous()
-        items.append(Item(sample.prompt, sample.question.answer, frames))
-    return items
+    return list(videomme.iter_samples(data, videomme.select(data, limit=limit), every_frame, missing="fail"))
 
 
-def _png(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).contiguous()
-
-
-@torch.no_grad()
-def accuracy(model, processor, items: Sequence[Item], medium: str = "image", batch_size: int = 50) -> float:
-    """Fraction of ``items`` whose greedy one-token answer is the right letter, under the model's current policy."""
+def accuracy(predictor: ModelPredictor, policy: str, samples: Sequence[Sample], batch_size: int = 50) -> float:
+    """Fraction of ``samples`` the predictor answers right under ``policy``, scored as ``vlmzip eval`` scores."""
     right = 0
-    for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        texts = [fixtures.chat_prompt(processor, item.prompt, medium) for item in batch]
-        visual = (
-            {"videos": [item.pixels for item in batch]}
-            if medium == "video"
-            else {"images": torch.stack([item.pixels for item in batch])}
-        )
-        inputs = fixtures.encode(processor, texts, **visual)
-        out = model.generate(**inputs, max_new_tokens=1, do_sample=False)
-        answers = processor.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        right += sum(videomme.extract_answer(a) == item.answer for a, item in zip(answers, batch, strict=True))
-    return right / len(items)
+    for start in range(0, len(samples), batch_size):
+        batch = list(samples[start : start + batch_size])
+        predictions = predictor.predict(policy, batch)
+        right += sum(videomme.score(s, p.response).correct for s, p in zip(batch, predictions, strict=True))
+    return right / len(samples)
 
 
-def blanked(items: Sequence[Item]) -> list[Item]:
-    """The same questions over an empty scene (background only)."""
-    side = items[0].pixels.shape[-1]
-    empty = synthetic.render([synthetic.Scene(())], side)[0]
-    return [Item(i.prompt, i.answer, empty.expand_as(i.pixels).contiguous()) for i in items]
+def blanked(samples: Sequence[Sample]) -> list[Sample]:
+    """The same questions over an empty scene (background only), every frame."""
+    side = samples[0].frames[0].shape[0]
+    empty = synthetic.render([synthetic.Scene(())], side)[0].permute(1, 2, 0).numpy()
+    return [replace(s, frames=[empty] * len(s.frames)) for s in samples]
 
 
-def sweep(name: str, items: Sequence[Item], medium: str = "image") -> dict:
-    """Accuracy of bundled model ``name`` on ``items``: uncompressed, blanked, and every method at ``KEEPS``."""
-    model, processor = fixtures.load(bundled.model_path(name))
-    model.float().eval()
+def predictor(name: str) -> ModelPredictor:
+    """Bundled model ``name`` in float32 on the CPU, answering with one token (the letter)."""
+    model, processor = load(bundled.model_path(name), torch.float32, "cpu")
+    return ModelPredictor(model, processor, max_new_tokens=1)
+
+
+def sweep(name: str, samples: Sequence[Sample]) -> dict:
+    """Accuracy of bundled model ``name`` on ``samples``: uncompressed, blanked, and every method at ``KEEPS``."""
+    answering = predictor(name)
     started = time.time()
-    result = {"model": name, "medium": medium, "questions": len(items)}
-    vlmzip.restore(model)
-    result["all"] = accuracy(model, processor, items, medium)
-    result["blank"] = accuracy(model, processor, blanked(items), medium)
+    result = {"model": name, "medium": samples[0].medium, "questions": len(samples)}
+    result["all"] = accuracy(answering, "none", samples)
+    result["blank"] = accuracy(answering, "none", blanked(samples))
     result["methods"] = {}
-    progress = tqdm(total=len(vlmzip.methods()) * len(KEEPS), desc=f"{name} {medium}", unit="policy", disable=None)
+    desc = f"{name} {result['medium']}"
+    progress = tqdm(total=len(vlmzip.methods()) * len(KEEPS), desc=desc, unit="policy", disable=None)
     for method in vlmzip.methods():
         row = {}
         for keep in KEEPS:
-            vlmzip.compress(model, policy(method, keep))
-            row[f"{keep:g}"] = accuracy(model, processor, items, medium)
+            row[f"{keep:g}"] = accuracy(answering, policy(method, keep), samples)
             progress.update()
-        vlmzip.restore(model)
         result["methods"][method.name] = {"stage": method.stage, "policy": policy(method, 0.5), "accuracy": row}
     progress.close()
     result["seconds"] = round(time.time() - started, 1)
@@ -166,13 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the numbers there")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
-    images = image_items(args.limit)
+    images = image_samples(args.limit)
     results = []
     for name in args.models:
-        results.append(sweep(name, images, "image"))
+        results.append(sweep(name, images))
         print(json.dumps(results[-1]), flush=True)
         if name == "qwen2_5_vl":
-            results.append(sweep(name, video_items(args.limit), "video"))
+            results.append(sweep(name, video_samples(args.limit)))
             print(json.dumps(results[-1]), flush=True)
     command = "python -m vlmzip.eval.fidelity" + (f" --limit {args.limit}" if args.limit else "")
     if args.models != list(bundled.MODELS):

@@ -12,7 +12,6 @@ that pass. ``load`` opens a checkpoint directory as ``fixtures.load`` does.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from pathlib import Path
@@ -110,7 +109,7 @@ def _patchify_side(processor: Any) -> int | None:
         return None
     size = processor.image_processor.size
     pixels = size.get("longest_edge")
-    side = math.isqrt(pixels) if pixels else 0
+    side = fixtures.image_side(processor) if pixels else 0
     if not pixels or size.get("shortest_edge") != pixels or side * side != pixels:
         warnings.warn(
             "this Qwen2.5-VL processor has no video processor (transformers needs torchvision for one) and no "

@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-import vlmzip
 from vlmzip.cli import main as cli
 from vlmzip.eval import bundled, fidelity, fixtures, synthetic, videomme
 
@@ -77,21 +76,16 @@ def test_video_set_passes_the_videomme_loader():
 
 @pytest.fixture(scope="module")
 def gemma():
-    model, processor = fixtures.load(bundled.model_path("gemma3"))
-    return model.float().eval(), processor
+    return fidelity.predictor("gemma3")
 
 
 def test_gemma_answers_from_the_image_and_pruning_costs_accuracy(gemma):
     """The fixture's signal on 100 held-out questions: well above chance with the image, near chance with it
     blanked, and random pruning to 10% of visual tokens loses accuracy (docs/fidelity.md has all 400)."""
-    model, processor = gemma
-    items = fidelity.image_items(100)
-    vlmzip.restore(model)
-    full = fidelity.accuracy(model, processor, items)
-    blank = fidelity.accuracy(model, processor, fidelity.blanked(items))
-    vlmzip.compress(model, "random:keep=0.1")
-    pruned = fidelity.accuracy(model, processor, items)
-    vlmzip.restore(model)
+    samples = fidelity.image_samples(100)
+    full = fidelity.accuracy(gemma, "none", samples)
+    blank = fidelity.accuracy(gemma, "none", fidelity.blanked(samples))
+    pruned = fidelity.accuracy(gemma, "random:keep=0.1", samples)
     assert full >= 0.45 and blank <= 0.35 and full - pruned >= 0.15, (full, blank, pruned)
 
 
