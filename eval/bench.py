@@ -334,12 +334,13 @@ def main(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         config = {key: str(value) for key, value in vars(args).items() if key != "run"}
-        payload = {"config": config, "versions": _versions(), "results": [asdict(r) for r in results]}
+        payload = {"config": config, "versions": versions(), "results": [asdict(r) for r in results]}
         (args.out / "results.json").write_text(json.dumps(payload, indent=2))
     return 0
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """vlmzip, torch and transformers versions and the device, recorded in result files."""
     import transformers
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

@@ -360,6 +360,7 @@ def main(args) -> int:
     from accelerate import PartialState
 
     from vlmzip.eval import mcq, parallel
+    from vlmzip.eval.bench import versions
     from vlmzip.eval.predictor import ModelPredictor, load
 
     chosen = plan(args)
@@ -414,6 +415,7 @@ def main(args) -> int:
         "policies": chosen.policies,
         **described,
         "sampling": sampling.describe(),
+        "versions": versions(),
     }
     started = time.perf_counter()
     results = run(

@@ -29,6 +29,7 @@ def test_bundled_image_bench_end_to_end(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == str(bundled.model_path("gemma3")) and config["layout"] == "mcq-jsonl"
     assert config["dtype"] == "float32" and config["questions"] == 4
+    assert config["versions"]["torch"] == torch.__version__ and config["versions"]["device"] == "cpu"
     printed = capsys.readouterr().out
     assert "| uniform:keep=0.25 |" in printed and "| category | none | uniform:keep=0.25 |" in printed
     # Gemma-3 fixture: 2 KV heads x 64 dims, fp32 keys and values; 48 fewer visual tokens in the full-attention
