@@ -59,11 +59,13 @@ from transformers import (
     PreTrainedTokenizerFast,
     ProcessorMixin,
     Qwen2_5_VLConfig,
+    Qwen2_5_VLModel,
     Qwen2_5_VLProcessor,
     Qwen2VLImageProcessorPil,
 )
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
+from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
 from vlmzip.eval import synthetic
 
@@ -72,6 +74,7 @@ __all__ = [
     "SMALL",
     "SPECS",
     "FixtureSpec",
+    "QwenIndex",
     "TrainConfig",
     "build",
     "build_tokenizer",
@@ -504,26 +507,40 @@ def _pil(images: torch.Tensor) -> list:
     return [Image.fromarray(a) for a in images.permute(0, 2, 3, 1).cpu().numpy()]
 
 
+def _qwen_grids(processor: ProcessorMixin, frames: Sequence[int]) -> torch.Tensor:
+    """``grid_thw`` of clips of ``frames`` frames (an image is one frame) at the fixture's image side."""
+    ip = processor.image_processor
+    side = image_side(processor) // ip.patch_size
+    return torch.tensor([[math.ceil(n / ip.temporal_patch_size), side, side] for n in frames], dtype=torch.long)
+
+
 def _qwen_patches(processor: ProcessorMixin, clips: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Qwen2-VL patch rows of uint8 clips ``[T, 3, H, W]`` (an image is a one-frame clip), on the clips'
     device: frames padded to a multiple of the temporal patch by repeating the last, rescaled, normalised and
     flattened exactly as ``Qwen2VLImageProcessor`` / ``Qwen2VLVideoProcessor`` lay them out: rows
-    ``(t, h/m, w/m, m, m)``, columns ``(C, tp, p, p)``. Returns (rows, grid_thw)."""
+    ``(t, h/m, w/m, m, m)``, columns ``(C, tp, p, p)``. Clips of one length are done together (a training
+    batch is hundreds of them: one set of kernels, not one per clip). Returns (rows, grid_thw)."""
     ip = processor.image_processor
     p, m, tp = ip.patch_size, ip.merge_size, ip.temporal_patch_size
     side = image_side(processor)
-    rows, grids = [], []
-    for clip in clips:
-        if tuple(clip.shape[-2:]) != (side, side):  # no resize here: render at the fixture's size
-            raise ValueError(f"frames must be {side}x{side}, got {tuple(clip.shape[-2:])}")
-        frames = _normalise(ip, clip)
-        if len(frames) % tp:
-            frames = torch.cat([frames, frames[-1:].expand(tp - len(frames) % tp, -1, -1, -1)])
-        t, c, h, w = len(frames) // tp, 3, frames.shape[2] // p, frames.shape[3] // p
-        x = frames.reshape(t, tp, c, h // m, m, p, w // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-        rows.append(x.reshape(t * h * w, c * tp * p * p))
-        grids.append([t, h, w])
-    return torch.cat(rows), torch.tensor(grids, dtype=torch.long, device=rows[0].device)
+    if any(tuple(clip.shape[-2:]) != (side, side) for clip in clips):  # no resize here: render at this size
+        raise ValueError(f"frames must be {side}x{side}, got {sorted({tuple(c.shape[-2:]) for c in clips})}")
+    grids = _qwen_grids(processor, [len(clip) for clip in clips])
+    starts = [0, *grids.prod(1).cumsum(0).tolist()]  # each clip's first row
+    device = clips[0].device
+    rows = torch.empty(starts[-1], 3 * tp * p * p, device=device)
+    by_length: dict[int, list[int]] = {}
+    for i, clip in enumerate(clips):
+        by_length.setdefault(len(clip), []).append(i)
+    for length, members in by_length.items():
+        frames = _normalise(ip, torch.stack([clips[i] for i in members]))  # [k, T, 3, H, W]
+        if length % tp:
+            frames = torch.cat([frames, frames[:, -1:].expand(-1, tp - length % tp, -1, -1, -1)], dim=1)
+        k, t, h, w = len(members), frames.shape[1] // tp, side // p, side // p
+        x = frames.reshape(k, t, tp, 3, h // m, m, p, w // m, m, p).permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
+        at = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in members]).to(device)
+        rows[at] = x.reshape(k * t * h * w, 3 * tp * p * p)
+    return rows, grids.to(device)
 
 
 def _normalise(image_processor, images: torch.Tensor) -> torch.Tensor:
@@ -651,6 +668,13 @@ def _tokens(
     return out
 
 
+_CLIP_FPS = 2.0  # training clips' frame rate: Qwen's temporal positions follow it
+
+
+def _seconds_per_grid(processor: ProcessorMixin, n: int) -> torch.Tensor:
+    return torch.full((n,), processor.image_processor.temporal_patch_size / _CLIP_FPS)
+
+
 def _pixels(
     processor: ProcessorMixin, images: torch.Tensor | None = None, videos: Sequence[torch.Tensor] | None = None
 ) -> dict[str, torch.Tensor]:
@@ -659,8 +683,7 @@ def _pixels(
     if isinstance(processor, Qwen2_5_VLProcessor):
         if videos is not None:
             rows, grids = _qwen_patches(processor, videos)
-            seconds_per_patch = processor.image_processor.temporal_patch_size / 2.0  # the clips are 2 fps
-            seconds = torch.full((len(videos),), seconds_per_patch, device=rows.device)
+            seconds = _seconds_per_grid(processor, len(videos)).to(rows.device)
             return {"pixel_values_videos": rows, "video_grid_thw": grids, "second_per_grid_ts": seconds}
         rows, grids = _qwen_patches(processor, [image[None] for image in images])
         return {"pixel_values": rows, "image_grid_thw": grids}
@@ -806,12 +829,52 @@ def step_examples(processor: ProcessorMixin, cfg: TrainConfig, step: int, size: 
     return {**_tokens(processor, prompts, answers, "image"), "images": torch.cat(images)}
 
 
+class QwenIndex:
+    """Qwen2.5-VL's index tensors for a training batch, made on the host by transformers' own functions: the
+    language model's M-RoPE ``position_ids`` and the vision tower's rotary positions and packed-sequence and
+    window boundaries, as the ``image_*`` / ``video_*`` precomputed kwargs the model accepts. Left to the model,
+    these are made on the GPU in per-image Python loops with host synchronisations, which made a 512-image
+    training step ~8x slower than LLaVA's; the data-loader workers make them instead."""
+
+    def __init__(self, config: Qwen2_5_VLConfig) -> None:
+        with torch.device("meta"):  # only the index methods of this copy run: it holds no weights
+            self._model = Qwen2_5_VLModel(config)
+        vision = config.vision_config
+        self._merge, self._window, self._patch = vision.spatial_merge_size, vision.window_size, vision.patch_size
+
+    def __call__(self, processor: ProcessorMixin, batch: dict) -> dict:
+        medium = "video" if "videos" in batch else "image"
+        frames = [len(clip) for clip in batch["videos"]] if medium == "video" else [1] * len(batch["images"])
+        grids = _qwen_grids(processor, frames)
+        seconds = _seconds_per_grid(processor, len(frames)) if medium == "video" else None
+        positions, _ = self._model.get_rope_index(
+            batch["input_ids"],
+            batch["mm_token_type_ids"],
+            **{f"{medium}_grid_thw": grids},
+            second_per_grid_ts=seconds,
+            attention_mask=batch["attention_mask"],
+        )
+        cu_seqlens = get_vision_cu_seqlens(grids)
+        window_index, cu_window_seqlens = get_vision_window_index(grids, self._merge, self._window, self._patch)
+        vision = {
+            "position_ids": get_vision_position_ids(grids, self._merge),
+            "cu_seqlens": cu_seqlens,
+            "max_seqlen": int(cu_seqlens.diff().max()),
+            "window_index": window_index,
+            "cu_window_seqlens": cu_window_seqlens,
+            "max_window_seqlen": int(cu_window_seqlens.diff().max()),
+        }
+        return {"position_ids": positions, **{f"{medium}_{k}": v for k, v in vision.items()}}
+
+
 class _Stream(torch.utils.data.IterableDataset):
     """Steps ``start .. cfg.steps - 1`` in order; loader worker ``w`` of ``W`` makes steps ``start + w + k W``
-    (the loader takes from workers in turn, so the order is kept)."""
+    (the loader takes from workers in turn, so the order is kept). ``index`` adds Qwen's index tensors."""
 
-    def __init__(self, processor: ProcessorMixin, cfg: TrainConfig, start: int, size: int) -> None:
-        self.processor, self.cfg, self.start, self.size = processor, cfg, start, size
+    def __init__(
+        self, processor: ProcessorMixin, cfg: TrainConfig, start: int, size: int, index: QwenIndex | None = None
+    ) -> None:
+        self.processor, self.cfg, self.start, self.size, self.index = processor, cfg, start, size, index
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -819,7 +882,10 @@ class _Stream(torch.utils.data.IterableDataset):
         if info:
             torch.set_num_threads(1)
         for step in range(self.start + worker, self.cfg.steps, workers):
-            yield step, step_examples(self.processor, self.cfg, step, self.size)
+            batch = step_examples(self.processor, self.cfg, step, self.size)
+            if self.index is not None:
+                batch.update(self.index(self.processor, batch))
+            yield step, batch
 
 
 # Qwen2.5-VL's vision attention calls a non-flash backend once per window (thousands of calls for a 512-image
@@ -831,14 +897,16 @@ _PACKED_ATTENTION = "vlmzip_fixture_flash_packed_sdpa"
 def packed_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """Block-diagonal attention over a packed ``[1, H, S, D]`` sequence split by ``cu_seq_lens_q``; returns
     ``[1, S, H, D]`` as flash-attention backends do. Equal chunks (same-size images, frames, windows) run as
-    one batch; otherwise chunk by chunk."""
-    bounds = kwargs["cu_seq_lens_q"].tolist()
-    lengths = [b - a for a, b in zip(bounds, bounds[1:])]
+    one batch, found without a host synchronisation when ``max_length_q`` is given; otherwise chunk by chunk."""
+    bounds = kwargs["cu_seq_lens_q"]
     _, heads, total, dim = query.shape
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    if len(set(lengths)) == 1:
-        n, length = len(lengths), lengths[0]
-        q, k, v = (t.reshape(heads, n, length, dim).transpose(0, 1) for t in (query, key, value))
+    n, longest = len(bounds) - 1, kwargs.get("max_length_q")
+    if longest is None or n * longest != total:  # n chunks of at most `longest` filling `total`: all equal
+        lengths = bounds.diff().tolist()
+        longest = lengths[0] if len(set(lengths)) == 1 else None
+    if longest is not None:
+        q, k, v = (t.reshape(heads, n, longest, dim).transpose(0, 1) for t in (query, key, value))
         out = sdpa(q, k, v, scale=scaling, dropout_p=dropout).transpose(1, 2).reshape(1, total, heads, dim)
         return out, None
     chunks = [
@@ -864,7 +932,7 @@ def _packed_vision_attention(model: PreTrainedModel):
         model.set_attn_implementation({"vision_config": backend})
 
 
-def _loss(model: PreTrainedModel, inputs: dict, device: torch.device) -> tuple[torch.Tensor, float]:
+def _loss(model: PreTrainedModel, inputs: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Answer-token cross-entropy averaged per example, then over the batch (a caption weighs as much as a
     one-word answer), and the fraction of examples whose answer tokens are all argmax-right."""
     inputs = dict(inputs)
@@ -874,7 +942,7 @@ def _loss(model: PreTrainedModel, inputs: dict, device: torch.device) -> tuple[t
     mask = labels != -100
     token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
     loss = ((token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
-    exact = ((logits.argmax(-1) == labels) | ~mask).all(1).float().mean().item()
+    exact = ((logits.argmax(-1) == labels) | ~mask).all(1).float().mean()  # a tensor: no host sync each step
     return loss, exact
 
 
@@ -975,7 +1043,9 @@ def train(
         weights, _ = load(cfg.init)
         model.load_state_dict({k: v.float() for k, v in weights.state_dict().items()})
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98), fused=device.type == "cuda"
+    )
     step = 0
     if resume and _checkpoint(out_dir).exists():
         state = torch.load(_checkpoint(out_dir), map_location=device, weights_only=False)
@@ -984,7 +1054,7 @@ def train(
         step = state["step"]
     (out_dir / "config.json").write_text(json.dumps({"train": asdict(cfg), "spec": asdict(spec)}, indent=2) + "\n")
     loader = torch.utils.data.DataLoader(
-        _Stream(processor, cfg, step, spec.image_size),
+        _Stream(processor, cfg, step, spec.image_size, QwenIndex(model.config) if family == "qwen2_5_vl" else None),
         batch_size=None,
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
@@ -1006,7 +1076,7 @@ def train(
             last = done == cfg.steps or out_of_time
             if done % cfg.log_every == 0 or last:
                 kind = "video" if "videos" in batch else "image"
-                record = {"step": done, "loss": round(loss.item(), 5), "exact": exact, "lr": _lr(step, cfg)}
+                record = {"step": done, "loss": round(loss.item(), 5), "exact": exact.item(), "lr": _lr(step, cfg)}
                 _write(log, {**record, "kind": kind, "elapsed_s": round(elapsed, 2)})
             if cfg.eval_every and (done % cfg.eval_every == 0 or last):
                 for medium in ("image", "video") if family == "qwen2_5_vl" and cfg.video_every else ("image",):
@@ -1029,7 +1099,11 @@ def train(
 
 def _on_device(processor: ProcessorMixin, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
     """A loader batch on ``device`` with its pixels made there."""
-    tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("images", "videos")}
+    tensors = {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+        if k not in ("images", "videos")
+    }
     if "videos" in batch:
         return {**tensors, **_pixels(processor, videos=[v.to(device, non_blocking=True) for v in batch["videos"]])}
     return {**tensors, **_pixels(processor, images=batch["images"].to(device, non_blocking=True))}

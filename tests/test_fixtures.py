@@ -220,6 +220,9 @@ def test_packed_sdpa_matches_attention_per_chunk(lengths):
     query, key, value = torch.randn(3, 1, 2, sum(lengths), 8).unbind(0)
     bounds = torch.tensor([0, *np.cumsum(lengths)])
     out, _ = fixtures.packed_sdpa(None, query, key, value, scaling=0.3, cu_seq_lens_q=bounds)
+    longest = max(lengths)  # told the longest chunk, equal chunks are found without a host sync
+    told, _ = fixtures.packed_sdpa(None, query, key, value, scaling=0.3, cu_seq_lens_q=bounds, max_length_q=longest)
+    torch.testing.assert_close(told, out)
     start = 0
     for n in lengths:
         q, k, v = (t[:, :, start : start + n] for t in (query, key, value))
@@ -240,6 +243,36 @@ def test_qwen_trains_with_packed_vision_attention_and_keeps_its_backend():
             packed = model(**inputs).logits
     assert model.config.vision_config._attn_implementation == "sdpa"
     torch.testing.assert_close(packed, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("step", [0, 1])  # a video batch, then an image batch
+def test_qwen_index_gives_the_models_own_positions(step):
+    """The host-made index tensors (``QwenIndex``) leave the model's output exactly as it is without them."""
+    model, processor = fixtures.build("qwen2_5_vl", spec=fixtures.SMALL)
+    cfg = fixtures.TrainConfig("qwen2_5_vl", steps=2, batch_size=8, video_every=2, video_batch_size=3)
+    batch = fixtures.step_examples(processor, cfg, 1 - step, fixtures.SMALL.image_size)
+    index = fixtures.QwenIndex(model.config)(processor, batch)
+    medium = "image" if "images" in batch else "video"
+    assert index["position_ids"].shape == (3, *batch["input_ids"].shape)
+    assert {k.split("_")[0] for k in index} == {"position", medium}
+    inputs = fixtures._on_device(processor, batch, torch.device("cpu"))
+    inputs.pop("labels")
+    with torch.no_grad(), fixtures._packed_vision_attention(model):
+        reference = model(**inputs).logits
+        fast = model(**inputs, **index).logits
+    torch.testing.assert_close(fast, reference, rtol=0, atol=0)
+
+
+def test_qwen_patches_of_equal_length_clips_are_made_together():
+    _, processor = fixtures.build("qwen2_5_vl", spec=fixtures.SMALL)
+    gen = torch.Generator().manual_seed(0)
+    side = fixtures.SMALL.image_size
+    clips = [torch.randint(0, 256, (n, 3, side, side), generator=gen, dtype=torch.uint8) for n in (3, 8, 3, 1, 8)]
+    rows, grids = fixtures._qwen_patches(processor, clips)
+    one_by_one = [fixtures._qwen_patches(processor, [clip]) for clip in clips]
+    torch.testing.assert_close(rows, torch.cat([r for r, _ in one_by_one]), rtol=0, atol=0)
+    assert grids.tolist() == [g.tolist()[0] for _, g in one_by_one]
+    assert grids.tolist() == [[2, 8, 8], [4, 8, 8], [2, 8, 8], [1, 8, 8], [4, 8, 8]]
 
 
 @pytest.mark.parametrize(("every", "videos"), [(0, []), (1, [0, 1, 2, 3, 4, 5]), (2, [1, 3, 5]), (3, [2, 5])])
