@@ -1068,13 +1068,17 @@ def train(
             loss, exact = _loss(model, _on_device(processor, batch, device), device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if torch.isfinite(norm):  # a non-finite gradient would turn every weight into NaN: skip the batch
+                optimizer.step()
+            else:
+                _write(log, {"step": step + 1, "skipped": f"non-finite gradient norm {norm.item()}"})
             done = step + 1
             elapsed = time.time() - started
             out_of_time = cfg.max_minutes > 0 and elapsed > 60 * cfg.max_minutes
             last = done == cfg.steps or out_of_time
-            if done % cfg.log_every == 0 or last:
+            kinds = 2 if family == "qwen2_5_vl" and cfg.video_every == 2 else 1  # Qwen: log image and video steps
+            if done % cfg.log_every < kinds or last:
                 kind = "video" if "videos" in batch else "image"
                 record = {"step": done, "loss": round(loss.item(), 5), "exact": exact.item(), "lr": _lr(step, cfg)}
                 _write(log, {**record, "kind": kind, "elapsed_s": round(elapsed, 2)})
@@ -1132,6 +1136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
     t.add_argument("--eval-size", type=int, default=TrainConfig.eval_size)
     t.add_argument("--video-batch-size", type=int, default=0, help="Qwen video batches (0: batch size / 4)")
+    t.add_argument("--video-every", type=int, default=TrainConfig.video_every, help="Qwen: every n-th step (0: none)")
     t.add_argument("--workers", type=int, default=0, help="data-loader processes")
     t.add_argument("--max-minutes", type=float, default=0.0, help="stop early, saving everything, after this long")
     t.add_argument("--seed", type=int, default=0)
@@ -1167,6 +1172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         eval_every=args.eval_every,
         eval_size=args.eval_size,
         video_batch_size=args.video_batch_size,
+        video_every=args.video_every,
         workers=args.workers,
         max_minutes=args.max_minutes,
         init=args.init,

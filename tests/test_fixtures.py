@@ -143,6 +143,18 @@ def test_train_resume(tmp_path):
     assert model.config.model_type == "qwen2_5_vl"
 
 
+def test_train_skips_a_non_finite_gradient(tmp_path, monkeypatch):
+    loss = fixtures._loss
+    monkeypatch.setattr(fixtures, "_loss", lambda *args: (loss(*args)[0] * float("nan"), loss(*args)[1]))
+    torch.manual_seed(0)
+    model = fixtures.train("gemma3", 2, 2, 1e-3, "cpu", tmp_path, spec=fixtures.SMALL, eval_every=0, warmup=1)
+    untrained, _ = fixtures.build("gemma3", spec=fixtures.SMALL)
+    for name, weight in untrained.state_dict().items():
+        assert torch.equal(model.state_dict()[name], weight), name
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "skipped" in r] == [1, 2]
+
+
 def test_cli_train(tmp_path):
     args = ["train", "--family", "llava", "--steps", "1", "--batch-size", "2", "--out", str(tmp_path), "--small"]
     assert fixtures.main([*args, "--device", "cpu", "--eval-every", "0"]) == 0
