@@ -3,6 +3,7 @@ its command writes, split hygiene, the Video-MME loader's validation, and the ac
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pyarrow.parquet as pq
@@ -74,19 +75,46 @@ def test_video_set_passes_the_videomme_loader():
     assert sample.error is None and sample.frames[0].shape == (64, 64, 3)
 
 
-@pytest.fixture(scope="module")
-def gemma():
-    return fidelity.predictor("gemma3")
-
-
-def test_gemma_answers_from_the_image_and_pruning_costs_accuracy(gemma):
-    """The fixture's signal on 100 held-out questions: well above chance with the image, near chance with it
-    blanked, and random pruning to 10% of visual tokens loses accuracy (docs/fidelity.md has all 400)."""
+@functools.cache
+def _signal(name: str) -> dict[str, float]:
+    """Accuracy on 100 held-out image questions: with the image, blanked, and with random pruning to 10%."""
+    model = fidelity.predictor(name)
     samples = fidelity.image_samples(100)
-    full = fidelity.accuracy(gemma, "none", samples)
-    blank = fidelity.accuracy(gemma, "none", fidelity.blanked(samples))
-    pruned = fidelity.accuracy(gemma, "random:keep=0.1", samples)
-    assert full >= 0.45 and blank <= 0.35 and full - pruned >= 0.15, (full, blank, pruned)
+    return {
+        "full": fidelity.accuracy(model, "none", samples),
+        "blank": fidelity.accuracy(model, "none", fidelity.blanked(samples)),
+        "random@10%": fidelity.accuracy(model, "random:keep=0.1", samples),
+    }
+
+
+# The fixtures issue's bars. Models below them are strict xfails: retraining one past the bars fails this
+# test until its mark is removed, so the list stays true.
+BELOW_THE_BARS = {
+    "llava": "LLaVA answers ~55% (docs/fixtures.md: its training has flattened)",
+    "qwen2_5_vl": "Qwen2.5-VL answers ~33%, not yet from the image (docs/fixtures.md: 5,700 steps so far)",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=BELOW_THE_BARS.get(n, "")))
+        if n in BELOW_THE_BARS
+        else n
+        for n in bundled.MODELS
+    ],
+)
+def test_fixture_meets_the_quality_bars(name):
+    """>= 85% with the image, <= 35% with it blanked, and random pruning to 10% of the visual tokens loses at
+    least 15 points (on 100 of the 400 questions; docs/fidelity.md has all of them)."""
+    got = _signal(name)
+    assert got["full"] >= 0.85 and got["blank"] <= 0.35 and got["full"] - got["random@10%"] >= 0.15, got
+
+
+def test_llava_answers_from_the_image_below_the_bars():
+    """What the LLaVA fixture does give: well above blanked, and sensitive to what pruning drops."""
+    got = _signal("llava")
+    assert got["full"] >= 0.45 and got["blank"] <= 0.35 and got["full"] - got["random@10%"] >= 0.15, got
 
 
 def test_fidelity_table_keeps_hand_written_text(tmp_path):
