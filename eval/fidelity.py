@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -156,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.models != list(bundled.MODELS):
         command += " --models " + " ".join(args.models)
     write(args.out, markdown(results, command))
+    print(f"wrote the tables into {args.out.resolve()}", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
