@@ -1061,7 +1061,8 @@ def train(
         prefetch_factor=4 if cfg.workers else None,
     )
     started = time.time()
-    with (out_dir / "log.jsonl").open("a", encoding="utf-8") as log, _packed_vision_attention(model):
+    mode = "a" if step else "w"  # a resumed run continues its log; a new one in an old directory starts afresh
+    with (out_dir / "log.jsonl").open(mode, encoding="utf-8") as log, _packed_vision_attention(model):
         for step, batch in loader:
             for group in optimizer.param_groups:
                 group["lr"] = _lr(step, cfg)

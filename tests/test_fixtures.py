@@ -141,6 +141,9 @@ def test_train_resume(tmp_path):
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 4
     model, _ = fixtures.load(tmp_path / "model")
     assert model.config.model_type == "qwen2_5_vl"
+    fixtures.train("qwen2_5_vl", 1, 2, 1e-3, "cpu", tmp_path, eval_every=0, **options)  # a new run, same place
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1]
 
 
 def test_train_skips_a_non_finite_gradient(tmp_path, monkeypatch):
