@@ -68,6 +68,7 @@ from transformers.modeling_utils import AttentionInterface
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
 from vlmzip.eval import synthetic
+from vlmzip.registry import adapter_for
 
 __all__ = [
     "FAMILIES",
@@ -726,6 +727,7 @@ class TrainConfig:
     steps: int
     batch_size: int = 32
     lr: float = 1e-3
+    vision_lr: float = 0.0  # the vision tower's peak learning rate (0: lr); the schedule scales both alike
     weight_decay: float = 0.01
     warmup: int = 100
     seed: int = 0
@@ -750,7 +752,8 @@ class TrainConfig:
             raise ValueError(f"unknown family {self.family!r}; expected one of {', '.join(FAMILIES)}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
-        negative = [n for n in ("video_every", "video_batch_size", "workers", "max_minutes") if getattr(self, n) < 0]
+        names = ("video_every", "video_batch_size", "workers", "max_minutes", "vision_lr")
+        negative = [n for n in names if getattr(self, n) < 0]
         if negative:
             raise ValueError(f"{', '.join(negative)} must be >= 0")
         if not 0 <= self.caption_fraction + self.word_fraction <= 1:
@@ -1010,6 +1013,15 @@ def _lr(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def _param_groups(model: PreTrainedModel, cfg: TrainConfig) -> list[dict]:
+    """The vision tower (as vlmzip's adapter names it) and everything else, each with its share of the learning
+    rate: Qwen2.5-VL leaves its text-only optimum sooner with a faster vision tower (``docs/fixtures.md``)."""
+    tower = {id(p) for p in adapter_for(model).vision_tower.parameters()}
+    vision = [p for p in model.parameters() if id(p) in tower]
+    rest = [p for p in model.parameters() if id(p) not in tower]
+    return [{"params": vision, "scale": (cfg.vision_lr or cfg.lr) / cfg.lr}, {"params": rest, "scale": 1.0}]
+
+
 def _checkpoint(out_dir: Path) -> Path:
     return out_dir / "checkpoint.pt"
 
@@ -1043,9 +1055,9 @@ def train(
         weights, _ = load(cfg.init)
         model.load_state_dict({k: v.float() for k, v in weights.state_dict().items()})
     model.to(device).train()
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98), fused=device.type == "cuda"
-    )
+    groups = _param_groups(model, cfg)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98), fused=fused)
     step = 0
     if resume and _checkpoint(out_dir).exists():
         state = torch.load(_checkpoint(out_dir), map_location=device, weights_only=False)
@@ -1065,7 +1077,7 @@ def train(
     with (out_dir / "log.jsonl").open(mode, encoding="utf-8") as log, _packed_vision_attention(model):
         for step, batch in loader:
             for group in optimizer.param_groups:
-                group["lr"] = _lr(step, cfg)
+                group["lr"] = _lr(step, cfg) * group["scale"]
             loss, exact = _loss(model, _on_device(processor, batch, device), device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -1131,6 +1143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--steps", type=int, required=True)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=1e-3, help="peak; shipped: 2e-3 LLaVA / Gemma-3, 8e-4 Qwen2.5-VL")
+    t.add_argument("--vision-lr", type=float, default=0.0, help="the vision tower's peak learning rate (default: --lr)")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--resume", action="store_true")
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -1183,6 +1196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         caption_fraction=args.caption_fraction,
         word_fraction=args.word_fraction,
         warmup=args.warmup,
+        vision_lr=args.vision_lr,
     )
     return 0
 

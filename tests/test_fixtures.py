@@ -146,6 +146,20 @@ def test_train_resume(tmp_path):
     assert [r["step"] for r in records] == [1]
 
 
+@pytest.mark.parametrize("fixture_family", FIXTURE_FAMILIES)
+def test_vision_tower_has_its_own_learning_rate(fixture_family):
+    model, _ = fixtures.build(fixture_family, spec=fixtures.SMALL)
+    cfg = fixtures.TrainConfig(fixture_family, 10, lr=1e-3, vision_lr=4e-3)
+    vision, rest = fixtures._param_groups(model, cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert vision["scale"] == pytest.approx(4.0) and rest["scale"] == 1.0
+    assert len(vision["params"]) + len(rest["params"]) == len(names)
+    assert all(".visual." in names[id(p)] or ".vision_tower." in names[id(p)] for p in vision["params"])
+    assert not any(".visual." in names[id(p)] or ".vision_tower." in names[id(p)] for p in rest["params"])
+    default = fixtures._param_groups(model, fixtures.TrainConfig(fixture_family, 10, lr=1e-3))
+    assert [g["scale"] for g in default] == [1.0, 1.0]
+
+
 def test_train_skips_a_non_finite_gradient(tmp_path, monkeypatch):
     loss = fixtures._loss
     monkeypatch.setattr(fixtures, "_loss", lambda *args: (loss(*args)[0] * float("nan"), loss(*args)[1]))
@@ -223,8 +237,8 @@ def test_train_config_errors():
         fixtures.TrainConfig("clip", 1)
     with pytest.raises(ValueError, match="caption_fraction \\+ word_fraction"):
         fixtures.TrainConfig("llava", 1, caption_fraction=0.7, word_fraction=0.5)
-    with pytest.raises(ValueError, match="workers, max_minutes must be >= 0"):
-        fixtures.TrainConfig("llava", 1, workers=-1, max_minutes=-2)
+    with pytest.raises(ValueError, match="workers, max_minutes, vision_lr must be >= 0"):
+        fixtures.TrainConfig("llava", 1, workers=-1, max_minutes=-2, vision_lr=-1)
     with pytest.raises(ValueError, match="image_levels must be"):
         fixtures.TrainConfig("llava", 1, image_levels=(0, 9))
 
