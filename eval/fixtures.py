@@ -945,7 +945,7 @@ def _loss(model: PreTrainedModel, inputs: dict, device: torch.device) -> tuple[t
     mask = labels != -100
     token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
     loss = ((token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
-    exact = ((logits.argmax(-1) == labels) | ~mask).all(1).float().mean()  # a tensor: no host sync each step
+    exact = ((logits.argmax(-1) == labels) | ~mask).all(1).float().mean()  # a tensor, read only when logged
     return loss, exact
 
 
@@ -1073,6 +1073,8 @@ def train(
         prefetch_factor=4 if cfg.workers else None,
     )
     started = time.time()
+    # Qwen logs `video_every` consecutive steps each time, so image and video losses both appear.
+    logged_run = cfg.video_every if family == "qwen2_5_vl" and cfg.video_every > 1 else 1
     mode = "a" if step else "w"  # a resumed run continues its log; a new one in an old directory starts afresh
     with (out_dir / "log.jsonl").open(mode, encoding="utf-8") as log, _packed_vision_attention(model):
         for step, batch in loader:
@@ -1090,8 +1092,7 @@ def train(
             elapsed = time.time() - started
             out_of_time = cfg.max_minutes > 0 and elapsed > 60 * cfg.max_minutes
             last = done == cfg.steps or out_of_time
-            kinds = 2 if family == "qwen2_5_vl" and cfg.video_every == 2 else 1  # Qwen: log image and video steps
-            if done % cfg.log_every < kinds or last:
+            if done % cfg.log_every < logged_run or last:
                 kind = "video" if "videos" in batch else "image"
                 record = {"step": done, "loss": round(loss.item(), 5), "exact": exact.item(), "lr": _lr(step, cfg)}
                 _write(log, {**record, "kind": kind, "elapsed_s": round(elapsed, 2)})

@@ -162,7 +162,12 @@ def test_vision_tower_has_its_own_learning_rate(fixture_family):
 
 def test_train_skips_a_non_finite_gradient(tmp_path, monkeypatch):
     loss = fixtures._loss
-    monkeypatch.setattr(fixtures, "_loss", lambda *args: (loss(*args)[0] * float("nan"), loss(*args)[1]))
+
+    def nan_loss(*args):
+        value, exact = loss(*args)
+        return value * float("nan"), exact
+
+    monkeypatch.setattr(fixtures, "_loss", nan_loss)
     torch.manual_seed(0)
     model = fixtures.train("gemma3", 2, 2, 1e-3, "cpu", tmp_path, spec=fixtures.SMALL, eval_every=0, warmup=1)
     untrained, _ = fixtures.build("gemma3", spec=fixtures.SMALL)
