@@ -39,7 +39,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +88,7 @@ __all__ = [
     "main",
     "param_count",
     "save",
+    "spec_with",
     "train",
     "training_inputs",
     "vocabulary",
@@ -110,6 +111,7 @@ class FixtureSpec:
     vision_hidden: int = 128
     vision_heads: int = 4
     vision_intermediate: int = 256
+    feature_layer: int = -2  # LLaVA's vision_feature_layer: the vision layer whose output the projector reads
     text_layers: int = 4
     text_hidden: int = 256
     text_heads: int = 4
@@ -146,6 +148,21 @@ SMALL = FixtureSpec(
     pooled_side=4,
     sliding_window=32,
 )
+
+
+def spec_with(spec: FixtureSpec, changes: Sequence[str]) -> FixtureSpec:
+    """``spec`` with ``FIELD=N`` changes applied (all of ``FixtureSpec``'s fields are integers)."""
+    names = {f.name for f in fields(FixtureSpec)}
+    values = {}
+    for change in changes:
+        name, sep, value = change.partition("=")
+        if not sep or name not in names:
+            raise ValueError(f"--spec {change!r}: expected FIELD=N with FIELD one of {', '.join(sorted(names))}")
+        try:
+            values[name] = int(value)
+        except ValueError:
+            raise ValueError(f"--spec {change!r}: {name} takes an integer, not {value!r}") from None
+    return replace(spec, **values)
 
 
 def visual_tokens(family: str, spec: FixtureSpec, frames: int = 1) -> int:
@@ -390,7 +407,7 @@ def _config(family: str, spec: FixtureSpec, vocab_size: int, ids: dict[str, int]
             },
             image_token_index=ids["image_token"],
             image_seq_length=visual_tokens(family, spec),
-            vision_feature_layer=-2,
+            vision_feature_layer=spec.feature_layer,
             vision_feature_select_strategy="default",
             projector_hidden_act="gelu",
             tie_word_embeddings=True,
@@ -1053,7 +1070,13 @@ def train(
     model, processor = build(family, cfg.seed, spec)
     if cfg.init:
         weights, _ = load(cfg.init)
-        model.load_state_dict({k: v.float() for k, v in weights.state_dict().items()})
+        try:
+            model.load_state_dict({k: v.float() for k, v in weights.state_dict().items()})
+        except RuntimeError as e:
+            raise ValueError(
+                f"--init {cfg.init} has other sizes than this run's spec; pass the --spec (and --small) it was "
+                f"trained with (its run's config.json records them): {e}"
+            ) from None
     model.to(device).train()
     groups = _param_groups(model, cfg)
     fused = device.type == "cuda"
@@ -1163,6 +1186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--word-fraction", type=float, default=TrainConfig.word_fraction)
     t.add_argument("--warmup", type=int, default=TrainConfig.warmup)
     t.add_argument("--small", action="store_true", help="use the SMALL spec (CPU smoke runs)")
+    t.add_argument(
+        "--spec",
+        nargs="+",
+        default=[],
+        metavar="FIELD=N",
+        help="change sizes of the spec (FixtureSpec fields), e.g. --spec vision_layers=6 feature_layer=-1",
+    )
     b = sub.add_parser("build", help="save an untrained fixture")
     b.add_argument("--family", required=True, choices=FAMILIES)
     b.add_argument("--out", type=Path, required=True)
@@ -1173,7 +1203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         save(model, processor, args.out)
         print(json.dumps({"family": args.family, "params": param_count(model), "out": str(args.out)}))
         return 0
-    spec = replace(SMALL) if args.small else None
+    try:
+        spec = spec_with(SMALL if args.small else SPECS[args.family], args.spec)
+    except ValueError as e:
+        parser.error(str(e))
     train(
         args.family,
         args.steps,

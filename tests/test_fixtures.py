@@ -4,6 +4,7 @@ save/load round trip, and a CPU overfit / resume check on the SMALL spec."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -178,9 +179,28 @@ def test_train_skips_a_non_finite_gradient(tmp_path, monkeypatch):
 
 
 def test_cli_train(tmp_path):
-    args = ["train", "--family", "llava", "--steps", "1", "--batch-size", "2", "--out", str(tmp_path), "--small"]
-    assert fixtures.main([*args, "--device", "cpu", "--eval-every", "0"]) == 0
-    assert (tmp_path / "model" / "model.safetensors").exists()
+    args = ["train", "--family", "llava", "--steps", "1", "--batch-size", "2", "--small", "--device", "cpu"]
+    args += ["--eval-every", "0"]
+    assert fixtures.main([*args, "--out", str(tmp_path / "a"), "--spec", "vision_layers=2", "feature_layer=-1"]) == 0
+    model, _ = fixtures.load(tmp_path / "a" / "model")
+    assert model.config.vision_config.num_hidden_layers == 2 and model.config.vision_feature_layer == -1
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["spec"]["feature_layer"] == -1
+    with pytest.raises(ValueError, match="pass the --spec"):  # continuing it needs the sizes it has
+        fixtures.main([*args, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "model")])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("layers=6", "FIELD one of .*vision_layers"),
+        ("vision_layers", "expected FIELD=N"),
+        ("vision_layers=six", "integer"),
+    ],
+)
+def test_cli_rejects_a_bad_spec_change(tmp_path, capsys, change, message):
+    with pytest.raises(SystemExit):
+        fixtures.main(["train", "--family", "llava", "--steps", "1", "--out", str(tmp_path), "--spec", change])
+    assert re.search(message, capsys.readouterr().err)
 
 
 def _reference_inputs(processor, prompts, answers, medium, **visual):
