@@ -122,6 +122,16 @@ class FixtureSpec:
     sliding_window: int = 128  # Gemma-3 local layers
     max_positions: int = 4096
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name != "feature_layer" and getattr(self, f.name) < 1:
+                raise ValueError(f"FixtureSpec.{f.name}={getattr(self, f.name)} must be >= 1")
+        if not -self.vision_layers - 1 <= self.feature_layer <= self.vision_layers:
+            raise ValueError(
+                f"FixtureSpec.feature_layer={self.feature_layer} names no output of {self.vision_layers} vision "
+                f"layers (0: the embeddings, -1 or {self.vision_layers}: the last layer)"
+            )
+
     @property
     def grid(self) -> int:
         """Patches per image side."""
@@ -150,14 +160,21 @@ SMALL = FixtureSpec(
 )
 
 
-def spec_with(spec: FixtureSpec, changes: Sequence[str]) -> FixtureSpec:
-    """``spec`` with ``FIELD=N`` changes applied (all of ``FixtureSpec``'s fields are integers)."""
+# Fields that only one family's model reads.
+_FAMILY_FIELDS = {"feature_layer": "llava", "merge": "qwen2_5_vl", "pooled_side": "gemma3", "sliding_window": "gemma3"}
+
+
+def spec_with(family: str, spec: FixtureSpec, changes: Sequence[str]) -> FixtureSpec:
+    """``spec`` with ``FIELD=N`` changes for a ``family`` model (all of ``FixtureSpec``'s fields are integers);
+    a field the family's model does not read is refused rather than ignored."""
     names = {f.name for f in fields(FixtureSpec)}
     values = {}
     for change in changes:
         name, sep, value = change.partition("=")
         if not sep or name not in names:
             raise ValueError(f"--spec {change!r}: expected FIELD=N with FIELD one of {', '.join(sorted(names))}")
+        if _FAMILY_FIELDS.get(name, family) != family:
+            raise ValueError(f"--spec {change!r}: only {_FAMILY_FIELDS[name]} models read {name}, not {family}")
         try:
             values[name] = int(value)
         except ValueError:
@@ -1204,7 +1221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"family": args.family, "params": param_count(model), "out": str(args.out)}))
         return 0
     try:
-        spec = spec_with(SMALL if args.small else SPECS[args.family], args.spec)
+        spec = spec_with(args.family, SMALL if args.small else SPECS[args.family], args.spec)
     except ValueError as e:
         parser.error(str(e))
     train(

@@ -195,6 +195,9 @@ def test_cli_train(tmp_path):
         ("layers=6", "FIELD one of .*vision_layers"),
         ("vision_layers", "expected FIELD=N"),
         ("vision_layers=six", "integer"),
+        ("vision_layers=0", "vision_layers=0 must be >= 1"),
+        ("feature_layer=5", "names no output of 4 vision layers"),
+        ("pooled_side=16", "only gemma3 models read pooled_side, not llava"),
     ],
 )
 def test_cli_rejects_a_bad_spec_change(tmp_path, capsys, change, message):
