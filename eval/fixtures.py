@@ -622,14 +622,18 @@ def encode(
         expanded.append(text.replace(token, "<|placeholder|>" * n, 1).replace("<|placeholder|>", token))
     tok = processor.tokenizer
     out = BatchFeature(dict(tok(expanded, padding=True, padding_side=padding_side, return_tensors="pt")))
-    types = torch.zeros_like(out["input_ids"])
-    types[out["input_ids"] == processor.image_token_id] = 1
-    types[out["input_ids"] == processor.video_token_id] = 2
-    out["mm_token_type_ids"] = types
+    out["mm_token_type_ids"] = _qwen_token_types(processor, out["input_ids"])
     out.update(features)
-    rates = torch.tensor(list(fps) if isinstance(fps, Sequence) else [fps] * len(videos), dtype=torch.float32)
-    out["second_per_grid_ts"] = processor.image_processor.temporal_patch_size / rates
+    out["second_per_grid_ts"] = _seconds_per_grid(processor, fps if isinstance(fps, Sequence) else [fps] * len(videos))
     return out
+
+
+def _qwen_token_types(processor: ProcessorMixin, input_ids: torch.Tensor) -> torch.Tensor:
+    """Qwen's ``mm_token_type_ids``: 1 on image placeholders, 2 on video placeholders, 0 elsewhere."""
+    types = torch.zeros_like(input_ids)
+    types[input_ids == processor.image_token_id] = 1
+    types[input_ids == processor.video_token_id] = 2
+    return types
 
 
 # -------------------------------------------------------------------------------- training inputs (fast)
@@ -655,12 +659,10 @@ def _expansion(processor: ProcessorMixin) -> tuple[int, list[int]]:
     return placeholder, full[at : len(full) - tail]
 
 
-def _video_expansion(processor: ProcessorMixin, frames: int) -> tuple[int, list[int]]:
-    """Qwen: (video placeholder id, ``<|video_pad|>`` once per merged patch of a ``frames``-frame clip)."""
-    ip = processor.image_processor
-    per_frame = (image_side(processor) // (ip.patch_size * ip.merge_size)) ** 2
+def _video_expansion(processor: ProcessorMixin, grid: torch.Tensor) -> tuple[int, list[int]]:
+    """Qwen: (video placeholder id, ``<|video_pad|>`` once per merged patch of a clip of ``grid_thw`` ``grid``)."""
     video = processor.tokenizer.convert_tokens_to_ids(processor.video_token)
-    return video, [video] * (math.ceil(frames / ip.temporal_patch_size) * per_frame)
+    return video, [video] * (int(grid.prod()) // processor.image_processor.merge_size**2)
 
 
 def _tokens(
@@ -677,7 +679,7 @@ def _tokens(
     rows = tok(texts, add_special_tokens=False)["input_ids"]
     answer_ids = tok([a + tok.eos_token for a in answers], add_special_tokens=False)["input_ids"]
     if medium == "video":
-        spans = [_video_expansion(processor, n) for n in frames]
+        spans = [_video_expansion(processor, grid) for grid in _qwen_grids(processor, frames)]
     else:
         spans = [_expansion(processor)] * len(rows)
     expanded = []
@@ -694,10 +696,7 @@ def _tokens(
         labels[i, len(ids) - n : len(ids)] = input_ids[i, len(ids) - n : len(ids)]
     out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
     if isinstance(processor, Qwen2_5_VLProcessor):
-        types = torch.zeros_like(input_ids)
-        types[input_ids == processor.image_token_id] = 1
-        types[input_ids == processor.video_token_id] = 2
-        out["mm_token_type_ids"] = types
+        out["mm_token_type_ids"] = _qwen_token_types(processor, input_ids)
     elif isinstance(processor, Gemma3Processor):
         out["token_type_ids"] = (input_ids == tok.image_token_id).long()  # the soft tokens, not <start_of_image>
     return out
@@ -706,8 +705,9 @@ def _tokens(
 _CLIP_FPS = 2.0  # training clips' frame rate: Qwen's temporal positions follow it
 
 
-def _seconds_per_grid(processor: ProcessorMixin, n: int) -> torch.Tensor:
-    return torch.full((n,), processor.image_processor.temporal_patch_size / _CLIP_FPS)
+def _seconds_per_grid(processor: ProcessorMixin, fps: Sequence[float]) -> torch.Tensor:
+    """Qwen's ``second_per_grid_ts`` of clips at frame rates ``fps``: seconds per temporal patch."""
+    return processor.image_processor.temporal_patch_size / torch.tensor(fps, dtype=torch.float32)
 
 
 def _pixels(
@@ -718,7 +718,7 @@ def _pixels(
     if isinstance(processor, Qwen2_5_VLProcessor):
         if videos is not None:
             rows, grids = _qwen_patches(processor, videos)
-            seconds = _seconds_per_grid(processor, len(videos)).to(rows.device)
+            seconds = _seconds_per_grid(processor, [_CLIP_FPS] * len(videos)).to(rows.device)
             return {"pixel_values_videos": rows, "video_grid_thw": grids, "second_per_grid_ts": seconds}
         rows, grids = _qwen_patches(processor, [image[None] for image in images])
         return {"pixel_values": rows, "image_grid_thw": grids}
@@ -883,7 +883,7 @@ class QwenIndex:
         medium = "video" if "videos" in batch else "image"
         frames = [len(clip) for clip in batch["videos"]] if medium == "video" else [1] * len(batch["images"])
         grids = _qwen_grids(processor, frames)
-        seconds = _seconds_per_grid(processor, len(frames)) if medium == "video" else None
+        seconds = _seconds_per_grid(processor, [_CLIP_FPS] * len(frames)) if medium == "video" else None
         positions, _ = self._model.get_rope_index(
             batch["input_ids"],
             batch["mm_token_type_ids"],
@@ -1183,7 +1183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--family", required=True, choices=FAMILIES)
     t.add_argument("--steps", type=int, required=True)
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3, help="peak; shipped: 2e-3 LLaVA / Gemma-3, 8e-4 Qwen2.5-VL")
+    t.add_argument("--lr", type=float, default=1e-3, help="peak (docs/fixtures.md: each shipped round's)")
     t.add_argument("--vision-lr", type=float, default=0.0, help="the vision tower's peak learning rate (default: --lr)")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--resume", action="store_true")
