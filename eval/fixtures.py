@@ -118,6 +118,7 @@ class FixtureSpec:
     text_kv_heads: int = 2
     text_intermediate: int = 384
     merge: int = 2  # Qwen spatial merge
+    rope_theta: int = 10_000  # Qwen's M-RoPE base: how fast its row and column sections turn (docs/fixtures.md)
     pooled_side: int = 8  # Gemma-3 pooled grid side: mm_tokens_per_image = pooled_side ** 2
     sliding_window: int = 128  # Gemma-3 local layers
     max_positions: int = 4096
@@ -161,7 +162,13 @@ SMALL = FixtureSpec(
 
 
 # Fields that only one family's model reads.
-_FAMILY_FIELDS = {"feature_layer": "llava", "merge": "qwen2_5_vl", "pooled_side": "gemma3", "sliding_window": "gemma3"}
+_FAMILY_FIELDS = {
+    "feature_layer": "llava",
+    "merge": "qwen2_5_vl",
+    "rope_theta": "qwen2_5_vl",
+    "pooled_side": "gemma3",
+    "sliding_window": "gemma3",
+}
 
 
 def spec_with(family: str, spec: FixtureSpec, changes: Sequence[str]) -> FixtureSpec:
@@ -449,7 +456,8 @@ def _config(family: str, spec: FixtureSpec, vocab_size: int, ids: dict[str, int]
         )
     if family == "qwen2_5_vl":
         unit = spec.head_dim // 16  # M-RoPE sections (t, h, w) sum to head_dim / 2, in Qwen's 2:3:3
-        rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2 * unit, 3 * unit, 3 * unit]}
+        sections = [2 * unit, 3 * unit, 3 * unit]
+        rope = {"rope_type": "default", "rope_theta": float(spec.rope_theta), "mrope_section": sections}
         vision = {
             "depth": spec.vision_layers,
             "hidden_size": spec.vision_hidden,

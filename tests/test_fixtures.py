@@ -189,6 +189,15 @@ def test_cli_train(tmp_path):
         fixtures.main([*args, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "model")])
 
 
+def test_rope_theta_sets_qwens_mrope_frequencies():
+    spec = fixtures.spec_with("qwen2_5_vl", fixtures.SMALL, ["rope_theta=100"])
+    model, _ = fixtures.build("qwen2_5_vl", spec=spec)
+    assert model.config.text_config.rope_parameters["rope_theta"] == 100.0
+    d = spec.head_dim
+    expected = 100.0 ** -(torch.arange(0, d, 2, dtype=torch.float32) / d)
+    torch.testing.assert_close(model.model.language_model.rotary_emb.inv_freq, expected)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -198,6 +207,7 @@ def test_cli_train(tmp_path):
         ("vision_layers=0", "vision_layers=0 must be >= 1"),
         ("feature_layer=5", "names no output of 4 vision layers"),
         ("pooled_side=16", "only gemma3 models read pooled_side, not llava"),
+        ("rope_theta=100", "only qwen2_5_vl models read rope_theta, not llava"),
     ],
 )
 def test_cli_rejects_a_bad_spec_change(tmp_path, capsys, change, message):
