@@ -66,7 +66,7 @@ def _existing(path: Path, marker: str) -> Path:
 
 
 def models() -> list[dict]:
-    """One row per shipped model: name, path, architecture, parameters, size on disk."""
+    """One row per shipped model: name, architecture, dtype, weights on disk (MiB), path."""
     rows = []
     for name in MODELS:
         path = model_path(name)
@@ -77,7 +77,7 @@ def models() -> list[dict]:
                 "name": name,
                 "architecture": config["architectures"][0],
                 "dtype": config.get("dtype") or config.get("torch_dtype"),
-                "megabytes": round(weights / 2**20, 2),
+                "mib": round(weights / 2**20, 2),
                 "path": str(path),
             }
         )

@@ -44,7 +44,8 @@ def test_cli_lists_models_and_sets(capsys):
     assert cli(["models"]) == 0
     out = capsys.readouterr().out
     for name, cls in CLASSES.items():
-        assert name in out and cls in out
+        weights = (bundled.model_path(name) / "model.safetensors").stat().st_size
+        assert name in out and cls in out and f"{weights / 2**20:.2f} MiB" in out
     assert str(bundled.dataset_path("video")) in out
 
 
