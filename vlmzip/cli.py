@@ -61,7 +61,7 @@ def _models(args: argparse.Namespace) -> int:
     for row in bundled.models():
         print(f"{row['name']:<11} {row['architecture']:<36} {row['dtype']:<9} {row['mib']:>5.2f} MiB  {row['path']}")
     for kind in bundled.DATASETS:
-        print(f"{kind + ' set':<11} {'test split':<36} {'':<9} {'':>8}  {bundled.dataset_path(kind)}")
+        print(f"{kind + ' set':<11} {'test split':<36} {'':<9} {'':>9}  {bundled.dataset_path(kind)}")
     return 0
 
 
