@@ -102,8 +102,9 @@ FAMILIES: tuple[str, ...] = ("llava", "qwen2_5_vl", "gemma3")
 
 @dataclass(frozen=True)
 class FixtureSpec:
-    """Sizes of one fixture. The defaults give ~2.5M parameters (~5 MB in bf16) and 64-256 visual tokens
-    per 64x64 image: big enough to learn the synthetic tasks, small enough to ship in the repository."""
+    """Sizes of one fixture (and the few other integers its config takes). The defaults give ~2.5M parameters
+    (~5 MB in bf16) and 64-256 visual tokens per 64x64 image: big enough to learn the synthetic tasks, small
+    enough to ship in the repository."""
 
     image_size: int = 64
     patch_size: int = 4
@@ -1216,7 +1217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         default=[],
         metavar="FIELD=N",
-        help="change sizes of the spec (FixtureSpec fields), e.g. --spec vision_layers=6 feature_layer=-1",
+        help="change FixtureSpec fields (sizes, LLaVA's feature_layer, Qwen's rope_theta), e.g. --spec vision_layers=6",
     )
     b = sub.add_parser("build", help="save an untrained fixture")
     b.add_argument("--family", required=True, choices=FAMILIES)
