@@ -131,7 +131,12 @@ class FixtureSpec:
         if not -self.vision_layers - 1 <= self.feature_layer <= self.vision_layers:
             raise ValueError(
                 f"FixtureSpec.feature_layer={self.feature_layer} names no output of {self.vision_layers} vision "
-                f"layers (0: the embeddings, -1 or {self.vision_layers}: the last layer)"
+                f"layers ({-self.vision_layers - 1}: the embeddings, -1 or {self.vision_layers}: the last layer)"
+            )
+        if self.feature_layer == 0:  # transformers asks the tower for hidden states only if the layer is truthy
+            raise ValueError(
+                f"FixtureSpec.feature_layer=0: LLaVA in transformers cannot read layer 0; name the embeddings "
+                f"{-self.vision_layers - 1}"
             )
 
     @property
@@ -511,12 +516,21 @@ def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+SPEC_FILE = "fixture_spec.json"
+
+
 def save(
-    model: PreTrainedModel, processor: ProcessorMixin, directory: str | Path, dtype: torch.dtype = torch.bfloat16
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    directory: str | Path,
+    spec: FixtureSpec,
+    dtype: torch.dtype = torch.bfloat16,
 ) -> Path:
-    """Write ``model`` (safetensors, ``dtype``) and ``processor`` to ``directory``; the model is not modified."""
+    """Write ``model`` (safetensors, ``dtype``), ``processor`` and the ``spec`` it was built from (``SPEC_FILE``,
+    which ``saved_spec`` reads back to continue training it) to ``directory``; the model is not modified."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n", encoding="utf-8")
     copy.deepcopy(model).to(dtype).save_pretrained(directory, safe_serialization=True)
     processor.save_pretrained(directory)
     for path in directory.glob("*config.json"):  # record the real class, not the torchvision-free stand-in
@@ -524,6 +538,17 @@ def save(
         if _QwenImagesOnlyProcessor.__name__ in text:
             path.write_text(text.replace(_QwenImagesOnlyProcessor.__name__, "Qwen2_5_VLProcessor"), encoding="utf-8")
     return directory
+
+
+def saved_spec(directory: str | Path) -> FixtureSpec:
+    """The spec a fixture saved by ``save`` was built from."""
+    path = Path(directory) / SPEC_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: {directory} was not saved by vlmzip.eval.fixtures.save, so the spec it was built "
+            "from is unknown (write one there: the FixtureSpec fields as JSON)"
+        )
+    return FixtureSpec(**json.loads(path.read_text(encoding="utf-8")))
 
 
 def load(directory: str | Path) -> tuple[PreTrainedModel, ProcessorMixin]:
@@ -1085,14 +1110,15 @@ def train(
     ``out_dir`` receives ``log.jsonl`` (one line per ``log_every`` steps and per evaluation: greedy accuracy
     on the validation split at the last curriculum level, images and, for Qwen, videos), ``checkpoint.pt``
     (model, optimizer and step, every ``checkpoint_every`` steps and at the end: ``resume=True`` continues from
-    it) and, at the end, the fixture itself (``save``) in ``out_dir/model``. ``options`` are further
-    ``TrainConfig`` fields. Returns the trained model (fp32).
+    it) and, at the end, the fixture itself (``save``) in ``out_dir/model``. ``spec`` defaults to the one the
+    ``init`` fixture was saved with, else ``SPECS[family]``. ``options`` are further ``TrainConfig`` fields.
+    Returns the trained model (fp32).
     """
     cfg = TrainConfig(family, steps, batch_size, lr, **options)
     device = torch.device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = spec or SPECS[family]
+    spec = spec or (saved_spec(cfg.init) if cfg.init else SPECS[family])
     model, processor = build(family, cfg.seed, spec)
     if cfg.init:
         weights, _ = load(cfg.init)
@@ -1100,8 +1126,8 @@ def train(
             model.load_state_dict({k: v.float() for k, v in weights.state_dict().items()})
         except RuntimeError as e:
             raise ValueError(
-                f"--init {cfg.init} has other sizes than this run's spec; pass the --spec (and --small) it was "
-                f"trained with (its run's config.json records them): {e}"
+                f"--init {cfg.init} has other sizes than this run's spec; only the fields that keep the sizes "
+                f"(LLaVA's feature_layer, Qwen's rope_theta) can change when continuing a fixture: {e}"
             ) from None
     model.to(device).train()
     groups = _param_groups(model, cfg)
@@ -1160,7 +1186,7 @@ def train(
             if out_of_time:
                 _write(log, {"step": done, "stopped": f"max_minutes={cfg.max_minutes} reached"})
                 break
-    save(model, processor, out_dir / "model")
+    save(model, processor, out_dir / "model", spec)
     return model
 
 
@@ -1204,7 +1230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--workers", type=int, default=0, help="data-loader processes")
     t.add_argument("--max-minutes", type=float, default=0.0, help="stop early, saving everything, after this long")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--init", default="", help="start from this saved fixture (new optimizer and schedule)")
+    t.add_argument(
+        "--init",
+        default="",
+        help="start from this saved fixture (new optimizer and schedule) and the spec it was saved with",
+    )
     t.add_argument("--image-levels", type=int, nargs=2, default=TrainConfig.image_levels, metavar=("LO", "HI"))
     t.add_argument("--video-levels", type=int, nargs=2, default=TrainConfig.video_levels, metavar=("LO", "HI"))
     t.add_argument("--curriculum-fraction", type=float, default=TrainConfig.curriculum_fraction)
@@ -1217,7 +1247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         default=[],
         metavar="FIELD=N",
-        help="change FixtureSpec fields (sizes, LLaVA's feature_layer, Qwen's rope_theta), e.g. --spec vision_layers=6",
+        help="change fields of the run's FixtureSpec (the default, SMALL or --init's): sizes, LLaVA's "
+        "feature_layer, Qwen's rope_theta; e.g. --spec vision_layers=6",
     )
     b = sub.add_parser("build", help="save an untrained fixture")
     b.add_argument("--family", required=True, choices=FAMILIES)
@@ -1226,12 +1257,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "build":
         model, processor = build(args.family, args.seed)
-        save(model, processor, args.out)
+        save(model, processor, args.out, SPECS[args.family])
         print(json.dumps({"family": args.family, "params": param_count(model), "out": str(args.out)}))
         return 0
+    if args.init and args.small:
+        parser.error(
+            "--small and --init: a continued fixture keeps the spec it was saved with (change fields with --spec)"
+        )
     try:
-        spec = spec_with(args.family, SMALL if args.small else SPECS[args.family], args.spec)
-    except ValueError as e:
+        base = saved_spec(args.init) if args.init else SMALL if args.small else SPECS[args.family]
+        spec = spec_with(args.family, base, args.spec)
+    except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     train(
         args.family,

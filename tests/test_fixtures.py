@@ -88,7 +88,8 @@ def test_qwen_video_tokens():
 
 def test_save_load_round_trip(built, tmp_path):
     fam, model, processor = built
-    fixtures.save(model, processor, tmp_path)
+    fixtures.save(model, processor, tmp_path, fixtures.SPECS[fam])
+    assert fixtures.saved_spec(tmp_path) == fixtures.SPECS[fam]
     size = sum(p.stat().st_size for p in tmp_path.glob("*.safetensors"))
     assert size < 6.5e6
     config = json.loads((tmp_path / "processor_config.json").read_text())
@@ -178,15 +179,34 @@ def test_train_skips_a_non_finite_gradient(tmp_path, monkeypatch):
     assert [r["step"] for r in records if "skipped" in r] == [1, 2]
 
 
-def test_cli_train(tmp_path):
+def test_cli_train(tmp_path, capsys):
     args = ["train", "--family", "llava", "--steps", "1", "--batch-size", "2", "--small", "--device", "cpu"]
     args += ["--eval-every", "0"]
     assert fixtures.main([*args, "--out", str(tmp_path / "a"), "--spec", "vision_layers=2", "feature_layer=-1"]) == 0
     model, _ = fixtures.load(tmp_path / "a" / "model")
     assert model.config.vision_config.num_hidden_layers == 2 and model.config.vision_feature_layer == -1
     assert json.loads((tmp_path / "a" / "config.json").read_text())["spec"]["feature_layer"] == -1
-    with pytest.raises(ValueError, match="pass the --spec"):  # continuing it needs the sizes it has
-        fixtures.main([*args, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "model")])
+    assert fixtures.saved_spec(tmp_path / "a" / "model") == fixtures.spec_with(
+        "llava", fixtures.SMALL, ["vision_layers=2", "feature_layer=-1"]
+    )
+    # Continuing it keeps its spec (sizes and feature layer) unless --spec changes a field that keeps the sizes.
+    init = ["--init", str(tmp_path / "a" / "model")]
+    common = [a for a in args if a != "--small"]
+    assert fixtures.main([*common, "--out", str(tmp_path / "b"), *init]) == 0
+    model, _ = fixtures.load(tmp_path / "b" / "model")
+    assert model.config.vision_config.num_hidden_layers == 2 and model.config.vision_feature_layer == -1
+    assert fixtures.main([*common, "--out", str(tmp_path / "b"), *init, "--spec", "feature_layer=-3"]) == 0
+    model, _ = fixtures.load(tmp_path / "b" / "model")
+    assert model.config.vision_feature_layer == -3
+    with pytest.raises(ValueError, match="other sizes than this run's spec"):
+        fixtures.main([*common, "--out", str(tmp_path / "c"), *init, "--spec", "vision_layers=3"])
+    with pytest.raises(SystemExit):
+        fixtures.main([*args, "--out", str(tmp_path / "c"), *init])
+    assert "--small and --init" in capsys.readouterr().err
+    (tmp_path / "a" / "model" / fixtures.SPEC_FILE).unlink()
+    with pytest.raises(SystemExit):
+        fixtures.main([*common, "--out", str(tmp_path / "c"), *init])
+    assert "fixture_spec.json is missing" in capsys.readouterr().err
 
 
 def test_rope_theta_sets_qwens_mrope_frequencies():
@@ -206,6 +226,7 @@ def test_rope_theta_sets_qwens_mrope_frequencies():
         ("vision_layers=six", "integer"),
         ("vision_layers=0", "vision_layers=0 must be >= 1"),
         ("feature_layer=5", "names no output of 4 vision layers"),
+        ("feature_layer=0", "cannot read layer 0; name the embeddings -5"),
         ("pooled_side=16", "only gemma3 models read pooled_side, not llava"),
         ("rope_theta=100", "only qwen2_5_vl models read rope_theta, not llava"),
     ],

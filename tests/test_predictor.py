@@ -37,7 +37,7 @@ def test_predictor_answers_frames_as_images_and_reports_what_was_kept(fixture_fa
 
 def test_eval_command_runs_and_resumes(videos, tmp_path):
     model, processor = fixtures.build("llava")
-    checkpoint = fixtures.save(model, processor, tmp_path / "model", dtype=torch.float32)
+    checkpoint = fixtures.save(model, processor, tmp_path / "model", fixtures.SPECS["llava"], dtype=torch.float32)
     out = tmp_path / "run"
     args = [
         "eval",
