@@ -4,7 +4,8 @@
 and the family's *real* processor (LlavaProcessor, Qwen2_5_VLProcessor, Gemma3Processor) with a word-level
 tokenizer whose vocabulary is exactly what ``vlmzip.eval.synthetic`` can ask and answer. ``save`` writes
 both so that ``AutoModelForImageTextToText`` / ``AutoProcessor.from_pretrained`` load them offline: the
-shipped fixtures are ordinary checkpoints, usable by anything that takes a Hugging Face directory.
+shipped fixtures are ordinary checkpoints, usable by anything that takes a Hugging Face directory, plus the
+``FixtureSpec`` they were built from, which ``train(init=...)`` continues from.
 
 ``train`` fits one on in-memory synthetic batches (word answers and option letters from the first step,
 loss on the answer tokens only) with JSONL curves, validation accuracy and resumable checkpoints.
@@ -21,7 +22,8 @@ environment) ``encode`` patchifies frames itself in the same layout (``_qwen_pat
 processor is built without a video processor.
 
 CLI: ``python -m vlmzip.eval.fixtures train --family llava --steps N --batch-size B --out DIR [--resume]
-[--workers W] [--device cuda]`` (see ``docs/fixtures.md`` for the commands that made the shipped ones).
+[--workers W] [--device cuda] [--init FIXTURE] [--spec FIELD=N ...]`` (see ``docs/fixtures.md`` for the
+commands that made the shipped ones).
 """
 
 from __future__ import annotations
