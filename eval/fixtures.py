@@ -5,7 +5,8 @@ and the family's *real* processor (LlavaProcessor, Qwen2_5_VLProcessor, Gemma3Pr
 tokenizer whose vocabulary is exactly what ``vlmzip.eval.synthetic`` can ask and answer. ``save`` writes
 both so that ``AutoModelForImageTextToText`` / ``AutoProcessor.from_pretrained`` load them offline: the
 shipped fixtures are ordinary checkpoints, usable by anything that takes a Hugging Face directory, plus the
-``FixtureSpec`` they were built from, which ``train(init=...)`` continues from.
+``FixtureSpec`` they were built from, which ``train(init=...)`` continues from (as saved, or grown deeper:
+``deepen`` adds layers that start as the identity).
 
 ``train`` fits one on in-memory synthetic batches (word answers and option letters from the first step,
 loss on the answer tokens only) with JSONL curves, validation accuracy and resumable checkpoints.
@@ -568,6 +569,73 @@ def load_processor(directory: str | Path, model_type: str) -> ProcessorMixin:
     return AutoProcessor.from_pretrained(directory, local_files_only=True)
 
 
+# ---------------------------------------------------------------------------------------------- growing
+
+# Where a layer of any of the three families' stacks (CLIP and SigLIP towers, Qwen2.5-VL's vision blocks, the
+# Llama, Qwen2 and Gemma-3 decoders) writes to its residual stream: zeroed, they make the layer the identity.
+_RESIDUAL_WRITERS = ("self_attn.out_proj.", "mlp.fc2.", "attn.proj.", "self_attn.o_proj.", "mlp.down_proj.")
+_LAYER_KEY = re.compile(r"^(.*\.(?:layers|blocks))\.(\d+)\.(.*)$")
+
+
+def _stack_depths(keys) -> dict[str, int]:
+    """Layers per stack (the prefix of ``...layers.N.`` / ``...blocks.N.`` keys)."""
+    depths: dict[str, int] = {}
+    for key in keys:
+        if match := _LAYER_KEY.match(key):
+            depths[match[1]] = max(depths.get(match[1], 0), int(match[2]) + 1)
+    return depths
+
+
+def check_growth(family: str, old: FixtureSpec, new: FixtureSpec) -> None:
+    """Refuse to grow a fixture built from ``old`` into ``new`` where the deeper model would not compute what
+    the fixture did (see ``deepen``)."""
+    for name in ("vision_layers", "text_layers"):
+        if getattr(new, name) < getattr(old, name):
+            raise ValueError(
+                f"{name}={getattr(new, name)} is fewer than the fixture's {getattr(old, name)}: a fixture can grow, "
+                "not shrink"
+            )
+    added = new.vision_layers - old.vision_layers
+    if family == "qwen2_5_vl" and added % 2:
+        raise ValueError(
+            f"vision_layers={new.vision_layers}: Qwen2.5-VL's vision blocks alternate windowed and full attention, "
+            f"so its tower grows by an even number of layers ({old.vision_layers + 2}, {old.vision_layers + 4}, ...)"
+        )
+    read = old.feature_layer
+    kept = -2 <= read < 0 or 0 < read < old.vision_layers  # the layers before the inserted ones, or the last
+    if family == "llava" and added and new.feature_layer == read and not kept:
+        raise ValueError(
+            f"feature_layer={read} would read another layer of the grown tower (new layers go before the last); "
+            f"grow a tower read at -1, -2 or 1..{old.vision_layers - 1}, or name the layer with --spec feature_layer"
+        )
+
+
+def deepen(state: dict[str, torch.Tensor], target: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """A fixture's weights (``state``) laid out for ``target``, the same fixture with as many or more layers in
+    each stack (``check_growth`` says which growths keep its function). Each stack's new layers go before its
+    last one and start as the identity, their residual writers zeroed and their other weights as ``target``
+    has them, so ``target`` computes what the fixture did and training goes on from there, not from scratch."""
+    old, new = _stack_depths(state), _stack_depths(target.state_dict())
+    if old.keys() != new.keys():
+        raise ValueError(f"the fixture's layer stacks ({', '.join(old)}) are not {target.config.model_type}'s")
+    grown = {}
+    for key, value in target.state_dict().items():
+        match = _LAYER_KEY.match(key)
+        if match is None or old[match[1]] == new[match[1]]:
+            source = key
+        else:
+            stack, layer, rest = match[1], int(match[2]), match[3]
+            added = new[stack] - old[stack]
+            if old[stack] - 1 <= layer < new[stack] - 1:
+                grown[key] = torch.zeros_like(value) if rest.startswith(_RESIDUAL_WRITERS) else value.clone()
+                continue
+            source = key if layer < old[stack] - 1 else f"{stack}.{layer - added}.{rest}"
+        if source not in state:
+            raise ValueError(f"the fixture has no {source}: it is not {target.config.model_type} or has other sizes")
+        grown[key] = state[source]
+    return grown
+
+
 # ---------------------------------------------------------------------------------------------- inputs
 
 
@@ -1123,14 +1191,7 @@ def train(
     spec = spec or (saved_spec(cfg.init) if cfg.init else SPECS[family])
     model, processor = build(family, cfg.seed, spec)
     if cfg.init:
-        weights, _ = load(cfg.init)
-        try:
-            model.load_state_dict({k: v.float() for k, v in weights.state_dict().items()})
-        except RuntimeError as e:
-            raise ValueError(
-                f"--init {cfg.init} has other sizes than this run's spec; only the fields that keep the sizes "
-                f"(LLaVA's feature_layer, Qwen's rope_theta) can change when continuing a fixture: {e}"
-            ) from None
+        model.load_state_dict(_init_state(family, cfg.init, spec, model))
     model.to(device).train()
     groups = _param_groups(model, cfg)
     fused = device.type == "cuda"
@@ -1192,6 +1253,29 @@ def train(
     return model
 
 
+# What a continued fixture may change of the spec it was saved with: the fields that keep its weights' shapes,
+# and the depths it can grow to.
+_CONTINUABLE = ("feature_layer", "rope_theta", "vision_layers", "text_layers")
+
+
+def _init_state(family: str, directory: str, spec: FixtureSpec, model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """The weights of the fixture in ``directory`` for ``model``, built from ``spec`` (grown when deeper)."""
+    saved = saved_spec(directory)
+    changed = [
+        f"{f.name} {getattr(saved, f.name)} -> {getattr(spec, f.name)}"
+        for f in fields(FixtureSpec)
+        if f.name not in _CONTINUABLE and getattr(saved, f.name) != getattr(spec, f.name)
+    ]
+    if changed:
+        raise ValueError(
+            f"--init {directory} cannot continue with {', '.join(changed)}: a continued fixture keeps its sizes; "
+            f"it can change {', '.join(_CONTINUABLE[:2])} and grow ({', '.join(_CONTINUABLE[2:])})"
+        )
+    check_growth(family, saved, spec)
+    weights, _ = load(directory)
+    return deepen({k: v.float() for k, v in weights.state_dict().items()}, model)
+
+
 def _on_device(processor: ProcessorMixin, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
     """A loader batch on ``device`` with its pixels made there."""
     tensors = {
@@ -1250,7 +1334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         metavar="FIELD=N",
         help="change fields of the run's FixtureSpec (the default, SMALL or --init's): sizes, LLaVA's "
-        "feature_layer, Qwen's rope_theta; e.g. --spec vision_layers=6",
+        "feature_layer, Qwen's rope_theta; e.g. --spec vision_layers=6 (with --init: grown, the new layers "
+        "starting as the identity)",
     )
     b = sub.add_parser("build", help="save an untrained fixture")
     b.add_argument("--family", required=True, choices=FAMILIES)

@@ -198,8 +198,11 @@ def test_cli_train(tmp_path, capsys):
     assert fixtures.main([*common, "--out", str(tmp_path / "b"), *init, "--spec", "feature_layer=-3"]) == 0
     model, _ = fixtures.load(tmp_path / "b" / "model")
     assert model.config.vision_feature_layer == -3
-    with pytest.raises(ValueError, match="other sizes than this run's spec"):
-        fixtures.main([*common, "--out", str(tmp_path / "c"), *init, "--spec", "vision_layers=3"])
+    grow_only = "cannot continue with vision_hidden 32 -> 64: .* grow \\(vision_layers, text_layers\\)"
+    with pytest.raises(ValueError, match=grow_only):
+        fixtures.main([*common, "--out", str(tmp_path / "c"), *init, "--spec", "vision_hidden=64"])
+    assert fixtures.main([*common, "--out", str(tmp_path / "c"), *init, "--spec", "vision_layers=3"]) == 0
+    assert fixtures.saved_spec(tmp_path / "c" / "model").vision_layers == 3
     with pytest.raises(SystemExit):
         fixtures.main([*args, "--out", str(tmp_path / "c"), *init])
     assert "--small and --init" in capsys.readouterr().err
@@ -207,6 +210,45 @@ def test_cli_train(tmp_path, capsys):
     with pytest.raises(SystemExit):
         fixtures.main([*common, "--out", str(tmp_path / "c"), *init])
     assert "fixture_spec.json is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fixture_family", FIXTURE_FAMILIES)
+def test_deepen_keeps_what_the_fixture_computes(fixture_family):
+    small, _ = fixtures.build(fixture_family, seed=0, spec=fixtures.SMALL)
+    spec = replace(fixtures.SMALL, vision_layers=3, text_layers=3)
+    fixtures.check_growth(fixture_family, fixtures.SMALL, spec)
+    deeper, processor = fixtures.build(fixture_family, seed=1, spec=spec)
+    deeper.load_state_dict(fixtures.deepen(small.state_dict(), deeper))
+    assert fixtures.param_count(deeper) > fixtures.param_count(small)
+    batch = synthetic.image_batch(3, 0, synthetic.IMAGE_CURRICULUM[-1], size=spec.image_size, split="validation")
+    texts = [fixtures.chat_prompt(processor, synthetic.mc_prompt(q)) for q in batch.questions]
+    inputs = fixtures.encode(processor, texts, batch.images)
+    with torch.no_grad():
+        assert torch.equal(small.eval()(**inputs).logits, deeper.eval()(**inputs).logits)
+    # The new layers are the identity through their zeroed writers only: the rest of them can learn.
+    new_layer = {k: v for k, v in deeper.state_dict().items() if re.search(r"\.(layers|blocks)\.1\.", k)}
+    assert any(v.abs().sum() > 0 for k, v in new_layer.items() if "proj" in k or "fc1" in k)
+
+
+@pytest.mark.parametrize(
+    ("fixture_family", "changes", "message"),
+    [
+        ("llava", {"text_layers": 1}, "text_layers=1 is fewer than the fixture's 2: a fixture can grow, not shrink"),
+        ("gemma3", {"vision_layers": 3, "text_layers": 1}, "text_layers=1 is fewer"),
+        ("qwen2_5_vl", {"vision_layers": 2}, "grows by an even number of layers \\(3, 5, ...\\)"),
+    ],
+)
+def test_check_growth_refuses_what_would_change_the_fixture(fixture_family, changes, message):
+    with pytest.raises(ValueError, match=message):
+        fixtures.check_growth(fixture_family, fixtures.SMALL, replace(fixtures.SMALL, **changes))
+
+
+def test_check_growth_refuses_a_feature_layer_that_would_move():
+    old = replace(fixtures.SMALL, vision_layers=4, feature_layer=-3)
+    with pytest.raises(ValueError, match="feature_layer=-3 would read another layer.*-1, -2 or 1..3"):
+        fixtures.check_growth("llava", old, replace(old, vision_layers=6))
+    fixtures.check_growth("llava", old, replace(old, vision_layers=6, feature_layer=-5))  # named: the user's call
+    fixtures.check_growth("llava", replace(old, feature_layer=3), replace(old, vision_layers=6, feature_layer=3))
 
 
 def test_rope_theta_sets_qwens_mrope_frequencies():
