@@ -1258,9 +1258,9 @@ def train(
 _CONTINUABLE = ("feature_layer", "rope_theta", "vision_layers", "text_layers")
 
 
-def _init_state(family: str, directory: str, spec: FixtureSpec, model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """The weights of the fixture in ``directory`` for ``model``, built from ``spec`` (grown when deeper)."""
-    saved = saved_spec(directory)
+def check_continuation(family: str, saved: FixtureSpec, spec: FixtureSpec, directory: str | Path) -> None:
+    """Refuse to continue the fixture in ``directory``, saved from ``saved``, as a run of ``spec`` that changes
+    its sizes or grows it in a way ``check_growth`` refuses."""
     changed = [
         f"{f.name} {getattr(saved, f.name)} -> {getattr(spec, f.name)}"
         for f in fields(FixtureSpec)
@@ -1272,6 +1272,11 @@ def _init_state(family: str, directory: str, spec: FixtureSpec, model: PreTraine
             f"it can change {', '.join(_CONTINUABLE[:2])} and grow ({', '.join(_CONTINUABLE[2:])})"
         )
     check_growth(family, saved, spec)
+
+
+def _init_state(family: str, directory: str, spec: FixtureSpec, model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """The weights of the fixture in ``directory`` for ``model``, built from ``spec`` (grown when deeper)."""
+    check_continuation(family, saved_spec(directory), spec, directory)
     weights, _ = load(directory)
     return deepen({k: v.float() for k, v in weights.state_dict().items()}, model)
 
@@ -1354,6 +1359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         base = saved_spec(args.init) if args.init else SMALL if args.small else SPECS[args.family]
         spec = spec_with(args.family, base, args.spec)
+        if args.init:
+            check_continuation(args.family, base, spec, args.init)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     train(

@@ -198,9 +198,13 @@ def test_cli_train(tmp_path, capsys):
     assert fixtures.main([*common, "--out", str(tmp_path / "b"), *init, "--spec", "feature_layer=-3"]) == 0
     model, _ = fixtures.load(tmp_path / "b" / "model")
     assert model.config.vision_feature_layer == -3
-    grow_only = "cannot continue with vision_hidden 32 -> 64: .* grow \\(vision_layers, text_layers\\)"
-    with pytest.raises(ValueError, match=grow_only):
+    with pytest.raises(SystemExit):
         fixtures.main([*common, "--out", str(tmp_path / "c"), *init, "--spec", "vision_hidden=64"])
+    grow_only = "cannot continue with vision_hidden 32 -> 64: .* grow \\(vision_layers, text_layers\\)"
+    assert re.search(grow_only, capsys.readouterr().err)
+    with pytest.raises(ValueError, match=grow_only):  # train() checks too
+        spec = replace(fixtures.saved_spec(init[1]), vision_hidden=64)
+        fixtures.train("llava", 1, out_dir=tmp_path / "d", spec=spec, init=init[1])
     assert fixtures.main([*common, "--out", str(tmp_path / "c"), *init, "--spec", "vision_layers=3"]) == 0
     assert fixtures.saved_spec(tmp_path / "c" / "model").vision_layers == 3
     with pytest.raises(SystemExit):
