@@ -26,6 +26,7 @@ __all__ = [
     "main",
     "model_path",
     "models",
+    "resolve",
     "write_datasets",
 ]
 
@@ -46,6 +47,19 @@ def model_path(name: str) -> Path:
     if name not in MODELS:
         raise ValueError(f"no bundled model {name!r}; the bundled models are {', '.join(MODELS)}")
     return _existing(ROOT / "models" / name, "config.json")
+
+
+def resolve(model: str) -> Path:
+    """``model`` as a directory to load: an existing path, else the shipped fixture of that name."""
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    if model in MODELS:
+        return model_path(model)
+    raise ValueError(
+        f"{model}: no such directory, and not a bundled model ({', '.join(MODELS)}); "
+        "vlmzip loads checkpoints from disk only"
+    )
 
 
 def dataset_path(kind: str) -> Path:

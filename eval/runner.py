@@ -344,15 +344,10 @@ def plan(args) -> _Plan:
 def _model_path(name: str) -> Path:
     from vlmzip.eval import bundled
 
-    path = Path(name).expanduser()
-    if path.exists():
-        return path
-    if name in bundled.MODELS:
-        return bundled.model_path(name)
-    raise InputError(
-        f"--model {name}: no such directory, and not a bundled model ({', '.join(bundled.MODELS)}); "
-        "vlmzip loads checkpoints from disk only"
-    )
+    try:
+        return bundled.resolve(name)
+    except ValueError as e:
+        raise InputError(f"--model {e}") from None
 
 
 def main(args) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -49,6 +50,16 @@ def test_errors_name_what_exists():
         bundled.model_path("llava-1.5-7b")
     with pytest.raises(ValueError, match="choose 'image' or 'video'"):
         bundled.dataset_path("audio")
+
+
+def test_resolve_takes_a_directory_before_a_name(tmp_path, monkeypatch):
+    assert bundled.resolve("gemma3") == bundled.model_path("gemma3")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gemma3").mkdir()
+    assert bundled.resolve("gemma3") == Path("gemma3")
+    assert bundled.resolve(str(tmp_path)) == tmp_path
+    with pytest.raises(ValueError, match="llava-7b: no such directory, and not a bundled model \\(llava, qwen"):
+        bundled.resolve("llava-7b")
 
 
 def test_cli_lists_models_and_sets(capsys):
