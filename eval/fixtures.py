@@ -226,7 +226,7 @@ _FAMILY_SPECIALS: dict[str, dict[str, str]] = {
 # Words: runs of letters/digits/underscores; every other visible character alone; newlines kept (they are
 # part of the official prompt's layout); other whitespace dropped.
 _WORD_PATTERN = r"\w+|[^\w\s]|\n"
-_SYNTHETIC_SOURCES = ("mc_prompt", "position_name", "Event", "caption", "video_caption")
+_SYNTHETIC_SOURCES = ("mc_prompt", "option_lookup", "position_name", "Event", "caption", "video_caption")
 
 
 def _literal_strings(tree: ast.AST) -> list[str]:
@@ -858,8 +858,10 @@ class TrainConfig:
     caption (``caption_fraction``: "Describe the image." answered with every object, which supervises all
     objects at once), a bare question answered with the word (``word_fraction``) or the official
     multiple-choice prompt answered with the letter; training words and letters together from the start
-    avoids the hundreds of steps a later switch costs. Every step's data is a pure function of
-    ``(seed, step)``, whatever the number of loader workers, so a resumed run sees the same batches."""
+    avoids the hundreds of steps a later switch costs. ``lookup_fraction`` of the examples ask the prompt's
+    question by its answer (``synthetic.option_lookup``), which teaches matching an answer to its option.
+    Every step's data is a pure function of ``(seed, step)``, whatever the number of loader workers, so a
+    resumed run sees the same batches."""
 
     family: str
     steps: int
@@ -874,6 +876,7 @@ class TrainConfig:
     curriculum_fraction: float = 0.5
     caption_fraction: float = 0.2
     word_fraction: float = 0.3
+    lookup_fraction: float = 0.0
     video_every: int = 2  # Qwen: every n-th step is a video batch (0: images only)
     video_batch_size: int = 0  # 0: batch_size // 4
     eval_every: int = 500
@@ -894,8 +897,12 @@ class TrainConfig:
         negative = [n for n in names if getattr(self, n) < 0]
         if negative:
             raise ValueError(f"{', '.join(negative)} must be >= 0")
-        if not 0 <= self.caption_fraction + self.word_fraction <= 1:
-            raise ValueError("caption_fraction + word_fraction must be in [0, 1]")
+        fractions = (self.caption_fraction, self.word_fraction, self.lookup_fraction)
+        if min(fractions) < 0 or sum(fractions) > 1:
+            raise ValueError(
+                "caption_fraction, word_fraction and lookup_fraction must be >= 0 and sum to at most 1, "
+                f"got {fractions}"
+            )
         for name, levels, curriculum in (
             ("image_levels", self.image_levels, synthetic.IMAGE_CURRICULUM),
             ("video_levels", self.video_levels, synthetic.VIDEO_CURRICULUM),
@@ -928,8 +935,8 @@ def _examples(
     rng: np.random.Generator,
     cfg: TrainConfig,
 ) -> tuple[list[str], list[str]]:
-    """(prompt text, answer) per (caption text pair, question): a caption, the bare question -> word, or the
-    official prompt -> letter."""
+    """(prompt text, answer) per (caption text pair, question): a caption, the bare question -> word, the
+    official prompt of the question asked by its answer -> letter, or the official prompt -> letter."""
     prompts, answers = [], []
     for (caption_prompt, caption), q in items:
         u = rng.random()
@@ -939,6 +946,9 @@ def _examples(
         elif u < cfg.caption_fraction + cfg.word_fraction:
             prompts.append(q.text)
             answers.append(q.answer_word)
+        elif u < cfg.caption_fraction + cfg.word_fraction + cfg.lookup_fraction:
+            prompts.append(synthetic.mc_prompt(synthetic.option_lookup(q), medium))
+            answers.append(q.answer)
         else:
             prompts.append(synthetic.mc_prompt(q, medium))
             answers.append(q.answer)
@@ -1331,6 +1341,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--curriculum-fraction", type=float, default=TrainConfig.curriculum_fraction)
     t.add_argument("--caption-fraction", type=float, default=TrainConfig.caption_fraction)
     t.add_argument("--word-fraction", type=float, default=TrainConfig.word_fraction)
+    t.add_argument(
+        "--lookup-fraction",
+        type=float,
+        default=TrainConfig.lookup_fraction,
+        help="multiple-choice prompts asking which option is the answer (teaches matching an answer to its option)",
+    )
     t.add_argument("--warmup", type=int, default=TrainConfig.warmup)
     t.add_argument("--small", action="store_true", help="use the SMALL spec (CPU smoke runs)")
     t.add_argument(
@@ -1385,6 +1401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         curriculum_fraction=args.curriculum_fraction,
         caption_fraction=args.caption_fraction,
         word_fraction=args.word_fraction,
+        lookup_fraction=args.lookup_fraction,
         warmup=args.warmup,
         vision_lr=args.vision_lr,
     )

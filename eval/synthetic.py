@@ -74,7 +74,7 @@ import math
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -298,6 +298,13 @@ class Question:
             "family": self.family,
             "params": dict(self.params),
         }
+
+
+def option_lookup(question: Question) -> Question:
+    """``question`` asked by its own answer, "Which option is <answer>?", with the same options and letter: the
+    last step of every multiple-choice answer (find the option that says what the model concluded) as a task of
+    its own, which needs no image."""
+    return replace(question, text=f"Which option is {question.answer_word}?")
 
 
 def mc_prompt(question: Question, medium: str = "image") -> str:

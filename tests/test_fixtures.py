@@ -38,10 +38,12 @@ def test_prompts_have_no_unknown_token(fixture_family):
         for _ in range(150):
             _, q = synthetic.sample_image_item(rng, level, None)
             texts += [synthetic.mc_prompt(q, "image"), q.text, q.answer_word, q.answer]
+            texts.append(synthetic.mc_prompt(synthetic.option_lookup(q), "image"))
     for level in synthetic.VIDEO_CURRICULUM:
         for _ in range(40):
             _, qs = synthetic.sample_video_item(rng, level, None, 3)
             texts += [t for q in qs for t in (synthetic.mc_prompt(q, "video"), q.answer_word)]
+            texts += [synthetic.mc_prompt(synthetic.option_lookup(q), "video") for q in qs]
     unknown = {t for text in texts for t in tok.tokenize(text) if t not in vocab or t == tok.unk_token}
     assert not unknown
     assert tok.decode(tok("the red circle moved left")["input_ids"]) == "the red circle moved left"
@@ -337,11 +339,33 @@ def test_step_examples_are_a_function_of_seed_and_step():
     assert not torch.equal(other["input_ids"], serial[0][1]["input_ids"])
 
 
+def test_lookup_examples_ask_which_option_is_the_answer():
+    batch = synthetic.image_batch(16, 0, synthetic.IMAGE_CURRICULUM[-1])
+    items = [(("Describe the image.", "-"), q) for q in batch.questions]
+    cfg = fixtures.TrainConfig("llava", 1, caption_fraction=0.0, word_fraction=0.5, lookup_fraction=0.5)
+    prompts, answers = fixtures._examples(items, "image", np.random.default_rng(0), cfg)
+    lookups = {i for i, p in enumerate(prompts) if p != batch.questions[i].text}
+    assert 0 < len(lookups) < 16
+    for i, q in enumerate(batch.questions):
+        if i in lookups:
+            assert prompts[i] == synthetic.mc_prompt(synthetic.option_lookup(q)) and answers[i] == q.answer
+            assert f"\nWhich option is {q.answer_word}?\n{q.options[0]}\n" in prompts[i]
+        else:
+            assert answers[i] == q.answer_word
+    # Without lookups the same draws make those examples the plain prompt: earlier runs' data is unchanged.
+    plain, _ = fixtures._examples(items, "image", np.random.default_rng(0), replace(cfg, lookup_fraction=0.0))
+    assert plain == [
+        synthetic.mc_prompt(q) if i in lookups else p for i, (p, q) in enumerate(zip(prompts, batch.questions))
+    ]
+
+
 def test_train_config_errors():
     with pytest.raises(ValueError, match="unknown family 'clip'"):
         fixtures.TrainConfig("clip", 1)
-    with pytest.raises(ValueError, match="caption_fraction \\+ word_fraction"):
-        fixtures.TrainConfig("llava", 1, caption_fraction=0.7, word_fraction=0.5)
+    with pytest.raises(ValueError, match="lookup_fraction must be >= 0 and sum to at most 1, got \\(0.7, 0.2, 0.2\\)"):
+        fixtures.TrainConfig("llava", 1, caption_fraction=0.7, word_fraction=0.2, lookup_fraction=0.2)
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        fixtures.TrainConfig("llava", 1, lookup_fraction=-0.1)
     with pytest.raises(ValueError, match="workers, max_minutes, vision_lr must be >= 0"):
         fixtures.TrainConfig("llava", 1, workers=-1, max_minutes=-2, vision_lr=-1)
     with pytest.raises(ValueError, match="image_levels must be"):
