@@ -123,6 +123,7 @@ __all__ = [
     "load_image_set",
     "main",
     "mc_prompt",
+    "option_lookup",
     "position_name",
     "render",
     "render_arrays",
