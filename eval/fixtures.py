@@ -615,21 +615,20 @@ def deepen(state: dict[str, torch.Tensor], target: PreTrainedModel) -> dict[str,
     each stack (``check_growth`` says which growths keep its function). Each stack's new layers go before its
     last one and start as the identity, their residual writers zeroed and their other weights as ``target``
     has them, so ``target`` computes what the fixture did and training goes on from there, not from scratch."""
-    old, new = _stack_depths(state), _stack_depths(target.state_dict())
+    target_state = target.state_dict()
+    old, new = _stack_depths(state), _stack_depths(target_state)
     if old.keys() != new.keys():
         raise ValueError(f"the fixture's layer stacks ({', '.join(old)}) are not {target.config.model_type}'s")
     grown = {}
-    for key, value in target.state_dict().items():
-        match = _LAYER_KEY.match(key)
-        if match is None or old[match[1]] == new[match[1]]:
-            source = key
-        else:
+    for key, value in target_state.items():
+        source = key
+        if match := _LAYER_KEY.match(key):
             stack, layer, rest = match[1], int(match[2]), match[3]
-            added = new[stack] - old[stack]
-            if old[stack] - 1 <= layer < new[stack] - 1:
+            if old[stack] - 1 <= layer < new[stack] - 1:  # an added layer (none when the depth is unchanged)
                 grown[key] = torch.zeros_like(value) if rest.startswith(_RESIDUAL_WRITERS) else value.clone()
                 continue
-            source = key if layer < old[stack] - 1 else f"{stack}.{layer - added}.{rest}"
+            if layer == new[stack] - 1:
+                source = f"{stack}.{old[stack] - 1}.{rest}"
         if source not in state:
             raise ValueError(f"the fixture has no {source}: it is not {target.config.model_type} or has other sizes")
         grown[key] = state[source]
