@@ -885,6 +885,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     workers: int = 0  # data-loader processes (0: in the training process)
     max_minutes: float = 0.0  # stop early (checkpoint and model saved) after this long; 0: no limit
+    stop_at: int = 0  # stop early (checkpoint and model saved) after this step, on the schedule of `steps`; 0: none
     init: str = ""  # a saved fixture directory to start from (a new schedule and optimizer); "": random init
 
     def __post_init__(self) -> None:
@@ -892,6 +893,8 @@ class TrainConfig:
             raise ValueError(f"unknown family {self.family!r}; expected one of {', '.join(FAMILIES)}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        if not 0 <= self.stop_at <= self.steps:
+            raise ValueError(f"stop_at must be between 1 and steps ({self.steps}), or 0 for none; got {self.stop_at}")
         names = ("video_every", "video_batch_size", "workers", "max_minutes", "vision_lr")
         negative = [n for n in names if getattr(self, n) < 0]
         if negative:
@@ -1237,8 +1240,12 @@ def train(
                 _write(log, {"step": step + 1, "skipped": f"non-finite gradient norm {norm.item()}"})
             done = step + 1
             elapsed = time.time() - started
-            out_of_time = cfg.max_minutes > 0 and elapsed > 60 * cfg.max_minutes
-            last = done == cfg.steps or out_of_time
+            stopped = ""  # why the run ends before `steps`; a time limit is not reproducible, a step is
+            if cfg.max_minutes > 0 and elapsed > 60 * cfg.max_minutes:
+                stopped = f"max_minutes={cfg.max_minutes} reached"
+            elif done == cfg.stop_at:
+                stopped = f"stop_at={cfg.stop_at} reached"
+            last = done == cfg.steps or bool(stopped)
             if done % cfg.log_every < logged_run or last:
                 kind = "video" if "videos" in batch else "image"
                 record = {"step": done, "loss": round(loss.item(), 5), "exact": exact.item(), "lr": _lr(step, cfg)}
@@ -1255,8 +1262,8 @@ def train(
             if done % cfg.checkpoint_every == 0 or last:
                 state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done}
                 torch.save(state, _checkpoint(out_dir))
-            if out_of_time:
-                _write(log, {"step": done, "stopped": f"max_minutes={cfg.max_minutes} reached"})
+            if stopped:
+                _write(log, {"step": done, "stopped": stopped})
                 break
     save(model, processor, out_dir / "model", spec)
     return model
@@ -1329,6 +1336,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--video-every", type=int, default=TrainConfig.video_every, help="Qwen: every n-th step (0: none)")
     t.add_argument("--workers", type=int, default=0, help="data-loader processes")
     t.add_argument("--max-minutes", type=float, default=0.0, help="stop early, saving everything, after this long")
+    t.add_argument(
+        "--stop-at",
+        type=int,
+        default=0,
+        help="stop early, saving everything, after this step (the schedule stays --steps')",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
         "--init",
@@ -1394,6 +1407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         video_every=args.video_every,
         workers=args.workers,
         max_minutes=args.max_minutes,
+        stop_at=args.stop_at,
         init=args.init,
         image_levels=tuple(args.image_levels),
         video_levels=tuple(args.video_levels),

@@ -150,6 +150,22 @@ def test_train_resume(tmp_path):
     assert [r["step"] for r in records] == [1]
 
 
+def test_stop_at_keeps_the_schedule_and_resumes_to_the_same_model(tmp_path):
+    # A round stopped by --max-minutes ends wherever time ran out; --stop-at ends it at that step on any machine.
+    options = {"spec": fixtures.SMALL, "eval_every": 0, "log_every": 1, "warmup": 0}  # step 2's lr tells 4 steps from 2
+    straight = fixtures.train("llava", 4, 2, 1e-3, "cpu", tmp_path / "straight", **options)
+    fixtures.train("llava", 4, 2, 1e-3, "cpu", tmp_path / "stopped", stop_at=2, **options)
+    logs = {
+        d: [json.loads(line) for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
+        for d in ("straight", "stopped")
+    }
+    assert logs["stopped"][-1] == {"step": 2, "stopped": "stop_at=2 reached"}
+    assert [r["lr"] for r in logs["stopped"][:2]] == [r["lr"] for r in logs["straight"][:2]]  # the 4-step schedule
+    resumed = fixtures.train("llava", 4, 2, 1e-3, "cpu", tmp_path / "stopped", resume=True, **options)
+    for (name, want), got in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(got, want), name
+
+
 @pytest.mark.parametrize("fixture_family", FIXTURE_FAMILIES)
 def test_vision_tower_has_its_own_learning_rate(fixture_family):
     model, _ = fixtures.build(fixture_family, spec=fixtures.SMALL)
@@ -366,6 +382,8 @@ def test_train_config_errors():
         fixtures.TrainConfig("llava", 1, caption_fraction=0.7, word_fraction=0.2, lookup_fraction=0.2)
     with pytest.raises(ValueError, match="sum to at most 1"):
         fixtures.TrainConfig("llava", 1, lookup_fraction=-0.1)
+    with pytest.raises(ValueError, match="stop_at must be between 1 and steps \\(3\\), or 0 for none; got 4"):
+        fixtures.TrainConfig("llava", 3, stop_at=4)
     with pytest.raises(ValueError, match="workers, max_minutes, vision_lr must be >= 0"):
         fixtures.TrainConfig("llava", 1, workers=-1, max_minutes=-2, vision_lr=-1)
     with pytest.raises(ValueError, match="image_levels must be"):
