@@ -1340,7 +1340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--stop-at",
         type=int,
         default=0,
-        help="stop early, saving everything, after this step (the schedule stays --steps')",
+        help="stop early, saving everything, after this step (on the schedule of --steps)",
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
