@@ -6,6 +6,7 @@ import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import vlmzip
+from vlmzip.eval import fixtures
 from vlmzip.eval.tiny import random_inputs, tiny_model
 
 
@@ -25,6 +26,14 @@ def test_unknown_method_and_parameter_through_compress():
         vlmzip.compress(model, "fastv:ratio=0.5")
     with pytest.raises(ValueError, match="keep=1.5 is out of range"):
         vlmzip.compress(model, "knorm:keep=1.5")
+
+
+def test_vtc_cls_needs_an_attention_layer_before_the_features():
+    # the SMALL LLaVA fixture reads layer -2 of a 1-layer tower: the patch embeddings, before any attention
+    model, _ = fixtures.build("llava", spec=fixtures.SMALL)
+    with pytest.raises(ValueError, match="vtc-cls: .* before its vision tower's first attention layer .* fastv"):
+        vlmzip.compress(model, "vtc-cls:keep=0.25")
+    assert vlmzip.policy_of(model) is None
 
 
 def test_rejected_policy_keeps_the_previous_one():
