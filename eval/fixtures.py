@@ -1214,6 +1214,11 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
+        if 0 < cfg.stop_at <= step:
+            raise ValueError(
+                f"stop_at={cfg.stop_at}: the checkpoint in {out_dir} is at step {step} already; resume with a "
+                f"later stop_at, or none (0) to run on to steps={cfg.steps}"
+            )
     (out_dir / "config.json").write_text(json.dumps({"train": asdict(cfg), "spec": asdict(spec)}, indent=2) + "\n")
     loader = torch.utils.data.DataLoader(
         _Stream(processor, cfg, step, spec.image_size, QwenIndex(model.config) if family == "qwen2_5_vl" else None),

@@ -161,6 +161,8 @@ def test_stop_at_keeps_the_schedule_and_resumes_to_the_same_model(tmp_path):
     }
     assert logs["stopped"][-1] == {"step": 2, "stopped": "stop_at=2 reached"}
     assert [r["lr"] for r in logs["stopped"][:2]] == [r["lr"] for r in logs["straight"][:2]]  # the 4-step schedule
+    with pytest.raises(ValueError, match="stop_at=2: the checkpoint in .* is at step 2 already; resume with a later"):
+        fixtures.train("llava", 4, 2, 1e-3, "cpu", tmp_path / "stopped", resume=True, stop_at=2, **options)
     resumed = fixtures.train("llava", 4, 2, 1e-3, "cpu", tmp_path / "stopped", resume=True, **options)
     for (name, want), got in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(got, want), name
