@@ -103,9 +103,12 @@ FAMILIES: tuple[str, ...] = ("llava", "qwen2_5_vl", "gemma3")
 # ----------------------------------------------------------------------------------------------- sizes
 
 
+LLAVA_DECODERS = ("llama", "gemma3_text")  # the model_type of a LLaVA fixture's language model
+
+
 @dataclass(frozen=True)
 class FixtureSpec:
-    """Sizes of one fixture (and the few other integers its config takes). The defaults give ~2.5M parameters
+    """Sizes of one fixture (and the few other settings its config takes). The defaults give ~2.5M parameters
     (~5 MB in bf16) and 64-256 visual tokens per 64x64 image: big enough to learn the synthetic tasks, small
     enough to ship in the repository."""
 
@@ -126,11 +129,15 @@ class FixtureSpec:
     pooled_side: int = 8  # Gemma-3 pooled grid side: mm_tokens_per_image = pooled_side ** 2
     sliding_window: int = 128  # Gemma-3 local layers
     max_positions: int = 4096
+    decoder: str = "llama"  # LLaVA's language model: LLaVA-1.5's Llama, or Gemma-3's (as llava-gemma checkpoints)
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.name != "feature_layer" and getattr(self, f.name) < 1:
-                raise ValueError(f"FixtureSpec.{f.name}={getattr(self, f.name)} must be >= 1")
+            value = getattr(self, f.name)
+            if isinstance(value, int) and f.name != "feature_layer" and value < 1:
+                raise ValueError(f"FixtureSpec.{f.name}={value} must be >= 1")
+        if self.decoder not in LLAVA_DECODERS:
+            raise ValueError(f"FixtureSpec.decoder={self.decoder!r}: choose one of {', '.join(LLAVA_DECODERS)}")
         if not -self.vision_layers - 1 <= self.feature_layer <= self.vision_layers:
             raise ValueError(
                 f"FixtureSpec.feature_layer={self.feature_layer} names no output of {self.vision_layers} vision "
@@ -177,11 +184,12 @@ _FAMILY_FIELDS = {
     "rope_theta": "qwen2_5_vl",
     "pooled_side": "gemma3",
     "sliding_window": "gemma3",
+    "decoder": "llava",
 }
 
 
 def spec_with(family: str, spec: FixtureSpec, changes: Sequence[str]) -> FixtureSpec:
-    """``spec`` with ``FIELD=N`` changes for a ``family`` model (all of ``FixtureSpec``'s fields are integers);
+    """``spec`` with ``FIELD=N`` changes for a ``family`` model (integers, but for LLaVA's ``decoder``, a name);
     a field the family's model does not read is refused rather than ignored."""
     names = {f.name for f in fields(FixtureSpec)}
     values = {}
@@ -191,6 +199,9 @@ def spec_with(family: str, spec: FixtureSpec, changes: Sequence[str]) -> Fixture
             raise ValueError(f"--spec {change!r}: expected FIELD=N with FIELD one of {', '.join(sorted(names))}")
         if _FAMILY_FIELDS.get(name, family) != family:
             raise ValueError(f"--spec {change!r}: only {_FAMILY_FIELDS[name]} models read {name}, not {family}")
+        if isinstance(getattr(spec, name), str):
+            values[name] = value  # FixtureSpec names the choices if it is not one
+            continue
         try:
             values[name] = int(value)
         except ValueError:
@@ -428,11 +439,31 @@ def _vision_kwargs(spec: FixtureSpec) -> dict:
     }
 
 
+def _gemma3_text(spec: FixtureSpec, text: dict, window: int) -> dict:
+    """Gemma-3's decoder: local layers of ``window`` tokens, the last layer global."""
+    layers = ["sliding_attention"] * (spec.text_layers - 1) + ["full_attention"]
+    return {
+        "model_type": "gemma3_text",
+        **text,
+        "head_dim": spec.head_dim,
+        "query_pre_attn_scalar": spec.head_dim,
+        "sliding_window": window,
+        "layer_types": layers,
+    }
+
+
 def _config(family: str, spec: FixtureSpec, vocab_size: int, ids: dict[str, int]):
     text = _text_kwargs(spec, vocab_size, ids)
     if family == "llava":
+        # A Gemma-3 decoder's window covers the whole prompt, as the real one's 1,024 tokens cover a LLaVA
+        # prompt; the Gemma-3 fixture's 128 would hide most of LLaVA's 256 image tokens from its local layers.
+        decoder = (
+            _gemma3_text(spec, text, spec.max_positions)
+            if spec.decoder == "gemma3_text"
+            else {"model_type": "llama", "head_dim": spec.head_dim, **text}
+        )
         return LlavaConfig(
-            text_config={"model_type": "llama", "head_dim": spec.head_dim, **text},
+            text_config=decoder,
             vision_config={
                 "model_type": "clip_vision_model",
                 "projection_dim": spec.text_hidden,
@@ -446,16 +477,8 @@ def _config(family: str, spec: FixtureSpec, vocab_size: int, ids: dict[str, int]
             tie_word_embeddings=True,
         )
     if family == "gemma3":
-        layers = ["sliding_attention"] * (spec.text_layers - 1) + ["full_attention"]
-        gemma_text = {
-            **text,
-            "head_dim": spec.head_dim,
-            "query_pre_attn_scalar": spec.head_dim,
-            "sliding_window": spec.sliding_window,
-            "layer_types": layers,
-        }
         return Gemma3Config(
-            text_config=gemma_text,
+            text_config=_gemma3_text(spec, text, spec.sliding_window),
             vision_config={"model_type": "siglip_vision_model", **_vision_kwargs(spec)},
             mm_tokens_per_image=spec.pooled_side**2,
             image_token_index=ids["image_token"],

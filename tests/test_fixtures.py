@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import vlmzip
 from vlmzip.eval import fixtures, synthetic
 
 FIXTURE_FAMILIES = fixtures.FAMILIES  # not named ``family``: conftest parametrises that name over tiny.FAMILIES
@@ -202,6 +203,8 @@ def test_train_skips_a_non_finite_gradient(tmp_path, monkeypatch):
 def test_cli_train(tmp_path, capsys):
     args = ["train", "--family", "llava", "--steps", "1", "--batch-size", "2", "--small", "--device", "cpu"]
     args += ["--eval-every", "0"]
+    assert fixtures.main([*args, "--out", str(tmp_path / "g"), "--spec", "decoder=gemma3_text"]) == 0
+    assert fixtures.load(tmp_path / "g" / "model")[0].config.text_config.model_type == "gemma3_text"
     assert fixtures.main([*args, "--out", str(tmp_path / "a"), "--spec", "vision_layers=2", "feature_layer=-1"]) == 0
     model, _ = fixtures.load(tmp_path / "a" / "model")
     assert model.config.vision_config.num_hidden_layers == 2 and model.config.vision_feature_layer == -1
@@ -295,12 +298,50 @@ def test_rope_theta_sets_qwens_mrope_frequencies():
         ("feature_layer=0", "cannot read layer 0; name the embeddings -5"),
         ("pooled_side=16", "only gemma3 models read pooled_side, not llava"),
         ("rope_theta=100", "only qwen2_5_vl models read rope_theta, not llava"),
+        ("decoder=mistral", "decoder='mistral': choose one of llama, gemma3_text"),
     ],
 )
 def test_cli_rejects_a_bad_spec_change(tmp_path, capsys, change, message):
     with pytest.raises(SystemExit):
         fixtures.main(["train", "--family", "llava", "--steps", "1", "--out", str(tmp_path), "--spec", change])
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_llava_on_gemma3s_decoder(tmp_path):
+    spec = fixtures.spec_with("llava", fixtures.SMALL, ["decoder=gemma3_text"])
+    with pytest.raises(ValueError, match="only llava models read decoder, not gemma3"):
+        fixtures.spec_with("gemma3", fixtures.SMALL, ["decoder=gemma3_text"])
+    model, processor = fixtures.build("llava", spec=spec)
+    assert type(model.model.language_model).__name__ == "Gemma3TextModel"
+    inputs = _image_inputs(processor)
+    # its local layers see the whole prompt (the Gemma-3 fixture's window would hide most of the image)
+    assert model.config.text_config.sliding_window >= inputs["input_ids"].shape[1]
+    fixtures.save(model, processor, tmp_path, spec)
+    assert fixtures.saved_spec(tmp_path) == spec
+    with pytest.raises(ValueError, match="cannot continue with decoder gemma3_text -> llama"):
+        fixtures.check_continuation("llava", spec, replace(spec, decoder="llama"), tmp_path)
+    loaded, _ = fixtures.load(tmp_path)
+    assert type(loaded.model.language_model) is type(model.model.language_model)
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, model.state_dict()[name].to(torch.bfloat16)), name
+    deeper, _ = fixtures.build("llava", seed=1, spec=replace(spec, text_layers=3))
+    deeper.load_state_dict(fixtures.deepen(model.state_dict(), deeper))
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, deeper.eval()(**inputs).logits)
+
+
+def test_compress_runs_on_llava_with_gemma3s_decoder():
+    spec = fixtures.spec_with("llava", fixtures.SMALL, ["decoder=gemma3_text"])
+    model, processor = fixtures.build("llava", spec=spec)
+    inputs = _image_inputs(processor)  # a batch of 2, 64 visual tokens each
+    untouched = model.eval().generate(**inputs, max_new_tokens=3, do_sample=False)
+    for policy, stage in (("random:keep=0.25", "vision"), ("fastv:layer=1,keep=0.25", "prefill")):
+        vlmzip.compress(model, policy)
+        model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        assert vlmzip.stats(model).visual_tokens_kept[stage] == [16, 16], policy
+    vlmzip.compress(model, "fastv:layer=1,keep=1.0")
+    assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), untouched)
+    vlmzip.restore(model)
 
 
 def _reference_inputs(processor, prompts, answers, medium, **visual):
