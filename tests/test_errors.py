@@ -28,7 +28,7 @@ def test_unknown_method_and_parameter_through_compress():
         vlmzip.compress(model, "knorm:keep=1.5")
 
 
-def test_vtc_cls_needs_an_attention_layer_before_the_features():
+def test_a_method_reading_vision_attention_needs_an_attention_layer_before_the_features():
     # the SMALL LLaVA fixture reads layer -2 of a 1-layer tower: the patch embeddings, before any attention
     model, _ = fixtures.build("llava", spec=fixtures.SMALL)
     with pytest.raises(ValueError, match="vtc-cls: .* before its vision tower's first attention layer .* fastv"):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 
 from vlmzip.budget import Keep, kept_count, validate_keep
-from vlmzip.errors import PolicyError
+from vlmzip.errors import PolicyError, UnsupportedModelError
 
 if TYPE_CHECKING:
     from vlmzip.runtime.cache import CompressedLayer
@@ -122,6 +122,14 @@ class VisionMethod(Method):
     def vision_layers(self, info: ModelInfo) -> list[int]:
         """Vision-tower layers whose attention the method reads (empty unless it needs attention)."""
         return []
+
+    def check_model(self, info: ModelInfo) -> None:
+        if "vision_attention" in self.needs and not self.vision_layers(info):
+            raise UnsupportedModelError(
+                f"{self.name}: this model's visual features come from before its vision tower's first attention "
+                "layer (e.g. a LLaVA vision_feature_layer naming the embeddings), so there is no attention to rank "
+                "tokens by; use a method that needs none (random, uniform, fastv)"
+            )
 
     def score(self, item: VisualItem) -> torch.Tensor:
         """Importance of each of ``item``'s tokens, ``[n]``: higher is kept first."""

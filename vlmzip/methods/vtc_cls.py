@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmzip.errors import PolicyError, UnsupportedModelError
+from vlmzip.errors import PolicyError
 from vlmzip.methods.base import ModelInfo, VisionMethod, VisualItem
 from vlmzip.registry import register_method
 
@@ -30,14 +30,6 @@ class VtcCls(VisionMethod):
     def validate(self) -> None:
         if self.layers < 1:
             raise PolicyError(f"vtc-cls: layers={self.layers} must be >= 1")
-
-    def check_model(self, info: ModelInfo) -> None:
-        if info.vision_layers < 1:
-            raise UnsupportedModelError(
-                "vtc-cls: this model's visual features come from before its vision tower's first attention layer "
-                "(e.g. a LLaVA vision_feature_layer naming the embeddings), so there is no attention to rank "
-                "tokens by; use a method that needs none (random, uniform, fastv)"
-            )
 
     def vision_layers(self, info: ModelInfo) -> list[int]:
         last = info.vision_layers - 1
