@@ -4,7 +4,8 @@
 answers the bundled test questions through ``vlmzip eval``'s predictor and scoring (official multiple-choice
 prompt, greedy, one token) with each model uncompressed, with the image blanked, and under every registered method
 at 50, 25, 10 and 5% of visual tokens kept; random pruning is in every table as the baseline a method must
-beat. The Qwen2.5-VL fixture is also measured on the bundled video questions.
+beat. The Qwen2.5-VL fixture is also measured on the bundled video questions. ``--models`` re-measures those
+models' tables and keeps the others in ``--out`` as they were.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +28,18 @@ from vlmzip.eval import bundled, fixtures, mcq, synthetic, videomme
 from vlmzip.eval.predictor import ModelPredictor, load
 from vlmzip.eval.videomme import Sample
 
-__all__ = ["KEEPS", "accuracy", "blanked", "image_samples", "main", "markdown", "policy", "sweep", "video_samples"]
+__all__ = [
+    "KEEPS",
+    "accuracy",
+    "blanked",
+    "image_samples",
+    "main",
+    "policy",
+    "section",
+    "sweep",
+    "video_samples",
+    "write",
+]
 
 KEEPS: tuple[float, ...] = (0.5, 0.25, 0.10, 0.05)
 PREFILL_LAYER = 2  # prefill methods score at this layer (of 4 in the fixtures)
@@ -98,43 +111,63 @@ def sweep(name: str, samples: Sequence[Sample]) -> dict:
 BEGIN, END = "<!-- fidelity:begin (written by python -m vlmzip.eval.fidelity) -->", "<!-- fidelity:end -->"
 
 
-def markdown(results: Sequence[dict], command: str) -> str:
-    """The tables: one per (model, medium), a row per method, a column per fraction of visual tokens kept."""
-    lines = [BEGIN, "", f"Written by `{command}` ({platform.machine()}, torch {torch.__version__}).", ""]
-    for r in results:
-        tokens = fixtures.visual_tokens(r["model"], fixtures.SPECS[r["model"]])
-        unit = "visual tokens per image" if r["medium"] == "image" else "visual tokens per 2 frames"
-        lines += [
-            f"### {r['model']} — {r['medium']} questions ({r['questions']}, {tokens} {unit}, {r['seconds']} s)",
-            "",
-            "| method | stage | 100% | " + " | ".join(f"{k:.0%}" for k in KEEPS) + " |",
-            "|---|---|---:|" + "---:|" * len(KEEPS),
-        ]
-        baseline = r["methods"]["random"]["accuracy"]
-        for name, m in sorted(r["methods"].items(), key=lambda kv: kv[0] != "random"):
-            cells = []
-            for k in KEEPS:
-                value = m["accuracy"][f"{k:g}"]
-                better = m["stage"] != "decode" and name != "random" and value > baseline[f"{k:g}"]
-                cells.append(f"**{value:.1%}**" if better else f"{value:.1%}")
-            label = f"{name} (baseline)" if name == "random" else name
-            lines.append(f"| {label} | {m['stage']} | {r['all']:.1%} | " + " | ".join(cells) + " |")
-        lines += [
-            "",
-            f"Image blanked, nothing pruned: {r['blank']:.1%}. Chance: 25%. Bold: above random pruning. Decode-stage"
-            " methods evict cache entries after the prompt pass, which already produced the one-letter answer.",
-            "",
-        ]
-    return "\n".join([*lines, END]) + "\n"
+def section(result: dict, command: str) -> str:
+    """The table of one sweep (a model and a medium): a row per method, a column per fraction of visual tokens
+    kept, and the command and machine that measured it."""
+    name = result["model"]
+    tokens = fixtures.visual_tokens(name, fixtures.saved_spec(bundled.model_path(name)))
+    unit = "visual tokens per image" if result["medium"] == "image" else "visual tokens per 2 frames"
+    lines = [
+        f"### {name} — {result['medium']} questions ({result['questions']}, {tokens} {unit}, {result['seconds']} s)",
+        "",
+        f"Written by `{command}` ({platform.machine()}, torch {torch.__version__}).",
+        "",
+        "| method | stage | 100% | " + " | ".join(f"{k:.0%}" for k in KEEPS) + " |",
+        "|---|---|---:|" + "---:|" * len(KEEPS),
+    ]
+    baseline = result["methods"]["random"]["accuracy"]
+    for method, m in sorted(result["methods"].items(), key=lambda kv: kv[0] != "random"):
+        cells = []
+        for k in KEEPS:
+            value = m["accuracy"][f"{k:g}"]
+            better = m["stage"] != "decode" and method != "random" and value > baseline[f"{k:g}"]
+            cells.append(f"**{value:.1%}**" if better else f"{value:.1%}")
+        label = f"{method} (baseline)" if method == "random" else method
+        lines.append(f"| {label} | {m['stage']} | {result['all']:.1%} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Image blanked, nothing pruned: {result['blank']:.1%}. Chance: 25%. Bold: above random pruning. Decode-stage"
+        " methods evict cache entries after the prompt pass, which already produced the one-letter answer.",
+    ]
+    return "\n".join(lines)
 
 
-def write(path: Path, text: str) -> None:
-    """Replace the generated block of ``path`` (hand-written text around it stays), or create the file."""
-    if path.exists() and BEGIN in (old := path.read_text(encoding="utf-8")) and END in old:
+_HEADING = re.compile(r"^### (\S+) — (\w+) questions", re.MULTILINE)
+
+
+def sections(text: str) -> dict[tuple[str, str], str]:
+    """The tables of a generated block, by (model, medium); what precedes the first table is dropped."""
+    headings = list(_HEADING.finditer(text))
+    bounds = [h.start() for h in headings] + [len(text)]
+    return {(h.group(1), h.group(2)): text[bounds[i] : bounds[i + 1]].strip() for i, h in enumerate(headings)}
+
+
+def write(path: Path, results: Sequence[dict], command: str) -> None:
+    """Put the tables of ``results`` into the generated block of ``path``, replacing those of the same model and
+    medium and keeping the others (a sweep of one model leaves the rest as they were measured); the hand-written
+    text around the block stays. Creates the file if need be."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    head, tail, tables = old, "", {}
+    if BEGIN in old and END in old:
         head, rest = old.split(BEGIN, 1)
-        text = head + text.rstrip("\n") + rest.split(END, 1)[1]
+        body, tail = rest.split(END, 1)
+        tables = sections(body)
+    tables.update({(r["model"], r["medium"]): section(r, command) for r in results})
+    order = {name: i for i, name in enumerate(bundled.MODELS)}
+    ordered = sorted(tables.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][1] != "image"))
+    block = "\n\n".join([BEGIN, *(table for _, table in ordered), END])
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    path.write_text(head + block + (tail or "\n"), encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m vlmzip.eval.fidelity" + (f" --limit {args.limit}" if args.limit else "")
     if args.models != list(bundled.MODELS):
         command += " --models " + " ".join(args.models)
-    write(args.out, markdown(results, command))
+    write(args.out, results, command)
     print(f"wrote the tables into {args.out.resolve()}", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

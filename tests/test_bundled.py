@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -147,24 +148,42 @@ def test_fixture_below_the_bars_answers_from_the_image(name):
     assert got["full"] >= 0.45 and got["blank"] <= 0.35 and got["full"] - got["random@10%"] >= 0.15, got
 
 
-def test_fidelity_table_keeps_hand_written_text(tmp_path):
-    path = tmp_path / "fidelity.md"
-    path.write_text(f"# Title\n\nintro\n\n{fidelity.BEGIN}\nstale table\n{fidelity.END}\n\n## Findings\n\nmine\n")
-    result = {
-        "model": "gemma3",
-        "medium": "image",
+def _sweep_result(model: str, medium: str, fastv: float) -> dict:
+    return {
+        "model": model,
+        "medium": medium,
         "questions": 4,
         "all": 0.5,
         "blank": 0.25,
         "seconds": 1.0,
         "methods": {
             name: {"stage": stage, "accuracy": {f"{k:g}": v for k in fidelity.KEEPS}}
-            for name, stage, v in (("random", "vision", 0.25), ("fastv", "prefill", 0.5))
+            for name, stage, v in (("random", "vision", 0.25), ("fastv", "prefill", fastv))
         },
     }
-    fidelity.write(path, fidelity.markdown([result], "cmd"))
+
+
+def test_fidelity_table_keeps_hand_written_text(tmp_path):
+    path = tmp_path / "fidelity.md"
+    path.write_text(f"# Title\n\nintro\n\n{fidelity.BEGIN}\nstale table\n{fidelity.END}\n\n## Findings\n\nmine\n")
+    result = _sweep_result("gemma3", "image", 0.5)
+    fidelity.write(path, [result], "cmd")
     text = path.read_text()
     assert text.startswith("# Title\n\nintro\n\n") and text.endswith("\n\n## Findings\n\nmine\n")
     assert "stale table" not in text and "| random (baseline) | vision | 50.0% | 25.0% |" in text
     assert "| fastv | prefill | 50.0% | **50.0%** |" in text
+    assert "Written by `cmd`" in text
     assert json.dumps(result)  # the record is plain JSON
+
+
+def test_fidelity_sweep_of_one_model_keeps_the_other_tables(tmp_path):
+    path = tmp_path / "fidelity.md"
+    everything = [_sweep_result("qwen2_5_vl", "video", 0.3), _sweep_result("gemma3", "image", 0.3)]
+    fidelity.write(path, [*everything, _sweep_result("llava", "image", 0.3)], "all")
+    fidelity.write(path, [_sweep_result("llava", "image", 0.75)], "llava only")
+    text = path.read_text()
+    headings = re.findall(r"^### (\S+) — (\w+)", text, re.MULTILINE)
+    assert headings == [("llava", "image"), ("qwen2_5_vl", "video"), ("gemma3", "image")]  # bundled.MODELS order
+    assert text.count("| fastv | prefill | 50.0% | **75.0%** |") == 1 and "Written by `llava only`" in text
+    assert text.count("| fastv | prefill | 50.0% | **30.0%** |") == 2 and text.count("Written by `all`") == 2
+    assert text.count(fidelity.BEGIN) == 1 and text.count(fidelity.END) == 1
