@@ -1220,13 +1220,31 @@ def train(
     Returns the trained model (fp32).
     """
     cfg = TrainConfig(family, steps, batch_size, lr, **options)
+    return fit(cfg, run_spec(cfg, spec), device, out_dir, resume)
+
+
+def run_spec(cfg: TrainConfig, spec: FixtureSpec | None = None, changes: Sequence[str] = ()) -> FixtureSpec:
+    """The spec a run of ``cfg`` trains: ``spec`` (default: the one its ``init`` fixture was saved with, else the
+    family's) with ``changes`` (``FIELD=N``, see ``spec_with``). A continuation ``check_continuation`` refuses
+    raises ``ValueError`` here, before anything is built."""
+    saved = saved_spec(cfg.init) if cfg.init else None
+    spec = spec_with(cfg.family, spec or saved or SPECS[cfg.family], changes)
+    if saved:
+        check_continuation(cfg.family, saved, spec, cfg.init)
+    return spec
+
+
+def fit(
+    cfg: TrainConfig, spec: FixtureSpec, device: str | torch.device, out_dir: str | Path, resume: bool = False
+) -> PreTrainedModel:
+    """``train``'s run of ``cfg`` on a model of ``spec``, which ``run_spec`` returned for it."""
+    family = cfg.family
     device = torch.device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = spec or (saved_spec(cfg.init) if cfg.init else SPECS[family])
     model, processor = build(family, cfg.seed, spec)
     if cfg.init:
-        model.load_state_dict(_init_state(family, cfg.init, spec, model))
+        model.load_state_dict(_init_state(cfg.init, model))
     model.to(device).train()
     groups = _param_groups(model, cfg)
     fused = device.type == "cuda"
@@ -1304,7 +1322,7 @@ _CONTINUABLE = ("feature_layer", "rope_theta", "vision_layers", "text_layers")
 
 def check_continuation(family: str, saved: FixtureSpec, spec: FixtureSpec, directory: str | Path) -> None:
     """Refuse to continue the fixture in ``directory``, saved from ``saved``, as a run of ``spec`` that changes
-    its sizes or grows it in a way ``check_growth`` refuses."""
+    its architecture (sizes, decoder) or grows it in a way ``check_growth`` refuses."""
     changed = [
         f"{f.name} {getattr(saved, f.name)} -> {getattr(spec, f.name)}"
         for f in fields(FixtureSpec)
@@ -1312,15 +1330,14 @@ def check_continuation(family: str, saved: FixtureSpec, spec: FixtureSpec, direc
     ]
     if changed:
         raise ValueError(
-            f"--init {directory} cannot continue with {', '.join(changed)}: a continued fixture keeps its sizes; "
-            f"it can change {', '.join(_CONTINUABLE[:2])} and grow ({', '.join(_CONTINUABLE[2:])})"
+            f"--init {directory} cannot continue with {', '.join(changed)}: a continued fixture keeps its "
+            f"architecture; it can change {', '.join(_CONTINUABLE[:2])} and grow ({', '.join(_CONTINUABLE[2:])})"
         )
     check_growth(family, saved, spec)
 
 
-def _init_state(family: str, directory: str, spec: FixtureSpec, model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """The weights of the fixture in ``directory`` for ``model``, built from ``spec`` (grown when deeper)."""
-    check_continuation(family, saved_spec(directory), spec, directory)
+def _init_state(directory: str, model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """The weights of the fixture in ``directory`` for ``model`` (grown when deeper; ``run_spec`` checked that)."""
     weights, _ = load(directory)
     return deepen({k: v.float() for k, v in weights.state_dict().items()}, model)
 
@@ -1412,40 +1429,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             "--small and --init: a continued fixture keeps the spec it was saved with (change fields with --spec)"
         )
-    try:
-        base = saved_spec(args.init) if args.init else SMALL if args.small else SPECS[args.family]
-        spec = spec_with(args.family, base, args.spec)
-        if args.init:
-            check_continuation(args.family, base, spec, args.init)
+    try:  # every error the arguments can cause, as a usage error before anything is built
+        cfg = TrainConfig(
+            args.family,
+            args.steps,
+            args.batch_size,
+            args.lr,
+            seed=args.seed,
+            eval_every=args.eval_every,
+            eval_size=args.eval_size,
+            video_batch_size=args.video_batch_size,
+            video_every=args.video_every,
+            workers=args.workers,
+            max_minutes=args.max_minutes,
+            stop_at=args.stop_at,
+            init=args.init,
+            image_levels=tuple(args.image_levels),
+            video_levels=tuple(args.video_levels),
+            curriculum_fraction=args.curriculum_fraction,
+            caption_fraction=args.caption_fraction,
+            word_fraction=args.word_fraction,
+            lookup_fraction=args.lookup_fraction,
+            warmup=args.warmup,
+            vision_lr=args.vision_lr,
+        )
+        spec = run_spec(cfg, SMALL if args.small else None, args.spec)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
-    train(
-        args.family,
-        args.steps,
-        args.batch_size,
-        args.lr,
-        args.device,
-        args.out,
-        resume=args.resume,
-        spec=spec,
-        seed=args.seed,
-        eval_every=args.eval_every,
-        eval_size=args.eval_size,
-        video_batch_size=args.video_batch_size,
-        video_every=args.video_every,
-        workers=args.workers,
-        max_minutes=args.max_minutes,
-        stop_at=args.stop_at,
-        init=args.init,
-        image_levels=tuple(args.image_levels),
-        video_levels=tuple(args.video_levels),
-        curriculum_fraction=args.curriculum_fraction,
-        caption_fraction=args.caption_fraction,
-        word_fraction=args.word_fraction,
-        lookup_fraction=args.lookup_fraction,
-        warmup=args.warmup,
-        vision_lr=args.vision_lr,
-    )
+    fit(cfg, spec, args.device, args.out, args.resume)
     return 0
 
 

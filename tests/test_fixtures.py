@@ -307,6 +307,24 @@ def test_cli_rejects_a_bad_spec_change(tmp_path, capsys, change, message):
     assert re.search(message, capsys.readouterr().err)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--stop-at", "5"], "stop_at must be between 1 and steps \\(1\\)"),
+        (["--caption-fraction", "0.9", "--word-fraction", "0.5"], "sum to at most 1"),
+        (["--image-levels", "0", "9"], "image_levels must be 0 <= lo <= hi < 5"),
+        (["--workers", "-1"], "workers must be >= 0"),
+    ],
+)
+def test_cli_rejects_a_bad_run_as_a_usage_error(tmp_path, capsys, options, message):
+    """TrainConfig's checks reach the command line as usage errors (exit 2), before anything is built or written."""
+    with pytest.raises(SystemExit) as exit_:
+        fixtures.main(["train", "--family", "llava", "--steps", "1", "--out", str(tmp_path / "run"), *options])
+    assert exit_.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
 def test_llava_on_gemma3s_decoder(tmp_path):
     spec = fixtures.spec_with("llava", fixtures.SMALL, ["decoder=gemma3_text"])
     with pytest.raises(ValueError, match="only llava models read decoder, not gemma3"):
