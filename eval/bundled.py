@@ -80,7 +80,8 @@ def _existing(path: Path, marker: str) -> Path:
 
 
 def models() -> list[dict]:
-    """One row per shipped model: name, architecture, dtype, weights on disk (MiB), path."""
+    """One row per shipped model: name, architecture, its language model's type, dtype, weights on disk (MiB),
+    path."""
     rows = []
     for name in MODELS:
         path = model_path(name)
@@ -90,6 +91,7 @@ def models() -> list[dict]:
             {
                 "name": name,
                 "architecture": config["architectures"][0],
+                "language_model": config["text_config"]["model_type"],
                 "dtype": config.get("dtype") or config.get("torch_dtype"),
                 "mib": round(weights / 2**20, 2),
                 "path": str(path),

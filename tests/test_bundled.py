@@ -20,6 +20,7 @@ CLASSES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration",
 }
+LANGUAGE_MODELS = {"llava": "gemma3_text", "qwen2_5_vl": "qwen2_5_vl_text", "gemma3": "gemma3_text"}
 
 
 @pytest.mark.parametrize("name", bundled.MODELS)
@@ -68,7 +69,8 @@ def test_cli_lists_models_and_sets(capsys):
     out = capsys.readouterr().out
     for name, cls in CLASSES.items():
         weights = (bundled.model_path(name) / "model.safetensors").stat().st_size
-        assert name in out and cls in out and f"{weights / 2**20:.2f} MiB" in out
+        row = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert cls in row and LANGUAGE_MODELS[name] in row and f"{weights / 2**20:.2f} MiB" in row
     assert str(bundled.dataset_path("video")) in out
 
 

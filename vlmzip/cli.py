@@ -59,9 +59,10 @@ def _models(args: argparse.Namespace) -> int:
     from vlmzip.eval import bundled
 
     for row in bundled.models():
-        print(f"{row['name']:<11} {row['architecture']:<36} {row['dtype']:<9} {row['mib']:>5.2f} MiB  {row['path']}")
+        columns = f"{row['name']:<11} {row['architecture']:<36} {row['language_model']:<16} {row['dtype']:<9}"
+        print(f"{columns} {row['mib']:>5.2f} MiB  {row['path']}")
     for kind in bundled.DATASETS:
-        print(f"{kind + ' set':<11} {'test split':<36} {'':<9} {'':>9}  {bundled.dataset_path(kind)}")
+        print(f"{kind + ' set':<11} {'test split':<36} {'':<16} {'':<9} {'':>9}  {bundled.dataset_path(kind)}")
     return 0
 
 
