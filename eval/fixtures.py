@@ -1220,10 +1220,10 @@ def train(
     Returns the trained model (fp32).
     """
     cfg = TrainConfig(family, steps, batch_size, lr, **options)
-    return fit(cfg, run_spec(cfg, spec), device, out_dir, resume)
+    return _fit(cfg, _run_spec(cfg, spec), device, out_dir, resume)
 
 
-def run_spec(cfg: TrainConfig, spec: FixtureSpec | None = None, changes: Sequence[str] = ()) -> FixtureSpec:
+def _run_spec(cfg: TrainConfig, spec: FixtureSpec | None = None, changes: Sequence[str] = ()) -> FixtureSpec:
     """The spec a run of ``cfg`` trains: ``spec`` (default: the one its ``init`` fixture was saved with, else the
     family's) with ``changes`` (``FIELD=N``, see ``spec_with``). A continuation ``check_continuation`` refuses
     raises ``ValueError`` here, before anything is built."""
@@ -1234,10 +1234,10 @@ def run_spec(cfg: TrainConfig, spec: FixtureSpec | None = None, changes: Sequenc
     return spec
 
 
-def fit(
+def _fit(
     cfg: TrainConfig, spec: FixtureSpec, device: str | torch.device, out_dir: str | Path, resume: bool = False
 ) -> PreTrainedModel:
-    """``train``'s run of ``cfg`` on a model of ``spec``, which ``run_spec`` returned for it."""
+    """``train``'s run of ``cfg`` on a model of ``spec``, which ``_run_spec`` returned for it."""
     family = cfg.family
     device = torch.device(device)
     out_dir = Path(out_dir)
@@ -1337,7 +1337,7 @@ def check_continuation(family: str, saved: FixtureSpec, spec: FixtureSpec, direc
 
 
 def _init_state(directory: str, model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """The weights of the fixture in ``directory`` for ``model`` (grown when deeper; ``run_spec`` checked that)."""
+    """The weights of the fixture in ``directory`` for ``model`` (grown when deeper; ``_run_spec`` checked that)."""
     weights, _ = load(directory)
     return deepen({k: v.float() for k, v in weights.state_dict().items()}, model)
 
@@ -1453,10 +1453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup=args.warmup,
             vision_lr=args.vision_lr,
         )
-        spec = run_spec(cfg, SMALL if args.small else None, args.spec)
+        spec = _run_spec(cfg, SMALL if args.small else None, args.spec)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
-    fit(cfg, spec, args.device, args.out, args.resume)
+    _fit(cfg, spec, args.device, args.out, args.resume)
     return 0
 
 
