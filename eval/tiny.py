@@ -1,11 +1,13 @@
 """Tiny randomly initialised vision-language models and matching raw inputs, for tests and examples.
 
 Everything is built offline from configs (no hub, no processor, no tokenizer), in fp32 on CPU, in a
-fraction of a second. Five families are covered; every image gives 16 visual tokens:
+fraction of a second. Six families are covered; every image gives 16 visual tokens:
 
 ==============  ===================================================================================
 ``llava``       CLIP tower (8x8 image, patch 2 -> 16 patches + CLS; feature layer -2, CLS dropped),
                 Llama text model.
+``llava_gemma3`` the same LLaVA on Gemma-3's text model (as llava-gemma checkpoints and the shipped LLaVA
+                fixture), its text layers as ``gemma3``'s.
 ``qwen2_vl``    Qwen2-VL tower (patch 14, merge 2); images are 8x8-patch grids ``[1, 8, 8]``.
 ``qwen2_5_vl``  Qwen2.5-VL tower with windowed attention (window 56 px = 2x2 merged tokens, so 4
                 windows per image) in block 0 and full attention in block 1.
@@ -40,7 +42,7 @@ from transformers import (
 
 __all__ = ["FAMILIES", "random_inputs", "split_batch", "tiny_model", "visual_token_count"]
 
-FAMILIES: tuple[str, ...] = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3")
+FAMILIES: tuple[str, ...] = ("llava", "llava_gemma3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3")
 
 _VOCAB = 256
 _HIDDEN = 64
@@ -60,6 +62,7 @@ _SPECIAL_IDS: dict[str, dict[str, int]] = {
     "qwen2_vl": {"pad": 0, "bos": 1, "eos": 2, "vision_start": 3, "vision_end": 4, "image": 5, "video": 6},
     "gemma3": {"pad": 0, "eos": 1, "bos": 2, "boi": 3, "eoi": 4, "image": 5},
 }
+_SPECIAL_IDS["llava_gemma3"] = _SPECIAL_IDS["llava"]
 _SPECIAL_IDS["qwen2_5_vl"] = _SPECIAL_IDS["qwen2_vl"]
 _SPECIAL_IDS["qwen3_vl"] = _SPECIAL_IDS["qwen2_vl"]
 
@@ -108,7 +111,8 @@ def _qwen_ids(family: str) -> dict[str, int]:
     }
 
 
-def _llava_config() -> LlavaConfig:
+def _llava_config(text: dict | None = None) -> LlavaConfig:
+    """LLaVA with ``text`` as its language model's config (default: Llama's)."""
     vision = {
         "model_type": "clip_vision_model",
         "image_size": 8,
@@ -119,7 +123,7 @@ def _llava_config() -> LlavaConfig:
         "num_attention_heads": 4,
         "projection_dim": _VISION_HIDDEN,
     }
-    text = {"model_type": "llama", "head_dim": _HEAD_DIM, **_text_kwargs("llava")}
+    text = text or {"model_type": "llama", "head_dim": _HEAD_DIM, **_text_kwargs("llava")}
     return LlavaConfig(
         text_config=text,
         vision_config=vision,
@@ -184,6 +188,19 @@ def _qwen3_vl_config() -> Qwen3VLConfig:
     return Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_ids("qwen3_vl"))
 
 
+def _gemma3_text(family: str) -> dict:
+    """Gemma-3's text model config, with ``family``'s special ids: two sliding layers of window 8, a full one and
+    a sliding one, so a prompt's image is outside some layers' window."""
+    return {
+        **_text_kwargs(family),
+        "model_type": "gemma3_text",
+        "head_dim": _HEAD_DIM,
+        "query_pre_attn_scalar": _HEAD_DIM,
+        "sliding_window": 8,
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+    }
+
+
 def _gemma3_config() -> Gemma3Config:
     ids = _SPECIAL_IDS["gemma3"]
     vision = {
@@ -195,15 +212,8 @@ def _gemma3_config() -> Gemma3Config:
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
     }
-    text = {
-        **_text_kwargs("gemma3"),
-        "head_dim": _HEAD_DIM,
-        "query_pre_attn_scalar": _HEAD_DIM,
-        "sliding_window": 8,
-        "layer_types": ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
-    }
     return Gemma3Config(
-        text_config=text,
+        text_config=_gemma3_text("gemma3"),
         vision_config=vision,
         mm_tokens_per_image=16,
         image_token_index=ids["image"],
@@ -215,6 +225,7 @@ def _gemma3_config() -> Gemma3Config:
 
 _CONFIG_BUILDERS: dict[str, Callable[[], PreTrainedConfig]] = {
     "llava": _llava_config,
+    "llava_gemma3": lambda: _llava_config(_gemma3_text("llava_gemma3")),
     "qwen2_vl": _qwen2_vl_config,
     "qwen2_5_vl": _qwen2_5_vl_config,
     "qwen3_vl": _qwen3_vl_config,
@@ -242,8 +253,9 @@ def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0) ->
         if family == "gemma3":
             # Gemma-3 zero-initialises its image projection, which would make every image embed to 0.
             torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=_INIT_STD)
-            # and zero-initialises its query/key norms (weights are offsets from 1): all keys then share one
-            # norm, and key-norm scores would rank rounding noise
+        if config.get_text_config().model_type == "gemma3_text":
+            # Gemma-3's text model zero-initialises its query/key norms (weights are offsets from 1): all keys
+            # then share one norm, and key-norm scores would rank rounding noise
             for name, parameter in model.named_parameters():
                 if name.endswith(("k_norm.weight", "q_norm.weight")):
                     torch.nn.init.normal_(parameter, std=0.5)
