@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+import vlmzip
 from vlmzip.cli import main as cli
 from vlmzip.eval import bundled, fidelity, fixtures, synthetic, videomme
 
@@ -148,6 +149,27 @@ def test_fixture_below_the_bars_answers_from_the_image(name):
     """What a fixture below the bars does give: well above blanked, and sensitive to what pruning drops."""
     got = _signal(name)
     assert got["full"] >= 0.45 and got["blank"] <= 0.35 and got["full"] - got["random@10%"] >= 0.15, got
+
+
+def _recorded(name: str, method: str) -> dict[str, str]:
+    """The row of ``method`` in docs/fidelity.md's table of ``name``'s image questions, by column."""
+    text = (Path(__file__).parents[1] / "docs" / "fidelity.md").read_text(encoding="utf-8")
+    table = fidelity.sections(text.split(fidelity.BEGIN, 1)[1].split(fidelity.END, 1)[0])[(name, "image")]
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    row = next(line for line in lines if line.startswith(f"| {method} "))
+    return dict(zip(header, (cell.strip().strip("*") for cell in row.strip("|").split("|")), strict=True))
+
+
+@pytest.mark.parametrize("name", bundled.MODELS)
+def test_shipped_models_answer_as_docs_fidelity_records(name):
+    """The fixtures issue's promise: a fresh install answers the bundled questions with the accuracy recorded in
+    docs/fidelity.md, uncompressed and compressed (FastV at 10%). Fails when weights ship without the table."""
+    model, samples = fidelity.predictor(name), fidelity.image_samples()
+    fastv = next(m for m in vlmzip.methods() if m.name == "fastv")
+    recorded = _recorded(name, "fastv")
+    assert f"{fidelity.accuracy(model, 'none', samples):.1%}" == recorded["100%"]
+    assert f"{fidelity.accuracy(model, fidelity.policy(fastv, 0.1), samples):.1%}" == recorded["10%"]
 
 
 def _sweep_result(model: str, medium: str, fastv: float) -> dict:
