@@ -1317,7 +1317,8 @@ def _fit(
 
 # What a continued fixture may change of the spec it was saved with: the fields that keep its weights' shapes,
 # and the depths it can grow to.
-_CONTINUABLE = ("feature_layer", "rope_theta", "vision_layers", "text_layers")
+_CHANGEABLE = ("feature_layer", "rope_theta", "pooled_side", "sliding_window")
+_GROWABLE = ("vision_layers", "text_layers")
 
 
 def check_continuation(family: str, saved: FixtureSpec, spec: FixtureSpec, directory: str | Path) -> None:
@@ -1326,12 +1327,12 @@ def check_continuation(family: str, saved: FixtureSpec, spec: FixtureSpec, direc
     changed = [
         f"{f.name} {getattr(saved, f.name)} -> {getattr(spec, f.name)}"
         for f in fields(FixtureSpec)
-        if f.name not in _CONTINUABLE and getattr(saved, f.name) != getattr(spec, f.name)
+        if f.name not in _CHANGEABLE + _GROWABLE and getattr(saved, f.name) != getattr(spec, f.name)
     ]
     if changed:
         raise ValueError(
             f"--init {directory} cannot continue with {', '.join(changed)}: a continued fixture keeps its "
-            f"architecture; it can change {', '.join(_CONTINUABLE[:2])} and grow ({', '.join(_CONTINUABLE[2:])})"
+            f"architecture; it can change {', '.join(_CHANGEABLE)} and grow ({', '.join(_GROWABLE)})"
         )
     check_growth(family, saved, spec)
 

@@ -325,6 +325,21 @@ def test_cli_rejects_a_bad_run_as_a_usage_error(tmp_path, capsys, options, messa
     assert not (tmp_path / "run").exists()
 
 
+def test_a_continued_gemma3_can_read_more_visual_tokens(tmp_path):
+    """pooled_side and sliding_window keep the weights' shapes, so a continued Gemma-3 fixture may read its image
+    unpooled (4x the visual tokens) with a window that covers them."""
+    model, processor = fixtures.build("gemma3", spec=fixtures.SMALL)
+    fixtures.save(model, processor, tmp_path / "a", fixtures.SMALL)
+    spec = fixtures.spec_with("gemma3", fixtures.SMALL, ["pooled_side=8", "sliding_window=128"])
+    init = str(tmp_path / "a")
+    more = fixtures.train("gemma3", 1, 2, out_dir=tmp_path / "b", spec=spec, init=init, eval_every=0, warmup=1)
+    assert more.config.mm_tokens_per_image == 64 == 4 * fixtures.visual_tokens("gemma3", fixtures.SMALL)
+    assert more.config.text_config.sliding_window == 128
+    assert fixtures.saved_spec(tmp_path / "b" / "model") == spec
+    with pytest.raises(ValueError, match="it can change feature_layer, rope_theta, pooled_side, sliding_window"):
+        fixtures.train("gemma3", 1, 2, out_dir=tmp_path / "c", spec=replace(spec, text_hidden=128), init=init)
+
+
 def test_llava_on_gemma3s_decoder(tmp_path):
     spec = fixtures.spec_with("llava", fixtures.SMALL, ["decoder=gemma3_text"])
     with pytest.raises(ValueError, match="only llava models read decoder, not gemma3"):
