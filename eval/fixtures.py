@@ -1431,29 +1431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--small and --init: a continued fixture keeps the spec it was saved with (change fields with --spec)"
         )
     try:  # every error the arguments can cause, as a usage error before anything is built
-        cfg = TrainConfig(
-            args.family,
-            args.steps,
-            args.batch_size,
-            args.lr,
-            seed=args.seed,
-            eval_every=args.eval_every,
-            eval_size=args.eval_size,
-            video_batch_size=args.video_batch_size,
-            video_every=args.video_every,
-            workers=args.workers,
-            max_minutes=args.max_minutes,
-            stop_at=args.stop_at,
-            init=args.init,
-            image_levels=tuple(args.image_levels),
-            video_levels=tuple(args.video_levels),
-            curriculum_fraction=args.curriculum_fraction,
-            caption_fraction=args.caption_fraction,
-            word_fraction=args.word_fraction,
-            lookup_fraction=args.lookup_fraction,
-            warmup=args.warmup,
-            vision_lr=args.vision_lr,
-        )
+        # every TrainConfig field the command line has, by name (nargs lists as the tuples TrainConfig holds)
+        given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+        cfg = TrainConfig(**{name: tuple(v) if isinstance(v, list) else v for name, v in given.items()})
         spec = _run_spec(cfg, SMALL if args.small else None, args.spec)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))

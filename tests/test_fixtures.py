@@ -325,6 +325,41 @@ def test_cli_rejects_a_bad_run_as_a_usage_error(tmp_path, capsys, options, messa
     assert not (tmp_path / "run").exists()
 
 
+def test_cli_passes_every_training_flag_to_the_run(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(fixtures, "_fit", lambda cfg, spec, *rest: ran.append(cfg))
+    flags = (
+        "--batch-size 4 --lr 2e-3 --vision-lr 3e-3 --eval-every 5 --eval-size 8 --video-batch-size 2 --video-every 3"
+    )
+    flags += " --workers 1 --max-minutes 1.5 --stop-at 7 --seed 3 --image-levels 1 2 --video-levels 0 1 --warmup 4"
+    flags += " --curriculum-fraction 0.2 --caption-fraction 0.1 --word-fraction 0.3 --lookup-fraction 0.1 --small"
+    fixtures.main(["train", "--family", "qwen2_5_vl", "--steps", "10", *flags.split(), "--out", str(tmp_path)])
+    assert ran == [
+        fixtures.TrainConfig(
+            "qwen2_5_vl",
+            10,
+            4,
+            2e-3,
+            vision_lr=3e-3,
+            eval_every=5,
+            eval_size=8,
+            video_batch_size=2,
+            video_every=3,
+            workers=1,
+            max_minutes=1.5,
+            stop_at=7,
+            seed=3,
+            image_levels=(1, 2),
+            video_levels=(0, 1),
+            warmup=4,
+            curriculum_fraction=0.2,
+            caption_fraction=0.1,
+            word_fraction=0.3,
+            lookup_fraction=0.1,
+        )
+    ]
+
+
 def test_a_continued_gemma3_can_read_more_visual_tokens(tmp_path):
     """pooled_side and sliding_window keep the weights' shapes, so a continued Gemma-3 fixture may read its image
     unpooled (4x the visual tokens) with a window that covers them."""
