@@ -15,7 +15,8 @@ loss on the answer tokens only) with JSONL curves, validation accuracy and resum
 ``llava``       CLIP tower (64x64, patch 4 -> 16x16 patches + CLS; layer -2, CLS dropped): 256 tokens.
 ``qwen2_5_vl``  Qwen2.5-VL tower (patch 4, merge 2, windows of 4x4 merged tokens): 64 tokens per image;
                 a video of ``F`` frames (padded to even) gives ``F / 2 * 64`` tokens.
-``gemma3``      SigLIP tower (64x64, patch 4 -> 16x16 patches, pooled 2x2): 64 tokens per image.
+``gemma3``      SigLIP tower (64x64, patch 4 -> 16x16 patches, pooled 2x2): 64 tokens per image;
+                ``pooled_side=16`` (the shipped one) reads them unpooled: 256.
 ==============  ==================================================================================
 
 Videos for Qwen go through ``Qwen2VLVideoProcessor`` when torchvision is importable; without it (the CPU
