@@ -127,6 +127,9 @@ class FixtureSpec:
     text_intermediate: int = 384
     merge: int = 2  # Qwen spatial merge
     rope_theta: int = 10_000  # Qwen's M-RoPE base: how fast its row and column sections turn (docs/fixtures.md)
+    # Qwen's vision attention windows, pixels a side: 4 x 4 merged tokens, as the real model's 112 at patch 14. A
+    # fixed size in pixels, as there, so a larger image has more windows, not larger ones.
+    vision_window: int = 32
     pooled_side: int = 8  # Gemma-3 pooled grid side: mm_tokens_per_image = pooled_side ** 2
     sliding_window: int = 128  # Gemma-3 local layers
     max_positions: int = 4096
@@ -143,6 +146,11 @@ class FixtureSpec:
             raise ValueError(
                 f"FixtureSpec.feature_layer={self.feature_layer} names no output of {self.vision_layers} vision "
                 f"layers ({-self.vision_layers - 1}: the embeddings, -1 or {self.vision_layers}: the last layer)"
+            )
+        if self.vision_window % (self.patch_size * self.merge):
+            raise ValueError(
+                f"FixtureSpec.vision_window={self.vision_window} must be a multiple of patch_size x merge "
+                f"({self.patch_size * self.merge}): Qwen's windows are whole merged tokens"
             )
         if self.feature_layer == 0:  # transformers asks the tower for hidden states only if the layer is truthy
             raise ValueError(
@@ -175,6 +183,7 @@ SMALL = FixtureSpec(
     text_intermediate=128,
     pooled_side=4,
     sliding_window=32,
+    vision_window=16,
 )
 
 
@@ -183,6 +192,7 @@ _FAMILY_FIELDS = {
     "feature_layer": "llava",
     "merge": "qwen2_5_vl",
     "rope_theta": "qwen2_5_vl",
+    "vision_window": "qwen2_5_vl",
     "pooled_side": "gemma3",
     "sliding_window": "gemma3",
     "decoder": "llava",
@@ -500,7 +510,7 @@ def _config(family: str, spec: FixtureSpec, vocab_size: int, ids: dict[str, int]
             "patch_size": spec.patch_size,
             "spatial_merge_size": spec.merge,
             "temporal_patch_size": 2,
-            "window_size": spec.image_size // 2,  # 2x2 windows per image
+            "window_size": spec.vision_window,
             "fullatt_block_indexes": list(range(spec.vision_layers - 1, -1, -2))[::-1],  # every other, last full
         }
         return Qwen2_5_VLConfig(
@@ -669,6 +679,19 @@ def _pil(images: torch.Tensor) -> list:
     return [Image.fromarray(a) for a in images.permute(0, 2, 3, 1).cpu().numpy()]
 
 
+def resized_for(processor: ProcessorMixin, images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, 3, h, w]`` images (or a clip's frames) at the processor's square image side, each resized as
+    its image processor resizes what it is given (PIL, with its resampling; unchanged if already that size).
+    Rendered scenes made so are what a fixture whose image size is not the data's is served; Qwen's frames go
+    the same way where no video processor is (transformers' resizes them with torchvision instead)."""
+    side = image_side(processor)
+    if tuple(images.shape[-2:]) == (side, side):
+        return images
+    resample = processor.image_processor.resample
+    frames = [np.asarray(image.resize((side, side), resample)) for image in _pil(images)]
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+
+
 def _qwen_grids(processor: ProcessorMixin, frames: Sequence[int]) -> torch.Tensor:
     """``grid_thw`` of clips of ``frames`` frames (an image is one frame) at the fixture's image side."""
     ip = processor.image_processor
@@ -739,7 +762,7 @@ def encode(
         if len(rates) != 1:
             raise ValueError(f"the video processor takes one frame rate per batch, got {sorted(rates)}")
         return processor(videos=clips, text=list(texts), fps=rates.pop(), **kwargs)
-    rows, grids = _qwen_patches(processor, [v.cpu() for v in videos])
+    rows, grids = _qwen_patches(processor, [resized_for(processor, v.cpu()) for v in videos])
     features = {"pixel_values_videos": rows, "video_grid_thw": grids}
     merge = processor.image_processor.merge_size**2
     token = processor.video_token
@@ -911,6 +934,10 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop early (checkpoint and model saved) after this long; 0: no limit
     stop_at: int = 0  # stop early (checkpoint and model saved) after this step, on the schedule of `steps`; 0: none
     init: str = ""  # a saved fixture directory to start from (a new schedule and optimizer); "": random init
+    # The side scenes are rendered at (0: the model's image size). The processor's resize takes them to the model's
+    # size, as it takes the 64 x 64 test sets to a fixture of another size: so such a fixture trains on what it is
+    # served (`resized_for`).
+    scene_size: int = 0
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -919,7 +946,7 @@ class TrainConfig:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
         if not 0 <= self.stop_at <= self.steps:
             raise ValueError(f"stop_at must be between 1 and steps ({self.steps}), or 0 for none; got {self.stop_at}")
-        names = ("video_every", "video_batch_size", "workers", "max_minutes", "vision_lr")
+        names = ("video_every", "video_batch_size", "workers", "max_minutes", "vision_lr", "scene_size")
         negative = [n for n in names if getattr(self, n) < 0]
         if negative:
             raise ValueError(f"{', '.join(negative)} must be >= 0")
@@ -986,7 +1013,8 @@ def _step_rng(cfg: TrainConfig, step: int) -> np.random.Generator:
 
 
 def step_examples(processor: ProcessorMixin, cfg: TrainConfig, step: int, size: int) -> dict:
-    """The CPU half of step ``step``'s batch: token tensors and uint8 ``images`` (or a list of ``videos``)."""
+    """The CPU half of step ``step``'s batch: token tensors and uint8 ``images`` (or a list of ``videos``), of
+    scenes rendered at ``size`` and resized to the processor's side as it would resize them."""
     rng = _step_rng(cfg, step)
     if cfg.is_video_step(step):
         n = cfg.video_batch_size or max(1, cfg.batch_size // 4)
@@ -996,6 +1024,7 @@ def step_examples(processor: ProcessorMixin, cfg: TrainConfig, step: int, size: 
             clips += vb.videos
             items += [(synthetic.video_caption(tl), qs[0]) for tl, qs in zip(vb.timelines, vb.questions)]
         prompts, answers = _examples(items, "video", rng, cfg)
+        clips = [resized_for(processor, clip) for clip in clips]
         return {**_tokens(processor, prompts, answers, "video", [len(c) for c in clips]), "videos": clips}
     images, items = [], []
     for level, k in Counter(_example_levels(cfg.image_levels, step, cfg.batch_size, cfg, rng)).items():
@@ -1003,7 +1032,7 @@ def step_examples(processor: ProcessorMixin, cfg: TrainConfig, step: int, size: 
         images.append(ib.images)
         items += [(synthetic.caption(scene), q) for scene, q in zip(ib.scenes, ib.questions)]
     prompts, answers = _examples(items, "image", rng, cfg)
-    return {**_tokens(processor, prompts, answers, "image"), "images": torch.cat(images)}
+    return {**_tokens(processor, prompts, answers, "image"), "images": resized_for(processor, torch.cat(images))}
 
 
 class QwenIndex:
@@ -1262,8 +1291,9 @@ def _fit(
                 f"later stop_at, or none (0) to run on to steps={cfg.steps}"
             )
     (out_dir / "config.json").write_text(json.dumps({"train": asdict(cfg), "spec": asdict(spec)}, indent=2) + "\n")
+    scenes = cfg.scene_size or spec.image_size
     loader = torch.utils.data.DataLoader(
-        _Stream(processor, cfg, step, spec.image_size, QwenIndex(model.config) if family == "qwen2_5_vl" else None),
+        _Stream(processor, cfg, step, scenes, QwenIndex(model.config) if family == "qwen2_5_vl" else None),
         batch_size=None,
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
@@ -1300,7 +1330,7 @@ def _fit(
             if cfg.eval_every and (done % cfg.eval_every == 0 or last):
                 for medium in ("image", "video") if family == "qwen2_5_vl" and cfg.video_every else ("image",):
                     levels = cfg.image_levels if medium == "image" else cfg.video_levels
-                    where = {"level": levels[1], "size": spec.image_size, "medium": medium, "batch_size": 128}
+                    where = {"level": levels[1], "size": scenes, "medium": medium, "batch_size": 128}
                     try:
                         acc = evaluate(model, processor, cfg.eval_size, cfg.seed, **where)
                     except Exception as error:  # an evaluation bug must not throw away the training run
@@ -1320,20 +1350,25 @@ def _fit(
 # and the depths it can grow to.
 _CHANGEABLE = ("feature_layer", "rope_theta", "pooled_side", "sliding_window")
 _GROWABLE = ("vision_layers", "text_layers")
+# Qwen2.5-VL's tower has no position table sized by the image (its rotary positions follow the patch grid), so a
+# continued Qwen2.5-VL fixture may also read larger images, and its windows have no weights; CLIP's and SigLIP's
+# learned positions fix their image size.
+_CHANGEABLE_BY_FAMILY = {"qwen2_5_vl": ("image_size", "vision_window")}
 
 
 def check_continuation(family: str, saved: FixtureSpec, spec: FixtureSpec, directory: str | Path) -> None:
     """Refuse to continue the fixture in ``directory``, saved from ``saved``, as a run of ``spec`` that changes
     its architecture (sizes, decoder) or grows it in a way ``check_growth`` refuses."""
+    changeable = _CHANGEABLE + _CHANGEABLE_BY_FAMILY.get(family, ())
     changed = [
         f"{f.name} {getattr(saved, f.name)} -> {getattr(spec, f.name)}"
         for f in fields(FixtureSpec)
-        if f.name not in _CHANGEABLE + _GROWABLE and getattr(saved, f.name) != getattr(spec, f.name)
+        if f.name not in changeable + _GROWABLE and getattr(saved, f.name) != getattr(spec, f.name)
     ]
     if changed:
         raise ValueError(
             f"--init {directory} cannot continue with {', '.join(changed)}: a continued fixture keeps its "
-            f"architecture; it can change {', '.join(_CHANGEABLE)} and grow ({', '.join(_GROWABLE)})"
+            f"architecture; it can change {', '.join(changeable)} and grow ({', '.join(_GROWABLE)})"
         )
     check_growth(family, saved, spec)
 
@@ -1390,6 +1425,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="stop early, saving everything, after this step (on the schedule of --steps)",
     )
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--scene-size",
+        type=int,
+        default=0,
+        help="render the scenes at this side and resize them as the processor does (default: the image size)",
+    )
     t.add_argument(
         "--init",
         default="",

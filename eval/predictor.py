@@ -93,7 +93,7 @@ class ModelPredictor:
             conversation = [{"role": "user", "content": [*parts, {"type": "text", "text": sample.prompt}]}]
             texts.append(self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False))
         if as_video and self.video_side is not None:
-            clips = [_clip(sample.frames, self.video_side) for sample in samples]
+            clips = [_clip(sample.frames) for sample in samples]
             batch = fixtures.encode(self.processor, texts, videos=clips, fps=[_frame_rate(s) for s in samples])
         else:
             media = [[Image.fromarray(frame) for frame in sample.frames] for sample in samples]
@@ -136,15 +136,9 @@ def _frame_rate(sample: Sample) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
-def _clip(frames: list[np.ndarray], side: int) -> torch.Tensor:
-    """uint8 ``[T, 3, side, side]`` from RGB frames, resized (bicubic) where they are not that size already."""
-    resized = [
-        frame
-        if frame.shape[:2] == (side, side)
-        else np.asarray(Image.fromarray(frame).resize((side, side), Image.BICUBIC))
-        for frame in frames
-    ]
-    return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous()
+def _clip(frames: list[np.ndarray]) -> torch.Tensor:
+    """uint8 ``[T, 3, H, W]`` from one video's RGB frames; ``fixtures.encode`` resizes them as the processor would."""
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
 
 
 class _FirstPass:

@@ -298,6 +298,7 @@ def test_rope_theta_sets_qwens_mrope_frequencies():
         ("feature_layer=0", "cannot read layer 0; name the embeddings -5"),
         ("pooled_side=16", "only gemma3 models read pooled_side, not llava"),
         ("rope_theta=100", "only qwen2_5_vl models read rope_theta, not llava"),
+        ("vision_window=16", "only qwen2_5_vl models read vision_window, not llava"),
         ("decoder=mistral", "decoder='mistral': choose one of llama, gemma3_text"),
     ],
 )
@@ -314,6 +315,7 @@ def test_cli_rejects_a_bad_spec_change(tmp_path, capsys, change, message):
         (["--caption-fraction", "0.9", "--word-fraction", "0.5"], "sum to at most 1"),
         (["--image-levels", "0", "9"], "image_levels must be 0 <= lo <= hi < 5"),
         (["--workers", "-1"], "workers must be >= 0"),
+        (["--scene-size", "-1"], "scene_size must be >= 0"),
     ],
 )
 def test_cli_rejects_a_bad_run_as_a_usage_error(tmp_path, capsys, options, message):
@@ -333,6 +335,7 @@ def test_cli_passes_every_training_flag_to_the_run(tmp_path, monkeypatch):
     )
     flags += " --workers 1 --max-minutes 1.5 --stop-at 7 --seed 3 --image-levels 1 2 --video-levels 0 1 --warmup 4"
     flags += " --curriculum-fraction 0.2 --caption-fraction 0.1 --word-fraction 0.3 --lookup-fraction 0.1 --small"
+    flags += " --scene-size 24"
     fixtures.main(["train", "--family", "qwen2_5_vl", "--steps", "10", *flags.split(), "--out", str(tmp_path)])
     assert ran == [
         fixtures.TrainConfig(
@@ -356,6 +359,7 @@ def test_cli_passes_every_training_flag_to_the_run(tmp_path, monkeypatch):
             caption_fraction=0.1,
             word_fraction=0.3,
             lookup_fraction=0.1,
+            scene_size=24,
         )
     ]
 
@@ -373,6 +377,56 @@ def test_a_continued_gemma3_can_read_more_visual_tokens(tmp_path):
     assert fixtures.saved_spec(tmp_path / "b" / "model") == spec
     with pytest.raises(ValueError, match="it can change feature_layer, rope_theta, pooled_side, sliding_window"):
         fixtures.train("gemma3", 1, 2, out_dir=tmp_path / "c", spec=replace(spec, text_hidden=128), init=init)
+
+
+def test_a_continued_qwen_can_read_larger_images(tmp_path):
+    """Qwen2.5-VL's tower has no position table sized by the image, so a continued Qwen2.5-VL fixture may read
+    larger images (more visual tokens) from the same weights, trained on scenes of the data's size resized as its
+    processor resizes them; LLaVA's CLIP positions fix its size."""
+    model, processor = fixtures.build("qwen2_5_vl", spec=fixtures.SMALL)
+    fixtures.save(model, processor, tmp_path / "a", fixtures.SMALL)
+    spec = fixtures.spec_with("qwen2_5_vl", fixtures.SMALL, ["image_size=48"])
+    init, options = str(tmp_path / "a"), {"eval_every": 1, "eval_size": 2, "warmup": 1, "scene_size": 32}
+    larger = fixtures.train("qwen2_5_vl", 2, 2, out_dir=tmp_path / "b", spec=spec, init=init, **options)
+    grown = {k: v.shape for k, v in larger.state_dict().items()}
+    assert grown == {k: v.shape for k, v in model.state_dict().items()}  # the same weights, read at 48 x 48
+    served, processor = fixtures.load(tmp_path / "b" / "model")
+    inputs = _image_inputs(processor)  # 64 x 64 validation scenes, which its processor resizes to 48 x 48
+    assert (inputs["input_ids"] == served.config.image_token_id).sum(1).tolist() == [36, 36]  # 16 at 32 x 32
+    with torch.no_grad():
+        assert served(**inputs).logits.isfinite().all()
+    assert fixtures.saved_spec(tmp_path / "b" / "model") == spec
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert {r["eval"] for r in log if "eval" in r} == {"image", "video"}
+    assert not any("error" in r for r in log), log  # its evaluations resize the 32 x 32 scenes too
+    model, processor = fixtures.build("llava", spec=fixtures.SMALL)
+    fixtures.save(model, processor, tmp_path / "c", fixtures.SMALL)
+    llava = fixtures.spec_with("llava", fixtures.SMALL, ["image_size=48"])
+    with pytest.raises(
+        ValueError,
+        match="image_size 32 -> 48: a continued fixture keeps its architecture; it can "
+        "change feature_layer, rope_theta, pooled_side, sliding_window and grow",
+    ):
+        fixtures.train("llava", 1, 2, out_dir=tmp_path / "d", spec=llava, init=str(tmp_path / "c"))
+
+
+def test_qwen_windows_are_whole_merged_tokens_of_a_fixed_size():
+    with pytest.raises(ValueError, match="vision_window=12 must be a multiple of patch_size x merge \\(8\\)"):
+        fixtures.FixtureSpec(vision_window=12)
+    spec = fixtures.spec_with("qwen2_5_vl", fixtures.SMALL, ["image_size=64"])
+    model, _ = fixtures.build("qwen2_5_vl", spec=spec)
+    assert model.config.vision_config.window_size == fixtures.SMALL.vision_window == 16  # more windows, not larger
+
+
+def test_step_examples_render_scenes_at_their_size_and_serve_them_at_the_models():
+    _, processor = fixtures.build("qwen2_5_vl", spec=fixtures.SMALL)
+    cfg = fixtures.TrainConfig("qwen2_5_vl", steps=2, batch_size=4, video_batch_size=2)
+    images, video = (fixtures.step_examples(processor, cfg, step, 24) for step in (0, 1))
+    assert images["images"].shape == (4, 3, 32, 32)
+    assert all(clip.shape[-2:] == (32, 32) for clip in video["videos"])
+    rendered = fixtures.step_examples(processor, cfg, 0, 32)  # the same scenes, rendered at the model's size
+    assert torch.equal(images["input_ids"], rendered["input_ids"])
+    assert not torch.equal(images["images"], rendered["images"])
 
 
 def test_llava_on_gemma3s_decoder(tmp_path):
@@ -419,12 +473,17 @@ def _reference_inputs(processor, prompts, answers, medium, **visual):
     return fixtures.encode(processor, texts, padding_side="right", **visual)
 
 
-def test_training_inputs_match_processor(built):
+@pytest.mark.parametrize("scene_size", [64, 48])
+def test_training_inputs_match_processor(built, scene_size):
+    """What training feeds the model is what the processor makes of the same scenes; rendered at another size
+    than the model's (as the 64 x 64 test sets are for a fixture continued at 96 x 96), once ``resized_for``."""
     _, _, processor = built
-    batch = synthetic.image_batch(3, 1, synthetic.IMAGE_CURRICULUM[-1])
+    batch = synthetic.image_batch(3, 1, synthetic.IMAGE_CURRICULUM[-1], size=scene_size)
     prompts = [synthetic.caption(batch.scenes[0])[0], batch.questions[1].text, synthetic.mc_prompt(batch.questions[2])]
     answers = [synthetic.caption(batch.scenes[0])[1], batch.questions[1].answer_word, batch.questions[2].answer]
-    fast = fixtures.training_inputs(processor, prompts, answers, "image", images=batch.images)
+    served = fixtures.resized_for(processor, batch.images)
+    assert served.shape[-2:] == (64, 64) and served.dtype == torch.uint8
+    fast = fixtures.training_inputs(processor, prompts, answers, "image", images=served)
     reference = _reference_inputs(processor, prompts, answers, "image", images=batch.images)
     assert set(fast) == set(reference) | {"labels"}
     for key, value in reference.items():
@@ -436,16 +495,22 @@ def test_training_inputs_match_processor(built):
         assert supervised == tok(answer + tok.eos_token, add_special_tokens=False)["input_ids"]
 
 
-def test_training_inputs_match_processor_on_videos():
+@pytest.mark.parametrize("scene_size", [fixtures.SMALL.image_size, 24])
+def test_training_inputs_match_processor_on_videos(scene_size):
     _, processor = fixtures.build("qwen2_5_vl", spec=fixtures.SMALL)
-    batch = synthetic.video_batch(2, 0, synthetic.VIDEO_CURRICULUM[-1], size=fixtures.SMALL.image_size)
+    batch = synthetic.video_batch(2, 0, synthetic.VIDEO_CURRICULUM[-1], size=scene_size)
     assert len({len(v) for v in batch.videos}) == 2  # different lengths, odd or even
     prompts = [synthetic.video_caption(batch.timelines[0])[0], synthetic.mc_prompt(batch.questions[1][0], "video")]
     answers = [synthetic.video_caption(batch.timelines[0])[1], batch.questions[1][0].answer]
-    fast = fixtures.training_inputs(processor, prompts, answers, "video", videos=batch.videos)
+    served = [fixtures.resized_for(processor, clip) for clip in batch.videos]
+    fast = fixtures.training_inputs(processor, prompts, answers, "video", videos=served)
     reference = _reference_inputs(processor, prompts, answers, "video", videos=batch.videos)
+    # Without torchvision (here, CI) ``encode`` resizes frames as ``resized_for`` does (PIL); transformers' video
+    # processor resizes them with torchvision, whose bicubic is PIL's to one level in a few pixels.
+    resized_elsewhere = scene_size != fixtures.SMALL.image_size and processor.video_processor is not None
+    level = 1 / 255 / min(processor.image_processor.image_std) if resized_elsewhere else 0.0
     for key, value in reference.items():
-        torch.testing.assert_close(fast[key].to(value.dtype), value, rtol=0, atol=1e-6, msg=key)
+        torch.testing.assert_close(fast[key].to(value.dtype), value, rtol=0, atol=level + 1e-6, msg=key)
 
 
 def test_step_examples_are_a_function_of_seed_and_step():
