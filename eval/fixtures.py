@@ -1348,12 +1348,12 @@ def _fit(
 
 # What a continued fixture may change of the spec it was saved with: the fields that keep its weights' shapes,
 # and the depths it can grow to.
-_CHANGEABLE = ("feature_layer", "rope_theta", "pooled_side", "sliding_window")
+_CHANGEABLE = ("feature_layer", "rope_theta", "pooled_side", "sliding_window", "vision_window")
 _GROWABLE = ("vision_layers", "text_layers")
-# Qwen2.5-VL's tower has no position table sized by the image (its rotary positions follow the patch grid), so a
-# continued Qwen2.5-VL fixture may also read larger images, and its windows have no weights; CLIP's and SigLIP's
-# learned positions fix their image size.
-_CHANGEABLE_BY_FAMILY = {"qwen2_5_vl": ("image_size", "vision_window")}
+# Every family reads image_size, but only Qwen2.5-VL's tower has no position table sized by it (its rotary
+# positions follow the patch grid), so only a continued Qwen2.5-VL fixture may read larger images; CLIP's and
+# SigLIP's learned positions fix theirs.
+_CHANGEABLE_BY_FAMILY = {"qwen2_5_vl": ("image_size",)}
 
 
 def check_continuation(family: str, saved: FixtureSpec, spec: FixtureSpec, directory: str | Path) -> None:

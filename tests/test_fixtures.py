@@ -405,7 +405,7 @@ def test_a_continued_qwen_can_read_larger_images(tmp_path):
     with pytest.raises(
         ValueError,
         match="image_size 32 -> 48: a continued fixture keeps its architecture; it can "
-        "change feature_layer, rope_theta, pooled_side, sliding_window and grow",
+        "change feature_layer, rope_theta, pooled_side, sliding_window, vision_window and grow",
     ):
         fixtures.train("llava", 1, 2, out_dir=tmp_path / "d", spec=llava, init=str(tmp_path / "c"))
 
