@@ -43,8 +43,8 @@ def load(path: str | Path, dtype: torch.dtype, device: str) -> tuple[nn.Module, 
 class ModelPredictor:
     def __init__(self, model: nn.Module, processor: Any, max_new_tokens: int = 16) -> None:
         self.model, self.processor, self.max_new_tokens = model, processor, max_new_tokens
-        self.video_side = _patchify_side(processor)
-        self.as_video = getattr(processor, "video_processor", None) is not None or self.video_side is not None
+        self.patchifies_videos = _patchifies_videos(processor)
+        self.as_video = getattr(processor, "video_processor", None) is not None or self.patchifies_videos
         self._policy: str | None = None
         tokenizer = getattr(processor, "tokenizer", processor)
         tokenizer.padding_side = "left"  # generation appends on the right
@@ -66,7 +66,7 @@ class ModelPredictor:
         """(as a video?, the frame rate a video processor must be told): a video processor takes one rate per
         call, and Qwen's temporal positions follow it, so videos sampled at different rates go separately."""
         video = self.as_video and sample.medium == "video"
-        return video, round(_frame_rate(sample), 6) if video and self.video_side is None else None
+        return video, round(_frame_rate(sample), 6) if video and not self.patchifies_videos else None
 
     def _generate(self, samples: list[Sample], as_video: bool, fps: float | None = None) -> list[Prediction]:
         inputs = self._inputs(samples, as_video, fps)
@@ -92,8 +92,8 @@ class ModelPredictor:
             parts = [visual] if as_video else [visual] * len(sample.frames)
             conversation = [{"role": "user", "content": [*parts, {"type": "text", "text": sample.prompt}]}]
             texts.append(self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False))
-        if as_video and self.video_side is not None:
-            clips = [_clip(sample.frames) for sample in samples]
+        if as_video and self.patchifies_videos:
+            clips = [_clip(self.processor, sample.frames) for sample in samples]
             batch = fixtures.encode(self.processor, texts, videos=clips, fps=[_frame_rate(s) for s in samples])
         else:
             media = [[Image.fromarray(frame) for frame in sample.frames] for sample in samples]
@@ -102,11 +102,11 @@ class ModelPredictor:
         return batch.to(self.model.device)
 
 
-def _patchify_side(processor: Any) -> int | None:
-    """The frame side ``fixtures.encode`` patchifies videos at, for a Qwen2.5-VL processor without a video
-    processor whose pixel budget is one square size (min = max pixels, as the fixtures' are); else None."""
+def _patchifies_videos(processor: Any) -> bool:
+    """Whether ``fixtures.encode`` patchifies this processor's videos: a Qwen2.5-VL processor without a video
+    processor whose pixel budget is one square size (min = max pixels, as the fixtures' are), the frame size."""
     if getattr(processor, "video_processor", None) is not None or not isinstance(processor, Qwen2_5_VLProcessor):
-        return None
+        return False
     size = processor.image_processor.size
     pixels = size.get("longest_edge")
     side = fixtures.image_side(processor) if pixels else 0
@@ -117,8 +117,8 @@ def _patchify_side(processor: Any) -> int | None:
             "to give them as videos",
             stacklevel=3,
         )
-        return None
-    return side
+        return False
+    return True
 
 
 def _entry_bytes(model: nn.Module) -> int:
@@ -136,9 +136,13 @@ def _frame_rate(sample: Sample) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
-def _clip(frames: list[np.ndarray]) -> torch.Tensor:
-    """uint8 ``[T, 3, H, W]`` from one video's RGB frames; ``fixtures.encode`` resizes them as the processor would."""
-    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+def _clip(processor: Any, frames: list[np.ndarray]) -> torch.Tensor:
+    """uint8 ``[T, 3, H, W]`` from one video's RGB frames. ``fixtures.encode`` resizes a clip as the processor
+    would; frames of different sizes (which cannot be stacked) are resized here, one by one, the same way."""
+    tensors = [torch.from_numpy(frame).permute(2, 0, 1)[None] for frame in frames]
+    if len({tensor.shape for tensor in tensors}) > 1:
+        tensors = [fixtures.resized_for(processor, tensor) for tensor in tensors]
+    return torch.cat(tensors).contiguous()
 
 
 class _FirstPass:

@@ -97,9 +97,11 @@ def test_qwen_gets_video_tokens_without_a_video_processor(qwen):
     sample = video_sample(4, side=48)  # frames of another size are resized to the fixture's 64x64
     ids = qwen._inputs([sample], as_video=True)["input_ids"]
     assert (ids == video).sum() == 2 * 64 and not (ids == image).any()
-    assert qwen.as_video and (processor.video_processor is not None or qwen.video_side == 64)
+    assert qwen.as_video and (processor.video_processor is not None or qwen.patchifies_videos)
+    mixed = video_sample(2)
+    mixed.frames[1] = mixed.frames[1][:40, :56]  # frames of different sizes in one clip: each resized alone
     picture = video_sample(1, medium="image")
-    batch = [sample, picture, video_sample(6)]  # videos and a picture: one generate each, answers in order
+    batch = [sample, picture, video_sample(6), mixed]  # videos and a picture: one generate each, answers in order
     predictions = qwen.predict("none", batch)
-    assert [p.visual_tokens_in for p in predictions] == [2 * 64, 64, 3 * 64]
+    assert [p.visual_tokens_in for p in predictions] == [2 * 64, 64, 3 * 64, 64]
     assert all(isinstance(p.response, str) for p in predictions)
