@@ -1012,10 +1012,17 @@ def _step_rng(cfg: TrainConfig, step: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(cfg.seed, spawn_key=(3, step))))
 
 
-def step_examples(processor: ProcessorMixin, cfg: TrainConfig, step: int, size: int) -> dict:
+def _scene_side(processor: ProcessorMixin, cfg: TrainConfig) -> int:
+    """The side training and validation scenes are rendered at: ``cfg.scene_size``, or the processor's."""
+    return cfg.scene_size or image_side(processor)
+
+
+def step_examples(processor: ProcessorMixin, cfg: TrainConfig, step: int) -> dict:
     """The CPU half of step ``step``'s batch: token tensors and uint8 ``images`` (or a list of ``videos``), of
-    scenes rendered at ``size`` and resized to the processor's side as it would resize them."""
+    scenes rendered at ``cfg.scene_size`` (0: the processor's side) and resized to the processor's side as it
+    would resize them."""
     rng = _step_rng(cfg, step)
+    size = _scene_side(processor, cfg)
     if cfg.is_video_step(step):
         n = cfg.video_batch_size or max(1, cfg.batch_size // 4)
         clips, items = [], []
@@ -1077,10 +1084,8 @@ class _Stream(torch.utils.data.IterableDataset):
     """Steps ``start .. cfg.steps - 1`` in order; loader worker ``w`` of ``W`` makes steps ``start + w + k W``
     (the loader takes from workers in turn, so the order is kept). ``index`` adds Qwen's index tensors."""
 
-    def __init__(
-        self, processor: ProcessorMixin, cfg: TrainConfig, start: int, size: int, index: QwenIndex | None = None
-    ) -> None:
-        self.processor, self.cfg, self.start, self.size, self.index = processor, cfg, start, size, index
+    def __init__(self, processor: ProcessorMixin, cfg: TrainConfig, start: int, index: QwenIndex | None = None) -> None:
+        self.processor, self.cfg, self.start, self.index = processor, cfg, start, index
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -1088,7 +1093,7 @@ class _Stream(torch.utils.data.IterableDataset):
         if info:
             torch.set_num_threads(1)
         for step in range(self.start + worker, self.cfg.steps, workers):
-            batch = step_examples(self.processor, self.cfg, step, self.size)
+            batch = step_examples(self.processor, self.cfg, step)
             if self.index is not None:
                 batch.update(self.index(self.processor, batch))
             yield step, batch
@@ -1291,9 +1296,8 @@ def _fit(
                 f"later stop_at, or none (0) to run on to steps={cfg.steps}"
             )
     (out_dir / "config.json").write_text(json.dumps({"train": asdict(cfg), "spec": asdict(spec)}, indent=2) + "\n")
-    scenes = cfg.scene_size or spec.image_size
     loader = torch.utils.data.DataLoader(
-        _Stream(processor, cfg, step, scenes, QwenIndex(model.config) if family == "qwen2_5_vl" else None),
+        _Stream(processor, cfg, step, QwenIndex(model.config) if family == "qwen2_5_vl" else None),
         batch_size=None,
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
@@ -1330,7 +1334,8 @@ def _fit(
             if cfg.eval_every and (done % cfg.eval_every == 0 or last):
                 for medium in ("image", "video") if family == "qwen2_5_vl" and cfg.video_every else ("image",):
                     levels = cfg.image_levels if medium == "image" else cfg.video_levels
-                    where = {"level": levels[1], "size": scenes, "medium": medium, "batch_size": 128}
+                    size = _scene_side(processor, cfg)
+                    where = {"level": levels[1], "size": size, "medium": medium, "batch_size": 128}
                     try:
                         acc = evaluate(model, processor, cfg.eval_size, cfg.seed, **where)
                     except Exception as error:  # an evaluation bug must not throw away the training run

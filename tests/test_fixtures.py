@@ -420,11 +420,11 @@ def test_qwen_windows_are_whole_merged_tokens_of_a_fixed_size():
 
 def test_step_examples_render_scenes_at_their_size_and_serve_them_at_the_models():
     _, processor = fixtures.build("qwen2_5_vl", spec=fixtures.SMALL)
-    cfg = fixtures.TrainConfig("qwen2_5_vl", steps=2, batch_size=4, video_batch_size=2)
-    images, video = (fixtures.step_examples(processor, cfg, step, 24) for step in (0, 1))
+    cfg = fixtures.TrainConfig("qwen2_5_vl", steps=2, batch_size=4, video_batch_size=2, scene_size=24)
+    images, video = (fixtures.step_examples(processor, cfg, step) for step in (0, 1))
     assert images["images"].shape == (4, 3, 32, 32)
     assert all(clip.shape[-2:] == (32, 32) for clip in video["videos"])
-    rendered = fixtures.step_examples(processor, cfg, 0, 32)  # the same scenes, rendered at the model's size
+    rendered = fixtures.step_examples(processor, replace(cfg, scene_size=0), 0)  # rendered at the model's 32
     assert torch.equal(images["input_ids"], rendered["input_ids"])
     assert not torch.equal(images["images"], rendered["images"])
 
@@ -516,9 +516,8 @@ def test_training_inputs_match_processor_on_videos(scene_size):
 def test_step_examples_are_a_function_of_seed_and_step():
     _, processor = fixtures.build("qwen2_5_vl", spec=fixtures.SMALL)
     cfg = fixtures.TrainConfig("qwen2_5_vl", steps=4, batch_size=6, video_batch_size=2)
-    size = fixtures.SMALL.image_size
-    serial = [(step, fixtures.step_examples(processor, cfg, step, size)) for step in range(1, 4)]
-    loader = torch.utils.data.DataLoader(fixtures._Stream(processor, cfg, 1, size), batch_size=None, num_workers=2)
+    serial = [(step, fixtures.step_examples(processor, cfg, step)) for step in range(1, 4)]
+    loader = torch.utils.data.DataLoader(fixtures._Stream(processor, cfg, 1), batch_size=None, num_workers=2)
     parallel = list(loader)
     assert [s for s, _ in parallel] == [1, 2, 3]
     for (_, a), (_, b) in zip(serial, parallel):
@@ -527,7 +526,7 @@ def test_step_examples_are_a_function_of_seed_and_step():
         pixels = "videos" if "videos" in a else "images"
         assert all(torch.equal(x, y) for x, y in zip(a[pixels], b[pixels]))
     assert "videos" in serial[0][1] and "images" in serial[1][1]  # Qwen: every other step is a video batch
-    other = fixtures.step_examples(processor, replace(cfg, seed=1), 1, size)
+    other = fixtures.step_examples(processor, replace(cfg, seed=1), 1)
     assert not torch.equal(other["input_ids"], serial[0][1]["input_ids"])
 
 
@@ -602,7 +601,7 @@ def test_qwen_index_gives_the_models_own_positions(step):
     """The host-made index tensors (``QwenIndex``) leave the model's output exactly as it is without them."""
     model, processor = fixtures.build("qwen2_5_vl", spec=fixtures.SMALL)
     cfg = fixtures.TrainConfig("qwen2_5_vl", steps=2, batch_size=8, video_every=2, video_batch_size=3)
-    batch = fixtures.step_examples(processor, cfg, 1 - step, fixtures.SMALL.image_size)
+    batch = fixtures.step_examples(processor, cfg, 1 - step)
     index = fixtures.QwenIndex(model.config)(processor, batch)
     medium = "image" if "images" in batch else "video"
     assert index["position_ids"].shape == (3, *batch["input_ids"].shape)
