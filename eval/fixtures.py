@@ -147,11 +147,6 @@ class FixtureSpec:
                 f"FixtureSpec.feature_layer={self.feature_layer} names no output of {self.vision_layers} vision "
                 f"layers ({-self.vision_layers - 1}: the embeddings, -1 or {self.vision_layers}: the last layer)"
             )
-        if self.vision_window % (self.patch_size * self.merge):
-            raise ValueError(
-                f"FixtureSpec.vision_window={self.vision_window} must be a multiple of patch_size x merge "
-                f"({self.patch_size * self.merge}): Qwen's windows are whole merged tokens"
-            )
         if self.feature_layer == 0:  # transformers asks the tower for hidden states only if the layer is truthy
             raise ValueError(
                 f"FixtureSpec.feature_layer=0: LLaVA in transformers cannot read layer 0; name the embeddings "
@@ -498,6 +493,11 @@ def _config(family: str, spec: FixtureSpec, vocab_size: int, ids: dict[str, int]
             tie_word_embeddings=True,
         )
     if family == "qwen2_5_vl":
+        if spec.vision_window % (spec.patch_size * spec.merge):  # checked here: only Qwen reads the two fields
+            raise ValueError(
+                f"FixtureSpec.vision_window={spec.vision_window} must be a multiple of patch_size x merge "
+                f"({spec.patch_size * spec.merge}): Qwen's windows are whole merged tokens"
+            )
         unit = spec.head_dim // 16  # M-RoPE sections (t, h, w) sum to head_dim / 2, in Qwen's 2:3:3
         sections = [2 * unit, 3 * unit, 3 * unit]
         rope = {"rope_type": "default", "rope_theta": float(spec.rope_theta), "mrope_section": sections}

@@ -412,7 +412,8 @@ def test_a_continued_qwen_can_read_larger_images(tmp_path):
 
 def test_qwen_windows_are_whole_merged_tokens_of_a_fixed_size():
     with pytest.raises(ValueError, match="vision_window=12 must be a multiple of patch_size x merge \\(8\\)"):
-        fixtures.FixtureSpec(vision_window=12)
+        fixtures.build("qwen2_5_vl", spec=replace(fixtures.SMALL, vision_window=12))
+    fixtures.build("llava", spec=replace(fixtures.SMALL, patch_size=8, vision_window=12))  # LLaVA has no windows
     spec = fixtures.spec_with("qwen2_5_vl", fixtures.SMALL, ["image_size=64"])
     model, _ = fixtures.build("qwen2_5_vl", spec=spec)
     assert model.config.vision_config.window_size == fixtures.SMALL.vision_window == 16  # more windows, not larger
