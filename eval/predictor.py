@@ -104,7 +104,8 @@ class ModelPredictor:
 
 def _patchifies_videos(processor: Any) -> bool:
     """Whether ``fixtures.encode`` patchifies this processor's videos: a Qwen2.5-VL processor without a video
-    processor whose pixel budget is one square size (min = max pixels, as the fixtures' are), the frame size."""
+    processor whose pixel budget is one square size (min = max pixels, as the fixtures' are), which fixes the
+    side frames are resized to. A Qwen2.5-VL processor with neither gets a warning: its frames go in as images."""
     if getattr(processor, "video_processor", None) is not None or not isinstance(processor, Qwen2_5_VLProcessor):
         return False
     size = processor.image_processor.size
