@@ -906,6 +906,8 @@ class TrainConfig:
     multiple-choice prompt answered with the letter; training words and letters together from the start
     avoids the hundreds of steps a later switch costs. ``lookup_fraction`` of the examples ask the prompt's
     question by its answer (``synthetic.option_lookup``), which teaches matching an answer to its option.
+    ``focus_fraction`` of each image batch's top-level half asks only ``focus_families``, at the top of
+    ``image_levels``: more of the questions a model still gets wrong, without dropping the others.
     Every step's data is a pure function of ``(seed, step)``, whatever the number of loader workers, so a
     resumed run sees the same batches."""
 
@@ -923,6 +925,8 @@ class TrainConfig:
     caption_fraction: float = 0.2
     word_fraction: float = 0.3
     lookup_fraction: float = 0.0
+    focus_families: tuple[str, ...] = ()  # image question families (synthetic.IMAGE_FAMILIES)
+    focus_fraction: float = 0.0
     video_every: int = 2  # Qwen: every n-th step is a video batch (0: images only)
     video_batch_size: int = 0  # 0: batch_size // 4
     eval_every: int = 500
@@ -962,6 +966,20 @@ class TrainConfig:
         ):
             if not 0 <= levels[0] <= levels[1] < len(curriculum):
                 raise ValueError(f"{name} must be 0 <= lo <= hi < {len(curriculum)}, got {levels}")
+        if not 0 <= self.focus_fraction <= 1 or (self.focus_fraction > 0) != bool(self.focus_families):
+            raise ValueError(
+                f"focus_fraction={self.focus_fraction} with focus_families={self.focus_families}: give both "
+                "(a fraction in (0, 1] and the families) or neither"
+            )
+        unknown = sorted(set(self.focus_families) - set(synthetic.IMAGE_FAMILIES))
+        if unknown:
+            raise ValueError(f"focus_families {unknown}: choose from {', '.join(synthetic.IMAGE_FAMILIES)}")
+        if self.focus_families:
+            self.focus_difficulty()  # ImageDifficulty refuses families its scenes cannot ask
+
+    def focus_difficulty(self) -> synthetic.ImageDifficulty:
+        """The top image level asking only ``focus_families``."""
+        return replace(synthetic.IMAGE_CURRICULUM[self.image_levels[1]], families=self.focus_families)
 
     def is_video_step(self, step: int) -> bool:
         """Qwen: the last step of every ``video_every`` is a video batch (1: every step)."""
@@ -980,6 +998,17 @@ def _example_levels(
     top = _top_level(levels, step, cfg)
     below = rng.integers(levels[0], top + 1, size=n - n // 2).tolist()
     return [top] * (n // 2) + below
+
+
+def _image_difficulties(
+    cfg: TrainConfig, step: int, rng: np.random.Generator
+) -> list[tuple[synthetic.ImageDifficulty, int]]:
+    """(difficulty, examples) of step ``step``'s image batch: the focus examples first, taken from the top-level
+    half, then the rest by level."""
+    levels = _example_levels(cfg.image_levels, step, cfg.batch_size, cfg, rng)
+    focus = round(cfg.focus_fraction * (cfg.batch_size // 2))
+    rest = [(synthetic.IMAGE_CURRICULUM[level], k) for level, k in Counter(levels[focus:]).items()]
+    return [(cfg.focus_difficulty(), focus), *rest] if focus else rest
 
 
 def _examples(
@@ -1034,8 +1063,8 @@ def step_examples(processor: ProcessorMixin, cfg: TrainConfig, step: int) -> dic
         clips = [resized_for(processor, clip) for clip in clips]
         return {**_tokens(processor, prompts, answers, "video", [len(c) for c in clips]), "videos": clips}
     images, items = [], []
-    for level, k in Counter(_example_levels(cfg.image_levels, step, cfg.batch_size, cfg, rng)).items():
-        ib = synthetic.image_batch(k, rng, synthetic.IMAGE_CURRICULUM[level], split="train", size=size)
+    for difficulty, k in _image_difficulties(cfg, step, rng):
+        ib = synthetic.image_batch(k, rng, difficulty, split="train", size=size)
         images.append(ib.images)
         items += [(synthetic.caption(scene), q) for scene, q in zip(ib.scenes, ib.questions)]
     prompts, answers = _examples(items, "image", rng, cfg)
@@ -1452,6 +1481,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=TrainConfig.lookup_fraction,
         help="multiple-choice prompts asking which option is the answer (teaches matching an answer to its option)",
     )
+    t.add_argument(
+        "--focus-families",
+        nargs="+",
+        default=[],
+        metavar="FAMILY",
+        help="image question families that --focus-fraction of each batch's top-level half asks alone",
+    )
+    t.add_argument("--focus-fraction", type=float, default=TrainConfig.focus_fraction)
     t.add_argument("--warmup", type=int, default=TrainConfig.warmup)
     t.add_argument("--small", action="store_true", help="use the SMALL spec (CPU smoke runs)")
     t.add_argument(

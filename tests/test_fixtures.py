@@ -3,6 +3,7 @@ save/load round trip, and a CPU overfit / resume check on the SMALL spec."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import replace
@@ -316,6 +317,13 @@ def test_cli_rejects_a_bad_spec_change(tmp_path, capsys, change, message):
         (["--image-levels", "0", "9"], "image_levels must be 0 <= lo <= hi < 5"),
         (["--workers", "-1"], "workers must be >= 0"),
         (["--scene-size", "-1"], "scene_size must be >= 0"),
+        (["--focus-fraction", "0.5"], "focus_fraction=0.5 with focus_families=\\(\\): give both"),
+        (["--focus-families", "relation"], "focus_fraction=0.0 with focus_families=\\('relation',\\): give both"),
+        (["--focus-families", "colour", "--focus-fraction", "0.5"], "focus_families \\['colour'\\]: choose from"),
+        (
+            ["--focus-families", "relation", "--focus-fraction", "0.5", "--image-levels", "0", "0"],
+            "family 'relation' needs max_objects >= 2",
+        ),
     ],
 )
 def test_cli_rejects_a_bad_run_as_a_usage_error(tmp_path, capsys, options, message):
@@ -335,7 +343,7 @@ def test_cli_passes_every_training_flag_to_the_run(tmp_path, monkeypatch):
     )
     flags += " --workers 1 --max-minutes 1.5 --stop-at 7 --seed 3 --image-levels 1 2 --video-levels 0 1 --warmup 4"
     flags += " --curriculum-fraction 0.2 --caption-fraction 0.1 --word-fraction 0.3 --lookup-fraction 0.1 --small"
-    flags += " --scene-size 24"
+    flags += " --scene-size 24 --focus-families relation position_of --focus-fraction 0.25"
     fixtures.main(["train", "--family", "qwen2_5_vl", "--steps", "10", *flags.split(), "--out", str(tmp_path)])
     assert ran == [
         fixtures.TrainConfig(
@@ -359,6 +367,8 @@ def test_cli_passes_every_training_flag_to_the_run(tmp_path, monkeypatch):
             caption_fraction=0.1,
             word_fraction=0.3,
             lookup_fraction=0.1,
+            focus_families=("relation", "position_of"),
+            focus_fraction=0.25,
             scene_size=24,
         )
     ]
@@ -512,6 +522,34 @@ def test_training_inputs_match_processor_on_videos(scene_size):
     level = 1 / 255 / min(processor.image_processor.image_std) if resized_elsewhere else 0.0
     for key, value in reference.items():
         torch.testing.assert_close(fast[key].to(value.dtype), value, rtol=0, atol=level + 1e-6, msg=key)
+
+
+def test_focus_fraction_asks_only_the_focus_families_in_part_of_the_top_half():
+    cfg = fixtures.TrainConfig("llava", steps=10, batch_size=16, image_levels=(0, 3), curriculum_fraction=0.1)
+    focused = replace(cfg, focus_families=("relation", "position_of"), focus_fraction=0.5)
+    rng = lambda: fixtures._step_rng(cfg, 5)  # noqa: E731
+    plain, groups = fixtures._image_difficulties(cfg, 5, rng()), fixtures._image_difficulties(focused, 5, rng())
+    assert groups[0] == (replace(synthetic.IMAGE_CURRICULUM[3], families=("relation", "position_of")), 4)
+    assert sum(k for _, k in groups) == sum(k for _, k in plain) == 16
+    top = synthetic.IMAGE_CURRICULUM[3]
+    assert dict(groups[1:])[top] == dict(plain)[top] - 4  # taken from the top-level half, the rest as before
+    _, processor = fixtures.build("llava", spec=fixtures.SMALL)
+    images = fixtures.step_examples(processor, focused, 5)["images"]
+    assert images.shape[0] == 16 and not torch.equal(images, fixtures.step_examples(processor, cfg, 5)["images"])
+
+
+def test_training_batches_are_still_those_the_shipped_rounds_trained_on():
+    """The rounds in docs/fixtures.md are reproducible only while a (seed, step) makes the same batch: a change to
+    the generator, the tokenizer or the task mix (new options at their defaults included) that alters it fails
+    here. Update the digest only for a change meant to alter training data, and say so in docs/fixtures.md."""
+    _, processor = fixtures.build("llava", spec=fixtures.SMALL)
+    cfg = fixtures.TrainConfig("llava", steps=100, batch_size=16, image_levels=(0, 4), curriculum_fraction=0.5)
+    digest = hashlib.sha256()
+    for step in (0, 37, 99):
+        batch = fixtures.step_examples(processor, cfg, step)
+        for key in ("input_ids", "labels", "images"):
+            digest.update(batch[key].numpy().tobytes())
+    assert digest.hexdigest() == "f767ae1dbe8d117fe5cf5c33886d527664c99a7616da4940a8393e4cd8eb00e4"
 
 
 def test_step_examples_are_a_function_of_seed_and_step():
