@@ -906,8 +906,9 @@ class TrainConfig:
     multiple-choice prompt answered with the letter; training words and letters together from the start
     avoids the hundreds of steps a later switch costs. ``lookup_fraction`` of the examples ask the prompt's
     question by its answer (``synthetic.option_lookup``), which teaches matching an answer to its option.
-    ``focus_fraction`` of each image batch's top-level half asks only ``focus_families``, at the top of
-    ``image_levels``: more of the questions a model still gets wrong, without dropping the others.
+    ``focus_fraction`` of each batch's top-level half asks only ``focus_families`` (image families in image
+    batches, video families in Qwen's video batches), at the top of ``image_levels`` / ``video_levels``: more of
+    the questions a model still gets wrong, without dropping the others.
     Every step's data is a pure function of ``(seed, step)``, whatever the number of loader workers, so a
     resumed run sees the same batches."""
 
@@ -925,7 +926,7 @@ class TrainConfig:
     caption_fraction: float = 0.2
     word_fraction: float = 0.3
     lookup_fraction: float = 0.0
-    focus_families: tuple[str, ...] = ()  # image question families (synthetic.IMAGE_FAMILIES)
+    focus_families: tuple[str, ...] = ()  # question families: synthetic.IMAGE_FAMILIES or VIDEO_FAMILIES
     focus_fraction: float = 0.0
     video_every: int = 2  # Qwen: every n-th step is a video batch (0: images only)
     video_batch_size: int = 0  # 0: batch_size // 4
@@ -971,15 +972,27 @@ class TrainConfig:
                 f"focus_fraction={self.focus_fraction} with focus_families={self.focus_families}: give both "
                 "(a fraction in (0, 1] and the families) or neither"
             )
-        unknown = sorted(set(self.focus_families) - set(synthetic.IMAGE_FAMILIES))
+        known = (*synthetic.IMAGE_FAMILIES, *synthetic.VIDEO_FAMILIES)
+        unknown = sorted(set(self.focus_families) - set(known))
         if unknown:
-            raise ValueError(f"focus_families {unknown}: choose from {', '.join(synthetic.IMAGE_FAMILIES)}")
-        if self.focus_families:
-            self.focus_difficulty()  # ImageDifficulty refuses families its scenes cannot ask
+            raise ValueError(f"focus_families {unknown}: choose from {', '.join(known)}")
+        if self.focus_difficulty("video") and not (self.family == "qwen2_5_vl" and self.video_every):
+            raise ValueError(
+                f"focus_families names video families, but a {self.family} run with video_every={self.video_every} "
+                "trains on no videos"
+            )
+        for medium in ("image", "video"):
+            self.focus_difficulty(medium)  # a difficulty refuses families its scenes or clips cannot ask
 
-    def focus_difficulty(self) -> synthetic.ImageDifficulty:
-        """The top image level asking only ``focus_families``."""
-        return replace(synthetic.IMAGE_CURRICULUM[self.image_levels[1]], families=self.focus_families)
+    def focus_difficulty(self, medium: str) -> synthetic.ImageDifficulty | synthetic.VideoDifficulty | None:
+        """The top level of ``medium`` asking only the focus families of that medium; None if there are none."""
+        catalogue, curriculum, levels = (
+            (synthetic.IMAGE_FAMILIES, synthetic.IMAGE_CURRICULUM, self.image_levels)
+            if medium == "image"
+            else (synthetic.VIDEO_FAMILIES, synthetic.VIDEO_CURRICULUM, self.video_levels)
+        )
+        families = tuple(f for f in self.focus_families if f in catalogue)
+        return replace(curriculum[levels[1]], families=families) if families else None
 
     def is_video_step(self, step: int) -> bool:
         """Qwen: the last step of every ``video_every`` is a video batch (1: every step)."""
@@ -1000,15 +1013,15 @@ def _example_levels(
     return [top] * (n // 2) + below
 
 
-def _image_difficulties(
-    cfg: TrainConfig, step: int, rng: np.random.Generator
-) -> list[tuple[synthetic.ImageDifficulty, int]]:
-    """(difficulty, examples) of step ``step``'s image batch: the focus examples first, taken from the top-level
-    half, then the rest by level."""
-    levels = _example_levels(cfg.image_levels, step, cfg.batch_size, cfg, rng)
-    focus = round(cfg.focus_fraction * (cfg.batch_size // 2))
-    rest = [(synthetic.IMAGE_CURRICULUM[level], k) for level, k in Counter(levels[focus:]).items()]
-    return [(cfg.focus_difficulty(), focus), *rest] if focus else rest
+def _difficulties(cfg: TrainConfig, medium: str, step: int, n: int, rng: np.random.Generator) -> list[tuple]:
+    """(difficulty, examples) of step ``step``'s batch of ``n`` ``medium`` examples: the focus examples first,
+    taken from the top-level half, then the rest by level."""
+    curriculum = synthetic.IMAGE_CURRICULUM if medium == "image" else synthetic.VIDEO_CURRICULUM
+    levels = _example_levels(cfg.image_levels if medium == "image" else cfg.video_levels, step, n, cfg, rng)
+    focused = cfg.focus_difficulty(medium)
+    focus = round(cfg.focus_fraction * (n // 2)) if focused else 0
+    rest = [(curriculum[level], k) for level, k in Counter(levels[focus:]).items()]
+    return [(focused, focus), *rest] if focus else rest
 
 
 def _examples(
@@ -1055,15 +1068,15 @@ def step_examples(processor: ProcessorMixin, cfg: TrainConfig, step: int) -> dic
     if cfg.is_video_step(step):
         n = cfg.video_batch_size or max(1, cfg.batch_size // 4)
         clips, items = [], []
-        for level, k in Counter(_example_levels(cfg.video_levels, step, n, cfg, rng)).items():
-            vb = synthetic.video_batch(k, rng, synthetic.VIDEO_CURRICULUM[level], split="train", size=size)
+        for difficulty, k in _difficulties(cfg, "video", step, n, rng):
+            vb = synthetic.video_batch(k, rng, difficulty, split="train", size=size)
             clips += vb.videos
             items += [(synthetic.video_caption(tl), qs[0]) for tl, qs in zip(vb.timelines, vb.questions)]
         prompts, answers = _examples(items, "video", rng, cfg)
         clips = [resized_for(processor, clip) for clip in clips]
         return {**_tokens(processor, prompts, answers, "video", [len(c) for c in clips]), "videos": clips}
     images, items = [], []
-    for difficulty, k in _image_difficulties(cfg, step, rng):
+    for difficulty, k in _difficulties(cfg, "image", step, cfg.batch_size, rng):
         ib = synthetic.image_batch(k, rng, difficulty, split="train", size=size)
         images.append(ib.images)
         items += [(synthetic.caption(scene), q) for scene, q in zip(ib.scenes, ib.questions)]
@@ -1486,7 +1499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         default=[],
         metavar="FAMILY",
-        help="image question families that --focus-fraction of each batch's top-level half asks alone",
+        help="question families (image, or Qwen's video) that --focus-fraction of each batch's top-level half "
+        "asks alone",
     )
     t.add_argument("--focus-fraction", type=float, default=TrainConfig.focus_fraction)
     t.add_argument("--warmup", type=int, default=TrainConfig.warmup)

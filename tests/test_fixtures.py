@@ -320,6 +320,7 @@ def test_cli_rejects_a_bad_spec_change(tmp_path, capsys, change, message):
         (["--focus-fraction", "0.5"], "focus_fraction=0.5 with focus_families=\\(\\): give both"),
         (["--focus-families", "relation"], "focus_fraction=0.0 with focus_families=\\('relation',\\): give both"),
         (["--focus-families", "colour", "--focus-fraction", "0.5"], "focus_families \\['colour'\\]: choose from"),
+        (["--focus-families", "recolour", "--focus-fraction", "0.5"], "video_every=2 trains on no videos"),
         (
             ["--focus-families", "relation", "--focus-fraction", "0.5", "--image-levels", "0", "0"],
             "family 'relation' needs max_objects >= 2",
@@ -528,7 +529,7 @@ def test_focus_fraction_asks_only_the_focus_families_in_part_of_the_top_half():
     cfg = fixtures.TrainConfig("llava", steps=10, batch_size=16, image_levels=(0, 3), curriculum_fraction=0.1)
     focused = replace(cfg, focus_families=("relation", "position_of"), focus_fraction=0.5)
     rng = lambda: fixtures._step_rng(cfg, 5)  # noqa: E731
-    plain, groups = fixtures._image_difficulties(cfg, 5, rng()), fixtures._image_difficulties(focused, 5, rng())
+    plain, groups = (fixtures._difficulties(c, "image", 5, 16, rng()) for c in (cfg, focused))
     assert groups[0] == (replace(synthetic.IMAGE_CURRICULUM[3], families=("relation", "position_of")), 4)
     assert sum(k for _, k in groups) == sum(k for _, k in plain) == 16
     top = synthetic.IMAGE_CURRICULUM[3]
@@ -536,6 +537,20 @@ def test_focus_fraction_asks_only_the_focus_families_in_part_of_the_top_half():
     _, processor = fixtures.build("llava", spec=fixtures.SMALL)
     images = fixtures.step_examples(processor, focused, 5)["images"]
     assert images.shape[0] == 16 and not torch.equal(images, fixtures.step_examples(processor, cfg, 5)["images"])
+
+
+def test_focus_on_video_families_shapes_qwens_video_batches_only():
+    cfg = fixtures.TrainConfig(
+        "qwen2_5_vl", steps=4, batch_size=16, video_batch_size=8, focus_families=("move_direction",), focus_fraction=1
+    )
+    video = fixtures._difficulties(cfg, "video", 1, 8, fixtures._step_rng(cfg, 1))
+    assert video[0] == (replace(synthetic.VIDEO_CURRICULUM[-1], families=("move_direction",)), 4)
+    assert fixtures.TrainConfig("qwen2_5_vl", steps=4, batch_size=16).focus_difficulty("video") is None
+    assert fixtures._difficulties(cfg, "image", 0, 16, fixtures._step_rng(cfg, 0)) == fixtures._difficulties(
+        replace(cfg, focus_families=(), focus_fraction=0), "image", 0, 16, fixtures._step_rng(cfg, 0)
+    )
+    _, processor = fixtures.build("qwen2_5_vl", spec=fixtures.SMALL)
+    assert len(fixtures.step_examples(processor, replace(cfg, video_batch_size=2), 1)["videos"]) == 2
 
 
 def test_training_batches_are_still_those_the_shipped_rounds_trained_on():
