@@ -894,6 +894,11 @@ def training_inputs(
 # -------------------------------------------------------------------------------------------- training
 
 
+# Each medium's curriculum (indexed by TrainConfig.image_levels / video_levels) and question families.
+_CURRICULA = {"image": synthetic.IMAGE_CURRICULUM, "video": synthetic.VIDEO_CURRICULUM}
+_CATALOGUES = {"image": synthetic.IMAGE_FAMILIES, "video": synthetic.VIDEO_FAMILIES}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run.
@@ -961,18 +966,16 @@ class TrainConfig:
                 "caption_fraction, word_fraction and lookup_fraction must be >= 0 and sum to at most 1, "
                 f"got {fractions}"
             )
-        for name, levels, curriculum in (
-            ("image_levels", self.image_levels, synthetic.IMAGE_CURRICULUM),
-            ("video_levels", self.video_levels, synthetic.VIDEO_CURRICULUM),
-        ):
+        for medium, curriculum in _CURRICULA.items():
+            levels = self.levels(medium)
             if not 0 <= levels[0] <= levels[1] < len(curriculum):
-                raise ValueError(f"{name} must be 0 <= lo <= hi < {len(curriculum)}, got {levels}")
+                raise ValueError(f"{medium}_levels must be 0 <= lo <= hi < {len(curriculum)}, got {levels}")
         if not 0 <= self.focus_fraction <= 1 or (self.focus_fraction > 0) != bool(self.focus_families):
             raise ValueError(
                 f"focus_fraction={self.focus_fraction} with focus_families={self.focus_families}: give both "
                 "(a fraction in (0, 1] and the families) or neither"
             )
-        known = (*synthetic.IMAGE_FAMILIES, *synthetic.VIDEO_FAMILIES)
+        known = [family for catalogue in _CATALOGUES.values() for family in catalogue]
         unknown = sorted(set(self.focus_families) - set(known))
         if unknown:
             raise ValueError(f"focus_families {unknown}: choose from {', '.join(known)}")
@@ -981,18 +984,16 @@ class TrainConfig:
                 f"focus_families names video families, but a {self.family} run with video_every={self.video_every} "
                 "trains on no videos"
             )
-        for medium in ("image", "video"):
-            self.focus_difficulty(medium)  # a difficulty refuses families its scenes or clips cannot ask
+        self.focus_difficulty("image")  # a difficulty refuses families its scenes cannot ask (video: above)
+
+    def levels(self, medium: str) -> tuple[int, int]:
+        """``image_levels`` or ``video_levels``: the span of ``medium``'s curriculum this run trains on."""
+        return self.image_levels if medium == "image" else self.video_levels
 
     def focus_difficulty(self, medium: str) -> synthetic.ImageDifficulty | synthetic.VideoDifficulty | None:
         """The top level of ``medium`` asking only the focus families of that medium; None if there are none."""
-        catalogue, curriculum, levels = (
-            (synthetic.IMAGE_FAMILIES, synthetic.IMAGE_CURRICULUM, self.image_levels)
-            if medium == "image"
-            else (synthetic.VIDEO_FAMILIES, synthetic.VIDEO_CURRICULUM, self.video_levels)
-        )
-        families = tuple(f for f in self.focus_families if f in catalogue)
-        return replace(curriculum[levels[1]], families=families) if families else None
+        families = tuple(f for f in self.focus_families if f in _CATALOGUES[medium])
+        return replace(_CURRICULA[medium][self.levels(medium)[1]], families=families) if families else None
 
     def is_video_step(self, step: int) -> bool:
         """Qwen: the last step of every ``video_every`` is a video batch (1: every step)."""
@@ -1016,11 +1017,10 @@ def _example_levels(
 def _difficulties(cfg: TrainConfig, medium: str, step: int, n: int, rng: np.random.Generator) -> list[tuple]:
     """(difficulty, examples) of step ``step``'s batch of ``n`` ``medium`` examples: the focus examples first,
     taken from the top-level half, then the rest by level."""
-    curriculum = synthetic.IMAGE_CURRICULUM if medium == "image" else synthetic.VIDEO_CURRICULUM
-    levels = _example_levels(cfg.image_levels if medium == "image" else cfg.video_levels, step, n, cfg, rng)
+    levels = _example_levels(cfg.levels(medium), step, n, cfg, rng)
     focused = cfg.focus_difficulty(medium)
     focus = round(cfg.focus_fraction * (n // 2)) if focused else 0
-    rest = [(curriculum[level], k) for level, k in Counter(levels[focus:]).items()]
+    rest = [(_CURRICULA[medium][level], k) for level, k in Counter(levels[focus:]).items()]
     return [(focused, focus), *rest] if focus else rest
 
 
@@ -1338,6 +1338,7 @@ def _fit(
                 f"later stop_at, or none (0) to run on to steps={cfg.steps}"
             )
     (out_dir / "config.json").write_text(json.dumps({"train": asdict(cfg), "spec": asdict(spec)}, indent=2) + "\n")
+    scenes = _scene_side(processor, cfg)  # validation scenes, as the loader's training scenes
     loader = torch.utils.data.DataLoader(
         _Stream(processor, cfg, step, QwenIndex(model.config) if family == "qwen2_5_vl" else None),
         batch_size=None,
@@ -1375,9 +1376,8 @@ def _fit(
                 _write(log, {**record, "kind": kind, "elapsed_s": round(elapsed, 2)})
             if cfg.eval_every and (done % cfg.eval_every == 0 or last):
                 for medium in ("image", "video") if family == "qwen2_5_vl" and cfg.video_every else ("image",):
-                    levels = cfg.image_levels if medium == "image" else cfg.video_levels
-                    size = _scene_side(processor, cfg)
-                    where = {"level": levels[1], "size": size, "medium": medium, "batch_size": 128}
+                    levels = cfg.levels(medium)
+                    where = {"level": levels[1], "size": scenes, "medium": medium, "batch_size": 128}
                     try:
                         acc = evaluate(model, processor, cfg.eval_size, cfg.seed, **where)
                     except Exception as error:  # an evaluation bug must not throw away the training run
