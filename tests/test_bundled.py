@@ -114,22 +114,7 @@ def _signal(name: str) -> dict[str, float]:
     }
 
 
-# The fixtures issue's bars. Models below them are strict xfails: retraining one past the bars fails this
-# test until its mark is removed, so the list stays true.
-BELOW_THE_BARS = {
-    "llava": "LLaVA answers ~83%: not all the places and relations (docs/fixtures.md)",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=BELOW_THE_BARS.get(n, "")))
-        if n in BELOW_THE_BARS
-        else n
-        for n in bundled.MODELS
-    ],
-)
+@pytest.mark.parametrize("name", bundled.MODELS)
 def test_fixture_meets_the_quality_bars(name):
     """>= 85% with the image, <= 35% with it blanked, and random pruning to 10% of the visual tokens loses at
     least 15 points (on 100 of the 400 questions; docs/fidelity.md has all of them)."""
@@ -142,13 +127,6 @@ def test_video_fixture_meets_the_video_bar():
     them: the shipped model is at the bar (135 of 180), and a stratified half of them answers 70%."""
     model = fidelity.predictor("qwen2_5_vl")
     assert fidelity.accuracy(model, "none", fidelity.video_samples()) >= 0.75
-
-
-@pytest.mark.parametrize("name", sorted(BELOW_THE_BARS))
-def test_fixture_below_the_bars_answers_from_the_image(name):
-    """What a fixture below the bars does give: well above blanked, and sensitive to what pruning drops."""
-    got = _signal(name)
-    assert got["full"] >= 0.45 and got["blank"] <= 0.35 and got["full"] - got["random@10%"] >= 0.15, got
 
 
 def _recorded(name: str, method: str) -> dict[str, str]:
