@@ -72,6 +72,7 @@ from transformers.modeling_utils import AttentionInterface
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
 from vlmzip.eval import synthetic
+from vlmzip.eval.tiny import gemma3_text_config
 from vlmzip.registry import adapter_for
 
 __all__ = [
@@ -448,14 +449,7 @@ def _vision_kwargs(spec: FixtureSpec) -> dict:
 def _gemma3_text(spec: FixtureSpec, text: dict, window: int) -> dict:
     """Gemma-3's decoder: local layers of ``window`` tokens, the last layer global."""
     layers = ["sliding_attention"] * (spec.text_layers - 1) + ["full_attention"]
-    return {
-        "model_type": "gemma3_text",
-        **text,
-        "head_dim": spec.head_dim,
-        "query_pre_attn_scalar": spec.head_dim,
-        "sliding_window": window,
-        "layer_types": layers,
-    }
+    return gemma3_text_config(text, spec.head_dim, window, layers)
 
 
 def _config(family: str, spec: FixtureSpec, vocab_size: int, ids: dict[str, int]):

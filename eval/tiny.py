@@ -40,7 +40,7 @@ from transformers import (
     Qwen3VLConfig,
 )
 
-__all__ = ["FAMILIES", "random_inputs", "split_batch", "tiny_model", "visual_token_count"]
+__all__ = ["FAMILIES", "gemma3_text_config", "random_inputs", "split_batch", "tiny_model", "visual_token_count"]
 
 FAMILIES: tuple[str, ...] = ("llava", "llava_gemma3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3")
 
@@ -188,17 +188,25 @@ def _qwen3_vl_config() -> Qwen3VLConfig:
     return Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_ids("qwen3_vl"))
 
 
-def _gemma3_text(family: str) -> dict:
-    """Gemma-3's text model config, with ``family``'s special ids: two sliding layers of window 8, a full one and
-    a sliding one, so a prompt's image is outside some layers' window."""
+def gemma3_text_config(text: dict, head_dim: int, window: int, layer_types: Sequence[str]) -> dict:
+    """Gemma-3's text-model config from a decoder's ``text`` kwargs (sizes, special ids): queries scaled by
+    ``head_dim`` as the released models' are, ``sliding_attention`` layers seeing the last ``window`` tokens.
+    The tiny test models and the trained fixtures (``vlmzip.eval.fixtures``) both build theirs with it."""
     return {
-        **_text_kwargs(family),
+        **text,
         "model_type": "gemma3_text",
-        "head_dim": _HEAD_DIM,
-        "query_pre_attn_scalar": _HEAD_DIM,
-        "sliding_window": 8,
-        "layer_types": ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        "head_dim": head_dim,
+        "query_pre_attn_scalar": head_dim,
+        "sliding_window": window,
+        "layer_types": list(layer_types),
     }
+
+
+def _gemma3_text(family: str) -> dict:
+    """``family``'s Gemma-3 text model: two sliding layers of window 8, a full one and a sliding one, so a
+    prompt's image is outside some layers' window."""
+    layers = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
+    return gemma3_text_config(_text_kwargs(family), _HEAD_DIM, 8, layers)
 
 
 def _gemma3_config() -> Gemma3Config:
