@@ -663,6 +663,47 @@ def deepen(state: dict[str, torch.Tensor], target: PreTrainedModel) -> dict[str,
     return grown
 
 
+_MLP_MODULE = re.compile(r"^(?:.*\.)?language_model\.layers\.\d+\.mlp$")
+
+
+def mlp_neuron_scores(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What each intermediate neuron of the language model's MLPs carries on ``inputs`` (a batch of the model's
+    inputs): the mean magnitude of its activation over every position, times the norm of the ``down_proj``
+    column through which it writes to the residual stream. Keyed by MLP module name (the state-dict prefix)."""
+    mlps = {name: module for name, module in model.named_modules() if _MLP_MODULE.match(name)}
+    sums: dict[str, torch.Tensor] = {}
+
+    def record(name: str):
+        return lambda module, args: sums.__setitem__(name, args[0].detach().abs().flatten(0, -2).float().mean(0))
+
+    hooks = [mlp.down_proj.register_forward_pre_hook(record(name)) for name, mlp in mlps.items()]
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(**inputs)
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return {name: (sums[name] * mlp.down_proj.weight.detach().float().norm(dim=0)).cpu() for name, mlp in mlps.items()}
+
+
+def narrow(state: dict[str, torch.Tensor], scores: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+    """``state`` with each scored MLP (``mlp_neuron_scores``) cut to its ``width`` highest-scoring neurons, in
+    their order: rows of ``gate_proj`` and ``up_proj``, columns of ``down_proj``. Dropping a neuron that carries
+    nothing leaves what the model computes as it was; dropping others changes it, so a run that narrows a fixture
+    trains on from there."""
+    narrowed = dict(state)
+    for name, score in scores.items():
+        if width > len(score):
+            raise ValueError(f"{name} has {len(score)} neurons: it cannot narrow to {width}")
+        keep = score.topk(width).indices.sort().values
+        for part, dim in (("gate_proj", 0), ("up_proj", 0), ("down_proj", 1)):
+            key = f"{name}.{part}.weight"
+            narrowed[key] = state[key].index_select(dim, keep)
+    return narrowed
+
+
 # ---------------------------------------------------------------------------------------------- inputs
 
 
@@ -1315,7 +1356,7 @@ def _fit(
     out_dir.mkdir(parents=True, exist_ok=True)
     model, processor = build(family, cfg.seed, spec)
     if cfg.init:
-        model.load_state_dict(_init_state(cfg.init, model))
+        model.load_state_dict(_init_state(cfg, model, device))
     model.to(device).train()
     groups = _param_groups(model, cfg)
     fused = device.type == "cuda"
@@ -1388,9 +1429,10 @@ def _fit(
 
 
 # What a continued fixture may change of the spec it was saved with: the fields that keep its weights' shapes,
-# and the depths it can grow to.
+# the depths it can grow to, and the width its language model's MLPs can narrow to (a smaller fixture to ship).
 _CHANGEABLE = ("feature_layer", "rope_theta", "pooled_side", "sliding_window", "vision_window")
 _GROWABLE = ("vision_layers", "text_layers")
+_NARROWABLE = ("text_intermediate",)
 # Every family reads image_size, but only Qwen2.5-VL's tower has no position table sized by it (its rotary
 # positions follow the patch grid), so only a continued Qwen2.5-VL fixture may read larger images; CLIP's and
 # SigLIP's learned positions fix theirs.
@@ -1404,20 +1446,33 @@ def check_continuation(family: str, saved: FixtureSpec, spec: FixtureSpec, direc
     changed = [
         f"{f.name} {getattr(saved, f.name)} -> {getattr(spec, f.name)}"
         for f in fields(FixtureSpec)
-        if f.name not in changeable + _GROWABLE and getattr(saved, f.name) != getattr(spec, f.name)
+        if f.name not in changeable + _GROWABLE + _NARROWABLE and getattr(saved, f.name) != getattr(spec, f.name)
     ]
     if changed:
         raise ValueError(
             f"--init {directory} cannot continue with {', '.join(changed)}: a continued fixture keeps its "
-            f"architecture; it can change {', '.join(changeable)} and grow ({', '.join(_GROWABLE)})"
+            f"architecture; it can change {', '.join(changeable)}, grow ({', '.join(_GROWABLE)}) and narrow "
+            f"({', '.join(_NARROWABLE)})"
         )
     check_growth(family, saved, spec)
+    if spec.text_intermediate > saved.text_intermediate:
+        raise ValueError(
+            f"text_intermediate={spec.text_intermediate} is more than the fixture's {saved.text_intermediate}: its "
+            "MLPs can narrow (keeping the neurons that carry the most), not widen"
+        )
 
 
-def _init_state(directory: str, model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """The weights of the fixture in ``directory`` for ``model`` (grown when deeper; ``_run_spec`` checked that)."""
-    weights, _ = load(directory)
-    return deepen({k: v.float() for k, v in weights.state_dict().items()}, model)
+def _init_state(cfg: TrainConfig, model: PreTrainedModel, device: torch.device) -> dict[str, torch.Tensor]:
+    """The weights of the fixture ``cfg.init`` for ``model``: narrowed where its MLPs are narrower, scored on the
+    run's first batch, and grown where it is deeper (``_run_spec`` checked both)."""
+    weights, processor = load(cfg.init)
+    state = {k: v.float() for k, v in weights.state_dict().items()}
+    width = model.config.get_text_config().intermediate_size
+    if width < weights.config.get_text_config().intermediate_size:
+        inputs = _on_device(processor, step_examples(processor, cfg, 0), device)
+        inputs.pop("labels")
+        state = narrow(state, mlp_neuron_scores(weights.float().to(device), inputs), width)
+    return deepen(state, model)
 
 
 def _on_device(processor: ProcessorMixin, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:

@@ -258,6 +258,48 @@ def test_deepen_keeps_what_the_fixture_computes(fixture_family):
     assert any(v.abs().sum() > 0 for k, v in new_layer.items() if "proj" in k or "fc1" in k)
 
 
+@pytest.mark.parametrize("fixture_family", FIXTURE_FAMILIES)
+def test_narrow_keeps_the_neurons_that_carry_the_most(fixture_family):
+    """Neurons whose down_proj column is zero carry nothing: narrowing drops exactly those, and the narrower
+    model computes what the fixture did (up to the order of a sum)."""
+    model, processor = fixtures.build(fixture_family, seed=0, spec=fixtures.SMALL)
+    width = fixtures.SMALL.text_intermediate
+    dead = torch.randperm(width, generator=torch.Generator().manual_seed(0))[: width // 2]
+    state = model.state_dict()
+    for key in state:
+        if re.search(r"language_model\.layers\.\d+\.mlp\.down_proj\.weight$", key):
+            state[key][:, dead] = 0
+    batch = synthetic.image_batch(3, 0, synthetic.IMAGE_CURRICULUM[-1], size=32, split="validation")
+    texts = [fixtures.chat_prompt(processor, synthetic.mc_prompt(q)) for q in batch.questions]
+    inputs = fixtures.encode(processor, texts, batch.images)
+    scores = fixtures.mlp_neuron_scores(model, inputs)
+    assert len(scores) == fixtures.SMALL.text_layers
+    assert all(bool((score[dead] == 0).all()) and bool(score.sum() > 0) for score in scores.values())
+    narrower, _ = fixtures.build(fixture_family, seed=1, spec=replace(fixtures.SMALL, text_intermediate=width // 2))
+    narrower.load_state_dict(fixtures.deepen(fixtures.narrow(state, scores, width // 2), narrower))
+    alive = torch.tensor([i for i in range(width) if i not in set(dead.tolist())])
+    name = next(iter(scores))
+    assert torch.equal(narrower.state_dict()[f"{name}.up_proj.weight"], state[f"{name}.up_proj.weight"][alive])
+    with torch.no_grad():
+        torch.testing.assert_close(narrower.eval()(**inputs).logits, model.eval()(**inputs).logits)
+    with pytest.raises(ValueError, match="has 128 neurons: it cannot narrow to 129"):
+        fixtures.narrow(state, scores, width + 1)
+
+
+def test_cli_train_narrows_a_continued_fixture(tmp_path, capsys):
+    args = ["train", "--family", "qwen2_5_vl", "--steps", "1", "--batch-size", "2", "--device", "cpu"]
+    args += ["--eval-every", "0"]
+    assert fixtures.main([*args, "--small", "--out", str(tmp_path / "a")]) == 0
+    init = ["--init", str(tmp_path / "a" / "model")]
+    assert fixtures.main([*args, *init, "--out", str(tmp_path / "b"), "--spec", "text_intermediate=96"]) == 0
+    model, _ = fixtures.load(tmp_path / "b" / "model")
+    assert model.config.text_config.intermediate_size == 96
+    assert fixtures.saved_spec(tmp_path / "b" / "model").text_intermediate == 96
+    with pytest.raises(SystemExit):
+        fixtures.main([*args, *init, "--out", str(tmp_path / "c"), "--spec", "text_intermediate=256"])
+    assert "text_intermediate=256 is more than the fixture's 128: its MLPs can narrow" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("fixture_family", "changes", "message"),
     [
@@ -416,7 +458,7 @@ def test_a_continued_qwen_can_read_larger_images(tmp_path):
     with pytest.raises(
         ValueError,
         match="image_size 32 -> 48: a continued fixture keeps its architecture; it can "
-        "change feature_layer, rope_theta, pooled_side, sliding_window, vision_window and grow",
+        "change feature_layer, rope_theta, pooled_side, sliding_window, vision_window, grow .* and narrow",
     ):
         fixtures.train("llava", 1, 2, out_dir=tmp_path / "d", spec=llava, init=str(tmp_path / "c"))
 
