@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vlmzip.cli import main
-from vlmzip.eval import bundled, mcq, runner, videomme
+from vlmzip.eval import bundled, fixtures, mcq, runner, videomme
 from vlmzip.eval.predictor import ModelPredictor, load
 from vlmzip.eval.videomme import Sample
 
@@ -40,14 +40,21 @@ def test_bundled_image_bench_end_to_end(tmp_path, capsys):
         assert none["kv_bytes"] - pruned["kv_bytes"] == 4 * (256 - 64) * per_entry
 
 
+def _qwen_tokens() -> int:
+    """Visual tokens the shipped Qwen2.5-VL fixture gives an image, or two frames: its patch grid merged."""
+    spec = fixtures.saved_spec(bundled.model_path("qwen2_5_vl"))
+    return (spec.image_size // (spec.patch_size * spec.merge)) ** 2
+
+
 def test_no_arguments_run_the_bundled_qwen_on_the_bundled_videos(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["eval", "--limit", "1", "--max-frames", "4", "--max-new-tokens", "2", "--out", str(out)]) == 0
     rows = runner.read_samples(out)
     assert [r["policy"] for r in rows] == list(runner.DEFAULT_POLICIES)
     assert all(r["error"] is None and len(r["frame_indices"]) == 4 for r in rows)
-    assert [r["visual_tokens_in"] for r in rows] == [2 * 64] * 3  # 4 frames as one video: 2 temporal patches
-    assert [r["visual_tokens_kept"] for r in rows] == [128, 32, 32]
+    clip = 2 * _qwen_tokens()  # 4 frames as one video: 2 temporal patches
+    assert [r["visual_tokens_in"] for r in rows] == [clip] * 3
+    assert [r["visual_tokens_kept"] for r in rows] == [clip, clip // 4, clip // 4]
     config = json.loads((out / "config.json").read_text())
     assert config["bench"] == "videos" and config["model"] == str(bundled.model_path("qwen2_5_vl"))
     assert config["device"] == "cpu" and config["sampling"] == "fps=2,max_frames=4"
@@ -94,14 +101,15 @@ def test_qwen_gets_video_tokens_without_a_video_processor(qwen):
     processor = qwen.processor
     tokens = processor.tokenizer
     video, image = tokens.convert_tokens_to_ids("<|video_pad|>"), tokens.convert_tokens_to_ids("<|image_pad|>")
-    sample = video_sample(4, side=48)  # frames of another size are resized to the fixture's 64x64
+    sample = video_sample(4, side=48)  # frames of another size are resized to the fixture's side
     ids = qwen._inputs([sample], as_video=True)["input_ids"]
-    assert (ids == video).sum() == 2 * 64 and not (ids == image).any()
+    per_image = _qwen_tokens()
+    assert (ids == video).sum() == 2 * per_image and not (ids == image).any()
     assert qwen.as_video and (processor.video_processor is not None or qwen.patchifies_videos)
     mixed = video_sample(2)
     mixed.frames[1] = mixed.frames[1][:40, :56]  # frames of different sizes in one clip: each resized alone
     picture = video_sample(1, medium="image")
     batch = [sample, picture, video_sample(6), mixed]  # videos and a picture: one generate each, answers in order
     predictions = qwen.predict("none", batch)
-    assert [p.visual_tokens_in for p in predictions] == [2 * 64, 64, 3 * 64, 64]
+    assert [p.visual_tokens_in for p in predictions] == [2 * per_image, per_image, 3 * per_image, per_image]
     assert all(isinstance(p.response, str) for p in predictions)
