@@ -671,10 +671,10 @@ def mlp_neuron_scores(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -
     inputs): the mean magnitude of its activation over every position, times the norm of the ``down_proj``
     column through which it writes to the residual stream. Keyed by MLP module name (the state-dict prefix)."""
     mlps = {name: module for name, module in model.named_modules() if _MLP_MODULE.match(name)}
-    sums: dict[str, torch.Tensor] = {}
+    means: dict[str, torch.Tensor] = {}  # per MLP: each neuron's mean activation magnitude
 
     def record(name: str):
-        return lambda module, args: sums.__setitem__(name, args[0].detach().abs().flatten(0, -2).float().mean(0))
+        return lambda module, args: means.__setitem__(name, args[0].detach().abs().flatten(0, -2).float().mean(0))
 
     hooks = [mlp.down_proj.register_forward_pre_hook(record(name)) for name, mlp in mlps.items()]
     training = model.training
@@ -685,7 +685,7 @@ def mlp_neuron_scores(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -
         model.train(training)
         for hook in hooks:
             hook.remove()
-    return {name: (sums[name] * mlp.down_proj.weight.detach().float().norm(dim=0)).cpu() for name, mlp in mlps.items()}
+    return {name: (means[name] * mlp.down_proj.weight.detach().float().norm(dim=0)).cpu() for name, mlp in mlps.items()}
 
 
 def narrow(state: dict[str, torch.Tensor], scores: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
