@@ -11,6 +11,7 @@ models' tables and keeps the others in ``--out`` as they were.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import re
@@ -65,12 +66,17 @@ def video_samples(limit: int | None = None) -> list[Sample]:
 
 
 def accuracy(predictor: ModelPredictor, policy: str, samples: Sequence[Sample], batch_size: int = 50) -> float:
-    """Fraction of ``samples`` the predictor answers right under ``policy``, scored as ``vlmzip eval`` scores."""
+    """Fraction of ``samples`` the predictor answers right under ``policy``, scored as ``vlmzip eval`` scores.
+    A batch holds consecutive samples of one frame count (a clip's questions, or images), at most ``batch_size``:
+    padded to their longest clip, batches of 50 of the 180 video questions took 109 s on 2 cores, a clip's own
+    questions 45 s (and one question at a time 38 s; images: 15 s one at a time, 9 s by 50)."""
     right = 0
-    for start in range(0, len(samples), batch_size):
-        batch = list(samples[start : start + batch_size])
-        predictions = predictor.predict(policy, batch)
-        right += sum(videomme.score(s, p.response).correct for s, p in zip(batch, predictions, strict=True))
+    for _, run in itertools.groupby(samples, key=lambda sample: len(sample.frames)):
+        run = list(run)
+        for start in range(0, len(run), batch_size):
+            batch = run[start : start + batch_size]
+            predictions = predictor.predict(policy, batch)
+            right += sum(videomme.score(s, p.response).correct for s, p in zip(batch, predictions, strict=True))
     return right / len(samples)
 
 

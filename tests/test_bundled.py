@@ -189,3 +189,21 @@ def test_fidelity_sweep_of_one_model_keeps_the_other_tables(tmp_path):
     assert text.count("| fastv | prefill | 50.0% | **75.0%** |") == 1 and "Written by `llava only`" in text
     assert text.count("| fastv | prefill | 50.0% | **30.0%** |") == 2 and text.count("Written by `all`") == 2
     assert text.count(fidelity.BEGIN) == 1 and text.count(fidelity.END) == 1
+
+
+def test_accuracy_batches_only_samples_of_one_length():
+    """Padding clips of different lengths into one batch costs more than batching saves (``fidelity.accuracy``)."""
+    from types import SimpleNamespace
+
+    question = videomme.Question("1-1", "1", "v", "short", "d", "s", "t", "q?", ("A. a", "B. b", "C. c", "D. d"), "A")
+    samples = [
+        videomme.Sample(question, "p", "official", "-", frames=[None] * n, medium="video") for n in (2, 2, 2, 3, 2)
+    ]
+    lengths = []
+
+    def predict(policy, batch):
+        lengths.append([len(s.frames) for s in batch])
+        return [SimpleNamespace(response="A" if len(s.frames) == 2 else "B") for s in batch]
+
+    assert fidelity.accuracy(SimpleNamespace(predict=predict), "none", samples, batch_size=2) == 4 / 5
+    assert lengths == [[2, 2], [2], [3], [2]]
