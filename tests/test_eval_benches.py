@@ -42,8 +42,7 @@ def test_bundled_image_bench_end_to_end(tmp_path, capsys):
 
 def _qwen_tokens() -> int:
     """Visual tokens the shipped Qwen2.5-VL fixture gives an image, or two frames: its patch grid merged."""
-    spec = fixtures.saved_spec(bundled.model_path("qwen2_5_vl"))
-    return (spec.image_size // (spec.patch_size * spec.merge)) ** 2
+    return fixtures.visual_tokens("qwen2_5_vl", fixtures.saved_spec(bundled.model_path("qwen2_5_vl")))
 
 
 def test_no_arguments_run_the_bundled_qwen_on_the_bundled_videos(tmp_path, capsys):
