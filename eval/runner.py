@@ -243,7 +243,7 @@ def category_table(results: dict[str, Any]) -> str | None:
 BUNDLED_BENCHES = {"images": "image", "videos": "video"}  # --bench -> bundled.dataset_path kind
 DEFAULT_MODEL = "qwen2_5_vl"
 DEFAULT_POLICIES = ("none", "random:keep=0.25", "vtc-cls:keep=0.25")
-EMBEDDED_LIMIT = 90  # of 180 questions: ~35 s on two free CPU cores, under a minute on one
+EMBEDDED_LIMIT = 90  # of 180 questions: ~65 s on two free CPU cores (docs/performance.md)
 
 
 @dataclass
