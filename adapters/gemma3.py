@@ -16,8 +16,8 @@ from torch.nn import functional as F
 
 from vlmzip.adapter import Adapter, VisionRun
 from vlmzip.errors import UnsupportedModelError
-from vlmzip.methods.base import VisualItem
 from vlmzip.registry import register_adapter
+from vlmzip.stages import VisualItem
 
 
 @register_adapter
@@ -51,20 +51,14 @@ class Gemma3Adapter(Adapter):
 
     def item_grids(self, kind: str, inputs: dict, runs: list[VisionRun]) -> list[tuple[int, int, int]]:
         side = self.tokens_per_side
-        pixel_values = inputs.get("pixel_values")
-        if pixel_values is not None:
-            count = pixel_values.shape[0]
-        else:  # generate encoded the images already and dropped pixel_values: every image has the same size
-            placeholders = int((inputs["input_ids"] == self.model.config.image_token_id).sum())
-            count = placeholders // (side * side)
-        return [(1, side, side)] * count
+        return [(1, side, side)] * self.encoded_count(inputs, runs, side * side)
 
     def vision_scores(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
         # per layer: [images, patches] from each attention call (one per layer for SigLIP); sum the layers
         per_patch = torch.cat([sum(torch.cat(chunks) for chunks in run.attention.values()) for run in runs])
         per_token = self._pool_like_projector(per_patch)
         for item in items:
-            item.scores["vision_attention"] = per_token[item.kind_index].to(item.positions.device)
+            item.signals["vision_attention"] = per_token[item.kind_index].to(item.positions.device)
 
     def _pool_like_projector(self, per_patch: torch.Tensor) -> torch.Tensor:
         """``[images, patches]`` -> ``[images, tokens]``: the projector's row-major patch grid, average-pooled

@@ -7,8 +7,8 @@ from torch import nn
 
 from vlmzip.adapter import Adapter, VisionRun
 from vlmzip.errors import UnsupportedModelError
-from vlmzip.methods.base import VisualItem
 from vlmzip.registry import register_adapter
+from vlmzip.stages import VisualItem
 
 
 @register_adapter
@@ -43,17 +43,14 @@ class LlavaAdapter(Adapter):
     def item_grids(self, kind: str, inputs: dict, runs: list[VisionRun]) -> list[tuple[int, int, int]]:
         vision = self.model.config.vision_config
         side = vision.image_size // vision.patch_size
-        placeholders = int((inputs["input_ids"] == self.model.config.image_token_id).sum())
-        pixel_values = inputs.get("pixel_values")
-        count = pixel_values.shape[0] if pixel_values is not None else placeholders // (side * side)
-        return [(1, side, side)] * count
+        return [(1, side, side)] * self.encoded_count(inputs, runs, side * side)
 
     def vision_scores(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
         # [CLS]-row mass per layer: [images, 1 + patches]; sum the layers, drop the [CLS] column
         per_image = torch.cat([sum(torch.cat(chunks) for chunks in run.attention.values()) for run in runs])
         per_image = per_image[:, 1:]
         for item in items:
-            item.scores["vision_attention"] = per_image[item.kind_index].to(item.positions.device)
+            item.signals["vision_attention"] = per_image[item.kind_index].to(item.positions.device)
 
 
 def _encoder_layers(tower: nn.Module) -> nn.ModuleList:

@@ -23,8 +23,9 @@ from transformers.vision_utils import get_vision_window_index
 
 from vlmzip.adapter import Adapter, VisionRun
 from vlmzip.errors import InputError, UnsupportedModelError
-from vlmzip.methods.base import ModelInfo, VisualItem
 from vlmzip.registry import register_adapter
+from vlmzip.selection import merge_rows
+from vlmzip.stages import ModelInfo, VisualItem
 
 _KINDS = ("image", "video")
 _PIXEL_KEYS = {"image": "pixel_values", "video": "pixel_values_videos"}
@@ -62,11 +63,9 @@ class QwenVLAdapter(Adapter):
         grid_thw = inputs.get(_GRID_KEYS[kind])
         if grid_thw is not None:
             return self._llm_grids(grid_thw)
-        counts = (inputs["input_ids"] == self.placeholder_ids()[kind]).sum(dim=1).tolist()
-        if not any(counts):
+        if not bool((inputs["input_ids"] == self.placeholder_ids()[kind]).any()):
             return []
-        grids = self._llm_grids(self._grids_from_runs(kind, inputs, runs))
-        return _expand_like_generate(grids, counts)
+        return self._llm_grids(self._grids_from_runs(kind, inputs, runs))
 
     def _llm_grids(self, grid_thw: Any) -> list[tuple[int, int, int]]:
         """``(t, h, w)`` in language-model tokens of each row of a ``grid_thw`` (patches)."""
@@ -102,7 +101,7 @@ class QwenVLAdapter(Adapter):
                 )
             per_item = self._token_scores(run).split([t * h * w for t, h, w in encoded])
             for item in of_kind:
-                item.scores["vision_attention"] = per_item[item.kind_index].to(item.positions.device)
+                item.signals["vision_attention"] = per_item[item.kind_index].to(item.positions.device)
 
     def _token_scores(self, run: VisionRun) -> torch.Tensor:
         """Mean attention each language-model token's patches receive from its item's patches, summed
@@ -185,17 +184,21 @@ class Qwen3VLAdapter(QwenVLAdapter):
         return dataclasses.replace(super().model_info(), min_prefill_layer=max(1, deepstack))
 
     def cut_language_model_inputs(
-        self, kwargs: dict[str, Any], keep: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
+        self, kwargs: dict[str, Any], keep: torch.Tensor, owner: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
     ) -> None:
         visual = kwargs.get("visual_pos_masks")
         if visual is None:
             return
         visual = visual.to(keep.device)
-        # DeepStack rows follow the visual positions in row-major order, as `keep[visual]` does
-        kept_rows = keep[visual]
         embeds: Sequence[torch.Tensor] | None = kwargs.get("deepstack_visual_embeds")
         if embeds is not None:
-            kwargs["deepstack_visual_embeds"] = [rows[kept_rows.to(rows.device)] for rows in embeds]
+            # DeepStack rows follow the visual positions in row-major order; each kept row takes the mean of
+            # the rows it carries (itself alone unless the vision method merged tokens into it)
+            survivors = visual & keep
+            ordinal = torch.full_like(owner, -1)
+            ordinal[survivors] = torch.arange(int(survivors.sum()), device=owner.device)
+            target = torch.where(owner >= 0, ordinal.gather(1, owner.clamp(min=0)), -1)[visual]
+            kwargs["deepstack_visual_embeds"] = [merge_rows(rows, target, int(survivors.sum())) for rows in embeds]
         kwargs["visual_pos_masks"] = visual.gather(1, index) & valid
 
 
@@ -210,28 +213,3 @@ def _encoded_kinds(inputs: dict[str, Any], placeholder_ids: dict[str, int]) -> l
         return own
     input_ids = inputs["input_ids"]
     return [kind for kind in _KINDS if bool((input_ids == placeholder_ids[kind]).any())]
-
-
-def _expand_like_generate(grids: list[tuple[int, int, int]], counts: list[int]) -> list[tuple[int, int, int]]:
-    """The items' grids in batch order, given the tower's grids and each sample's placeholder count.
-
-    ``generate`` encodes the batch, then repeats every sample ``k`` times in place (beam search,
-    ``num_return_sequences``): the prompt then holds ``k`` copies of each sample's items. Grids that do
-    not line up with the samples are returned as they are, for ``visual_items`` to report.
-    """
-    tokens, placeholders = sum(t * h * w for t, h, w in grids), sum(counts)
-    if tokens == 0 or placeholders == tokens or placeholders % tokens or len(counts) % (placeholders // tokens):
-        return grids
-    copies = placeholders // tokens
-    if any(count != counts[row - row % copies] for row, count in enumerate(counts)):
-        return grids
-    per_sample: list[list[tuple[int, int, int]]] = []
-    remaining = iter(grids)
-    for count in counts[::copies]:
-        mine: list[tuple[int, int, int]] = []
-        while sum(t * h * w for t, h, w in mine) < count and (grid := next(remaining, None)) is not None:
-            mine.append(grid)
-        per_sample.append(mine)
-    if next(remaining, None) is not None or [sum(t * h * w for t, h, w in g) for g in per_sample] != counts[::copies]:
-        return grids
-    return [grid for mine in per_sample for _ in range(copies) for grid in mine]

@@ -85,7 +85,7 @@ def test_qwen_vision_scores_match_brute_force(qwen, monkeypatch):
 
     def spy(self, vision_runs, items):
         original(self, vision_runs, items)
-        seen.extend((item.kind, item.kind_index, item.scores["vision_attention"]) for item in items)
+        seen.extend((item.kind, item.kind_index, item.signals["vision_attention"]) for item in items)
 
     monkeypatch.setattr(adapter_class, "vision_scores", spy)
     layers = model.config.vision_config.depth

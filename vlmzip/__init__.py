@@ -8,10 +8,11 @@ KV cache at every stage of inference, without retraining.
     vlmzip.restore(model)
 """
 
+import vlmzip.methods  # noqa: F401  (registers the built-in methods)
 from vlmzip.api import compress, policy_of, restore, stats
 from vlmzip.errors import InputError, PolicyError, UnsupportedModelError, VlmzipError
 from vlmzip.policy import Policy
-from vlmzip.registry import MethodInfo, methods
+from vlmzip.registry import MethodInfo, methods, register_method
 from vlmzip.stats import Stats
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "compress",
     "methods",
     "policy_of",
+    "register_method",
     "restore",
     "stats",
 ]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vlmzip.errors import InputError
-from vlmzip.methods.base import ModelInfo, VisualItem
+from vlmzip.stages import ModelInfo, VisualItem
 
 
 @dataclass
@@ -88,12 +88,28 @@ class Adapter:
         return int(pixels.shape[0]) if pixels is not None else 0
 
     def item_grids(self, kind: str, inputs: dict[str, Any], runs: list[VisionRun]) -> list[tuple[int, int, int]]:
-        """``(frames, rows, cols)`` in language-model tokens of each ``kind`` item, in batch order.
+        """``(frames, rows, cols)`` in language-model tokens of each ``kind`` item the vision tower encoded for
+        this request, in batch order.
 
         ``inputs`` are the model's forward arguments; ``runs`` the vision-tower forwards of this request
-        (``generate`` encodes images before the first forward and drops the pixel arguments from it).
+        (``generate`` encodes images before the first forward and drops the pixel arguments from it). The
+        prompt may hold each sample's items several times over (``generate``'s repetition): ``visual_items``
+        accounts for that.
         """
         raise NotImplementedError
+
+    def encoded_count(self, inputs: dict[str, Any], runs: list[VisionRun], tokens_per_item: int) -> int:
+        """How many images a family of fixed-size items encoded for this request: its pixel batch, else what
+        the tower's forwards of this request encoded, else (features passed precomputed) what the placeholders
+        hold."""
+        pixel_values = inputs.get("pixel_values")
+        if pixel_values is not None:
+            return int(pixel_values.shape[0])
+        placeholders = int((inputs["input_ids"] == self.placeholder_ids()["image"]).sum())
+        encoded = sum(run.count for run in runs)
+        if encoded and placeholders and placeholders % (encoded * tokens_per_item) == 0:
+            return encoded
+        return placeholders // tokens_per_item
 
     def visual_items(self, inputs: dict[str, Any], runs: list[VisionRun]) -> list[VisualItem]:
         """Every image and video of the batch with its placeholder positions, validated against the inputs."""
@@ -101,7 +117,9 @@ class Adapter:
         items: list[VisualItem] = []
         for kind, token_id in self.placeholder_ids().items():
             rows, cols = (input_ids == token_id).nonzero(as_tuple=True)
-            grids = self.item_grids(kind, inputs, runs)
+            encoded = self.item_grids(kind, inputs, runs)
+            counts = (input_ids == token_id).sum(dim=1).tolist() if encoded else []
+            grids, sources = repeat_like_generate(encoded, counts)
             sizes = [t * h * w for t, h, w in grids]
             if sum(sizes) != rows.numel():
                 raise InputError(
@@ -110,11 +128,11 @@ class Adapter:
                     "placeholders as it has features (build inputs with the model's processor)"
                 )
             start = 0
-            for kind_index, (grid, size) in enumerate(zip(grids, sizes)):
+            for grid, size, source in zip(grids, sizes, sources):
                 sample = rows[start : start + size]
                 if bool((sample != sample[0]).any()):
                     raise InputError(f"the placeholder tokens of one {kind} span two samples of the batch")
-                items.append(VisualItem(int(sample[0]), -1, kind, cols[start : start + size], grid, kind_index))
+                items.append(VisualItem(int(sample[0]), -1, kind, cols[start : start + size], grid, source))
                 start += size
         items.sort(key=lambda item: (item.sample, int(item.positions[0])))
         per_sample: dict[int, int] = {}
@@ -124,16 +142,19 @@ class Adapter:
         return items
 
     def vision_scores(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
-        """Set ``item.scores["vision_attention"]`` (one value per language-model token) for every item,
-        from the attention captured in the vision-tower forwards of this request (images, then videos)."""
+        """Set ``item.signals["vision_attention"]`` (one value per language-model token) for every item, from
+        the attention captured in the vision-tower forwards of this request (images, then videos); an item's
+        ``kind_index`` is its row among the encoded items of its kind."""
         raise NotImplementedError
 
     def cut_language_model_inputs(
-        self, kwargs: dict[str, Any], keep: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
+        self, kwargs: dict[str, Any], keep: torch.Tensor, owner: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
     ) -> None:
         """Cut family-specific language-model inputs indexed by sequence position (default: none).
 
-        ``keep [B, L]`` marks kept rows of the original sequence; ``index``/``valid [B, L']`` pack them.
+        ``keep [B, L]`` marks kept rows of the original sequence; ``owner [B, L]`` gives, for every row, the
+        kept row that now carries its content (itself if kept unmerged; ``-1``: dropped), so inputs attached to
+        tokens can be merged like the tokens were; ``index``/``valid [B, L']`` pack the kept rows.
         """
 
     def decode_position_ids(self, kwargs: dict[str, Any], cache: Any) -> torch.Tensor | None:
@@ -144,3 +165,39 @@ class Adapter:
         counts from the cache's logical length, as it would anyway).
         """
         return None
+
+
+def repeat_like_generate(
+    grids: list[tuple[int, int, int]], counts: list[int]
+) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """The items' grids in batch order and the encoded item each one is, given the encoded items' grids and
+    each sample's placeholder count.
+
+    ``generate`` encodes the batch's images once, then repeats every sample ``k`` times in place (beam search,
+    ``num_return_sequences``): the prompt then holds ``k`` copies of each sample's items, copy ``j`` of sample
+    ``s`` being sample ``s * k + j``. This is the one place that knows it. Grids that do not line up with the
+    samples are returned as they are, for ``visual_items`` to report.
+    """
+    unchanged = (grids, list(range(len(grids))))
+    tokens, placeholders = sum(t * h * w for t, h, w in grids), sum(counts)
+    if tokens == 0 or placeholders <= tokens or placeholders % tokens or len(counts) % (placeholders // tokens):
+        return unchanged
+    copies = placeholders // tokens
+    if any(count != counts[row - row % copies] for row, count in enumerate(counts)):
+        return unchanged
+    per_sample: list[list[int]] = []  # the encoded items of each original sample
+    remaining = iter(range(len(grids)))
+    for count in counts[::copies]:
+        mine: list[int] = []
+        while sum(_size(grids[i]) for i in mine) < count and (item := next(remaining, None)) is not None:
+            mine.append(item)
+        per_sample.append(mine)
+    if next(remaining, None) is not None or [sum(_size(grids[i]) for i in m) for m in per_sample] != counts[::copies]:
+        return unchanged
+    sources = [item for mine in per_sample for _ in range(copies) for item in mine]
+    return [grids[i] for i in sources], sources
+
+
+def _size(grid: tuple[int, int, int]) -> int:
+    frames, rows, cols = grid
+    return frames * rows * cols

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlmzip.errors import PolicyError
-from vlmzip.methods.base import DecodeMethod, Method, PrefillMethod, VisionMethod
 from vlmzip.registry import method_class
+from vlmzip.stages import DecodeMethod, Method, PrefillMethod, VisionMethod
 
 _STAGE_TYPES = {"vision": VisionMethod, "prefill": PrefillMethod, "decode": DecodeMethod}
 

@@ -1,7 +1,9 @@
 """Registries of compression methods (by policy name) and model adapters (by ``config.model_type``).
 
-The core never imports a specific adapter: ``adapter_for`` imports the ``vlmzip.adapters`` package, whose
-modules register themselves with ``register_adapter``.
+Both are filled by the registered modules themselves: the built-in methods when ``vlmzip`` is imported (its
+``__init__`` imports ``vlmzip.methods``), a user's method when its module is, and the adapters when
+``adapter_for`` first imports the ``vlmzip.adapters`` package. This module imports neither, so the core never
+depends on a specific method or adapter.
 """
 
 from __future__ import annotations
@@ -15,23 +17,29 @@ from vlmzip.errors import PolicyError, UnsupportedModelError
 
 if TYPE_CHECKING:
     from vlmzip.adapter import Adapter
-    from vlmzip.methods.base import Method
+    from vlmzip.stages import Method
 
 _METHODS: dict[str, type[Method]] = {}
 _ADAPTERS: dict[str, type[Adapter]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method available under ``cls.name`` in policies."""
-    if not cls.name or cls.name in _METHODS:
-        raise ValueError(f"method name {cls.name!r} is empty or already registered")
+    """Class decorator: make a method available under ``cls.name`` in policies.
+
+    Registering a class of the same module and name again (a module executed twice) replaces it; another
+    class under a taken name is refused.
+    """
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name: set the class attribute `name` to its policy name")
+    known = _METHODS.get(cls.name)
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"method name {cls.name!r} is already registered by {known.__module__}.{known.__qualname__}")
     _METHODS[cls.name] = cls
     return cls
 
 
 def method_class(name: str) -> type[Method]:
     """The method registered as ``name``; ``PolicyError`` naming the known methods otherwise."""
-    _load_builtin_methods()
     if name not in _METHODS:
         close = difflib.get_close_matches(name, list(_METHODS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -55,7 +63,6 @@ class MethodInfo:
 
 def methods() -> list[MethodInfo]:
     """Every registered method with its stage, paper and parameters (with defaults), sorted by stage."""
-    _load_builtin_methods()
     order = {"vision": 0, "prefill": 1, "decode": 2}
     infos = [MethodInfo(cls.name, cls.stage, cls.paper, cls.defaults()) for cls in _METHODS.values()]
     return sorted(infos, key=lambda info: (order[info.stage], info.name))
@@ -79,7 +86,3 @@ def adapter_for(model: Any) -> Adapter:
             f"Supported model types: {', '.join(sorted(_ADAPTERS))}"
         )
     return _ADAPTERS[model_type](model)
-
-
-def _load_builtin_methods() -> None:
-    importlib.import_module("vlmzip.methods")

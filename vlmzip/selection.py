@@ -53,3 +53,15 @@ def gather_rows(tensor: torch.Tensor, index: torch.Tensor, dim: int, batch_dim: 
     target = list(tensor.shape)
     target[dim] = rows
     return tensor.gather(dim, index.to(tensor.device).view(view).expand(target))
+
+
+def merge_rows(rows: torch.Tensor, target: torch.Tensor, count: int) -> torch.Tensor:
+    """Average rows into ``count`` merged rows: ``rows [n, ...]``, ``target [n]`` the merged row each goes to
+    (``-1``: dropped). A merged row with one source is that row, unchanged. Returns ``[count, ...]``."""
+    kept = target >= 0
+    index = target[kept].to(rows.device)
+    sums = rows.new_zeros(count, *rows.shape[1:]).index_add_(0, index, rows[kept.to(rows.device)])
+    sizes = torch.zeros(count, dtype=rows.dtype, device=rows.device).index_add_(
+        0, index, torch.ones_like(index, dtype=rows.dtype)
+    )
+    return sums / sizes.clamp(min=1).view(count, *([1] * (rows.dim() - 1)))

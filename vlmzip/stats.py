@@ -11,8 +11,10 @@ class Stats:
     """Counts from the last request (a ``forward`` or a whole ``generate``), per sample of the batch.
 
     ``visual_tokens_kept`` maps each stage that cut the sequence (``"vision"``, ``"prefill"``) to the visual
-    tokens per sample that remained after it, ``visual_positions_kept`` their prompt positions (indices into
-    ``input_ids``); ``kv_entries`` / ``kv_visual_entries`` are the valid entries
+    tokens per sample that remained after it (a prefill schedule: after its last cut), ``visual_positions_kept``
+    their prompt positions (indices into ``input_ids``); ``visual_tokens_by_layer`` the visual tokens each
+    decoder layer of the prompt pass processed, per sample (their mean over layers is a schedule's
+    "equivalent tokens"); ``kv_entries`` / ``kv_visual_entries`` are the valid entries
     (all / visual) each layer's cache stores, per sample; ``kv_bytes`` is what the cache's tensors occupy,
     padding included.
     """
@@ -21,6 +23,7 @@ class Stats:
     visual_tokens_in: list[int]
     visual_tokens_kept: dict[str, list[int]] = field(default_factory=dict)
     visual_positions_kept: dict[str, list[list[int]]] = field(default_factory=dict)
+    visual_tokens_by_layer: list[list[int]] = field(default_factory=list)
     kv_entries: list[list[int]] = field(default_factory=list)
     kv_visual_entries: list[list[int]] = field(default_factory=list)
     kv_bytes: int = 0
@@ -31,6 +34,9 @@ class Stats:
     def __str__(self) -> str:
         lines = [f"policy: {self.policy}", f"visual tokens in:   {self.visual_tokens_in}"]
         lines += [f"kept after {stage + ':':<8} {kept}" for stage, kept in self.visual_tokens_kept.items()]
+        if self.visual_tokens_by_layer:
+            by_sample = [list(layers) for layers in zip(*self.visual_tokens_by_layer)]
+            lines.append(f"visual tokens per layer, per sample: {by_sample}")
         for sample in range(len(self.visual_tokens_in) if self.kv_entries else 0):
             entries = [layer[sample] for layer in self.kv_entries if layer]
             visual = [layer[sample] for layer in self.kv_visual_entries if layer]

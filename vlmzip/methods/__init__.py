@@ -1,6 +1,7 @@
-"""Built-in compression methods, one small module each; importing this package registers them."""
+"""Built-in compression methods, one small module each; importing this package registers them.
+
+``vlmzip/__init__.py`` imports it, so the built-ins are registered whenever vlmzip is; the registry itself
+never imports a method.
+"""
 
 from vlmzip.methods import fastv, knorm, random, uniform, vtc_cls  # noqa: F401
-from vlmzip.methods.base import DecodeMethod, Method, PrefillMethod, VisionMethod, VisualItem
-
-__all__ = ["DecodeMethod", "Method", "PrefillMethod", "VisionMethod", "VisualItem"]

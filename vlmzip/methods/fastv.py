@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmzip.methods.base import PrefillMethod
 from vlmzip.registry import register_method
+from vlmzip.stages import PrefillMethod
 
 
 @register_method

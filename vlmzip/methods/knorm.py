@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmzip.methods.base import DecodeMethod
 from vlmzip.registry import register_method
+from vlmzip.stages import DecodeMethod, LayerEntries
 
 
 @register_method
@@ -22,5 +22,5 @@ class Knorm(DecodeMethod):
     name = "knorm"
     paper = "arXiv:2406.11430"
 
-    def score(self, layer) -> torch.Tensor:
-        return -layer.keys.float().norm(dim=-1).mean(dim=1)
+    def score(self, entries: LayerEntries) -> torch.Tensor:
+        return -entries.keys.float().norm(dim=-1).mean(dim=1)

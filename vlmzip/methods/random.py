@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmzip.methods.base import VisionMethod, VisualItem
 from vlmzip.registry import register_method
+from vlmzip.stages import VisionMethod, VisualItem
 
 
 @register_method

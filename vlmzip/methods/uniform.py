@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmzip.budget import kept_count
-from vlmzip.methods.base import VisionMethod, VisualItem
 from vlmzip.registry import register_method
+from vlmzip.stages import VisionMethod, VisualItem, VisualSelection
 
 
 @register_method
@@ -22,18 +21,21 @@ class UniformPrune(VisionMethod):
     name = "uniform"
     paper = "baseline"
 
-    def select(self, item: VisualItem) -> torch.Tensor:
-        n = item.num_tokens
-        count = kept_count(self.keep, n)
-        if count == n:
-            return torch.arange(n)
-        frames, rows, cols = item.grid
-        per_frame = rows * cols
-        if count % frames == 0 and per_frame * frames == n:
-            # same sub-grid in every frame: spread evenly over rows and columns of each frame
-            local = _even_grid(rows, cols, count // frames)
-            return (torch.arange(frames).unsqueeze(1) * per_frame + local).flatten()
-        return ((torch.arange(count) * 2 + 1) * n) // (2 * count)
+    def select(self, item: VisualItem) -> VisualSelection:
+        return VisualSelection(_evenly_spaced(item.num_tokens, self.budget(item), item.grid))
+
+
+def _evenly_spaced(n: int, count: int, grid: tuple[int, int, int]) -> torch.Tensor:
+    """``count`` of ``n`` tokens laid out as ``grid``, spread evenly over frames, rows and columns."""
+    if count == n:
+        return torch.arange(n)
+    frames, rows, cols = grid
+    per_frame = rows * cols
+    if count % frames == 0 and per_frame * frames == n:
+        # same sub-grid in every frame: spread evenly over rows and columns of each frame
+        local = _even_grid(rows, cols, count // frames)
+        return (torch.arange(frames).unsqueeze(1) * per_frame + local).flatten()
+    return ((torch.arange(count) * 2 + 1) * n) // (2 * count)
 
 
 def _even_grid(rows: int, cols: int, count: int) -> torch.Tensor:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from vlmzip.errors import PolicyError
-from vlmzip.methods.base import ModelInfo, VisionMethod, VisualItem
 from vlmzip.registry import register_method
+from vlmzip.stages import ModelInfo, VisionMethod, VisualItem
 
 
 @register_method
@@ -36,4 +36,4 @@ class VtcCls(VisionMethod):
         return list(range(max(0, last - self.layers + 1), last + 1))
 
     def score(self, item: VisualItem) -> torch.Tensor:
-        return item.scores["vision_attention"]
+        return item.signals["vision_attention"]

@@ -13,6 +13,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, get_layer_types_and_kwargs
 
 from vlmzip.errors import UnsupportedModelError
+from vlmzip.stages import DenseKV, KVStore
 
 
 @dataclass
@@ -49,7 +50,8 @@ class RowFacts:
 
 
 class CompressedLayer(DynamicLayer):
-    """One layer's keys and values ``[B, H, S, d]`` plus ``valid``, ``visual`` and ``positions`` ``[B, S]``.
+    """One layer's entries: a ``KVStore`` of keys and values ``[B, H, S, d]`` (``DenseKV`` until a decode method
+    stores another form) plus ``valid``, ``visual`` and ``positions`` ``[B, S]``.
 
     With ``sliding_window`` set it keeps only the last ``sliding_window - 1`` entries after each update, like
     transformers' ``DynamicSlidingWindowLayer``. That is a superset of what the window lets later queries see:
@@ -58,40 +60,52 @@ class CompressedLayer(DynamicLayer):
     """
 
     def __init__(self, sliding_window: int | None = None, facts: RowFacts | None = None) -> None:
-        super().__init__()
+        # CacheLayerMixin.__init__ would assign keys/values, which here are read from the store
+        self.is_initialized = False
         self.sliding_window = sliding_window
         self.facts = facts if facts is not None else RowFacts()
+        self.store: KVStore | None = None
         self.valid: torch.Tensor | None = None
         self.visual: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
         self.incoming: RowMeta | None = None  # set by the runtime before each update
 
     @property
+    def keys(self) -> torch.Tensor | None:
+        return None if self.store is None else self.store.read()[0]
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self.store is None else self.store.read()[1]
+
+    @property
     def is_sliding(self) -> bool:  # read by Cache.is_sliding
         return self.sliding_window is not None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        batch, heads, _, dim = key_states.shape
+        self.store = DenseKV(key_states.new_empty(batch, heads, 0, dim), value_states.new_empty(batch, heads, 0, dim))
+        self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=key_states.device)
+        self.visual = torch.zeros_like(self.valid)
+        self.positions = torch.zeros(batch, 0, dtype=torch.long, device=key_states.device)
+        self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-            batch = key_states.shape[0]
-            self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=key_states.device)
-            self.visual = torch.zeros_like(self.valid)
-            self.positions = torch.zeros(batch, 0, dtype=torch.long, device=key_states.device)
         meta, self.incoming = self.incoming, None
         if meta is None:
             rows = (key_states.shape[0], key_states.shape[2])
             meta = RowMeta(self.valid.new_ones(rows), self.valid.new_zeros(rows))
         new_positions = meta.position if meta.position is not None else self.next_positions(key_states.shape[2])
-        keys = torch.cat([self.keys, key_states], dim=-2)
-        values = torch.cat([self.values, value_states], dim=-2)
+        full = self.store.append(key_states, value_states)
         keep_last = self.sliding_window - 1 if self.is_sliding else None
-        self.keys, self.values = (
-            (keys, values) if keep_last is None else (keys[..., -keep_last:, :], values[..., -keep_last:, :])
-        )
+        self.store = full if keep_last is None else full.keep_last(keep_last)
         self.valid = self.facts.append(self.valid, meta.valid, keep_last)
         self.visual = self.facts.append(self.visual, meta.visual, keep_last)
         self.positions = self.facts.append(self.positions, new_positions, keep_last)
-        return keys, values
+        return full.read()
 
     def next_positions(self, count: int) -> torch.Tensor:
         """``[B, count]`` positions of ``count`` rows that directly follow the stored entries."""
@@ -102,7 +116,7 @@ class CompressedLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         """Stored entries (including padding); the cache reports the logical length to the model."""
-        return 0 if not self.is_initialized else self.keys.shape[-2]
+        return 0 if not self.is_initialized else self.valid.shape[1]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.get_seq_length() + query_length, 0
@@ -110,10 +124,10 @@ class CompressedLayer(DynamicLayer):
     def get_max_length(self) -> int:
         return self.sliding_window if self.is_sliding else -1
 
-    def keep_entries(self, index: torch.Tensor, valid: torch.Tensor) -> None:
-        """Keep stored entries ``index [B, S']`` (per sample); ``valid [B, S']`` marks real ones."""
-        self.keys = _gather_kv(self.keys, index)
-        self.values = _gather_kv(self.values, index)
+    def keep_entries(self, index: torch.Tensor, valid: torch.Tensor, store: KVStore | None = None) -> None:
+        """Keep stored entries ``index [B, S']`` (per sample); ``valid [B, S']`` marks real ones; ``store``, if
+        given, holds them in another form (merged or quantized), else they are gathered from the current one."""
+        self.store = store if store is not None else self.store.gather(index)
         self.visual = self.visual.gather(1, index) & valid
         self.positions = self.positions.gather(1, index)
         self.valid = valid
@@ -124,36 +138,40 @@ class CompressedLayer(DynamicLayer):
         )
 
     def reset(self) -> None:
-        super().reset()
-        self.valid = self.visual = self.positions = self.incoming = None
+        self.is_initialized = False
+        self.store = self.valid = self.visual = self.positions = self.incoming = None
+
+    def offload(self) -> None:
+        raise UnsupportedModelError("a vlmzip cache cannot be offloaded; restore the model first")
+
+    def prefetch(self) -> None:
+        raise UnsupportedModelError("a vlmzip cache cannot be offloaded; restore the model first")
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        super().reorder_cache(beam_idx)
-        if self.valid is not None:
-            self.valid = self.valid.index_select(0, beam_idx.to(self.valid.device))
-            self.visual = self.visual.index_select(0, beam_idx.to(self.visual.device))
-            self.positions = self.positions.index_select(0, beam_idx.to(self.positions.device))
+        if self.is_initialized:
+            self._select_batch(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            index = torch.arange(self.valid.shape[0], device=self.valid.device)[indices]
+            self._select_batch(index)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        super().batch_repeat_interleave(repeats)
-        if self.valid is not None:
+        if self.is_initialized:
+            self.store = self.store.repeat_batch(repeats)
             self.valid = self.valid.repeat_interleave(repeats, dim=0)
             self.visual = self.visual.repeat_interleave(repeats, dim=0)
             self.positions = self.positions.repeat_interleave(repeats, dim=0)
 
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        super().batch_select_indices(indices)
-        if self.valid is not None:
-            self.valid, self.visual, self.positions = self.valid[indices], self.visual[indices], self.positions[indices]
+    def _select_batch(self, index: torch.Tensor) -> None:
+        self.store = self.store.select_batch(index)
+        index = index.to(self.valid.device)
+        self.valid = self.valid.index_select(0, index)
+        self.visual = self.visual.index_select(0, index)
+        self.positions = self.positions.index_select(0, index)
 
     def nbytes(self) -> int:
-        return 0 if not self.is_initialized else self.keys.nbytes + self.values.nbytes
-
-
-def _gather_kv(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Select entries ``index [B, S']`` from ``[B, H, S, d]`` for every head."""
-    expanded = index[:, None, :, None].expand(-1, tensor.shape[1], -1, tensor.shape[3]).to(tensor.device)
-    return tensor.gather(2, expanded)
+        return 0 if not self.is_initialized else self.store.nbytes
 
 
 class CompressedCache(DynamicCache):

@@ -1,0 +1,97 @@
+"""Attention functions on one model instance, and the attention a chosen set of query rows pays.
+
+vlmzip never switches a model to ``eager``: where a method needs attention scores (or replaces attention), it
+registers a function that wraps the model's own backend under a name unique to the session
+(``AttentionInterface`` **and** ``AttentionMaskInterface``: without the mask function the model would build no
+mask) and points that sub-config at it; ``remove`` puts every backend back and unregisters the names.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+from vlmzip.scoring import attention_probs
+from vlmzip.selection import gather_rows
+from vlmzip.stages import AttentionFunction, QueryAttention
+
+
+class AttentionFunctions:
+    """The attention functions one session registered on one model, and the backends they replaced."""
+
+    def __init__(self, model: nn.Module, prefix: str) -> None:
+        self.model, self.prefix = model, prefix
+        self._saved: dict[str, str] = {}
+        self._names: list[str] = []
+        self._eager: dict[type, AttentionFunction] = {}
+
+    def use(self, config_key: str, backend: str, function: AttentionFunction) -> None:
+        """Run ``function`` in place of ``backend`` for the sub-config ``config_key`` of the model."""
+        # the name keeps "flash" when the backend has it: transformers branches on that substring
+        name = f"{self.prefix}_{config_key.split('_')[0]}_{backend}"
+        AttentionInterface.register(name, function)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[backend])
+        self._names.append(name)
+        self._saved[config_key] = backend
+        self.model.set_attn_implementation({config_key: name})
+
+    def remove(self) -> None:
+        if self._saved:
+            self.model.set_attn_implementation(dict(self._saved))
+        for name in self._names:
+            AttentionInterface._global_mapping.pop(name, None)
+            AttentionMaskInterface._global_mapping.pop(name, None)
+        self._saved.clear()
+        self._names.clear()
+
+    def base(self, backend: str, module: nn.Module) -> AttentionFunction:
+        """The function ``backend`` runs for ``module`` (each model file defines its own eager attention)."""
+        if backend != "eager":
+            return ALL_ATTENTION_FUNCTIONS[backend]
+        kind = type(module)
+        if kind not in self._eager:
+            self._eager[kind] = inspect.getmodule(kind).eager_attention_forward
+        return self._eager[kind]
+
+
+def scaling(module: nn.Module, query: torch.Tensor, kwargs: dict[str, Any]) -> float:
+    """The softmax scale the attention call uses."""
+    return kwargs.get("scaling", getattr(module, "scaling", query.shape[-1] ** -0.5))
+
+
+def query_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: Any,
+    rows: torch.Tensor,
+    valid: torch.Tensor,
+    kwargs: dict[str, Any],
+) -> QueryAttention:
+    """Head-averaged attention of query rows ``rows [B, Q]`` (``valid [B, Q]``) over every key of a prompt-pass
+    attention call, under the mask the call itself got (the prompt pass starts from an empty cache, so a row's
+    index is its key's index)."""
+    mask = _query_mask(attention_mask, rows, key.shape[2], getattr(module, "sliding_window", None))
+    probs = attention_probs(
+        gather_rows(query, rows, dim=2), key, scaling(module, query, kwargs), mask, softcap=kwargs.get("softcap")
+    )
+    return QueryAttention(probs * valid.to(probs.device)[..., None], rows, valid)
+
+
+def _query_mask(mask: Any, rows: torch.Tensor, keys: int, window: int | None) -> torch.Tensor:
+    """The rows ``rows [B, Q]`` of an attention call's mask, ``[B, 1|H, Q, K]``; a ``None`` (plain causal) or
+    2D (flash attention's padding) mask becomes the causal, windowed and padded mask it stands for."""
+    if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+        return gather_rows(mask, rows.to(mask.device), dim=2)
+    columns = torch.arange(keys, device=rows.device)
+    visible = columns <= rows[..., None]
+    if window is not None:
+        visible &= columns > rows[..., None] - window
+    if isinstance(mask, torch.Tensor):  # [B, K] padding
+        visible &= mask.bool().to(rows.device)[:, None, :]
+    return visible[:, None]

@@ -1,0 +1,79 @@
+"""The decode stage: run the decode method over the cache's layers when it is due, and give every decoder layer
+its own mask during generation (layers store different entries once a method ran)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vlmzip.runtime.cache import CompressedCache, CompressedLayer
+from vlmzip.runtime.masks import layer_mask
+from vlmzip.runtime.request import Request
+from vlmzip.stages import DecodeMethod, LayerEntries
+
+
+class DecodeStage:
+    """The decode method of one session (``None``: the cache only keeps generation's bookkeeping right)."""
+
+    def __init__(self, method: DecodeMethod | None, text_config: Any, backend: str) -> None:
+        self.method, self.text_config, self.backend = method, text_config, backend
+
+    def after_forward(self, request: Request, cache: CompressedCache) -> None:
+        """Run the method on every full-attention layer if it is due after this forward."""
+        if self.method is None or not self.method.due(request.step):
+            return
+        counts: dict[int, tuple[list[int], list[int]]] = {}  # id(valid) -> (visual, all) entries per sample
+        shared: dict[tuple, torch.Tensor] = {}  # layers keeping equal counts share one valid tensor
+        for idx, layer in enumerate(cache.layers):
+            if not layer.is_initialized or layer.is_sliding:
+                continue
+            if id(layer.valid) not in counts:  # layers fed the same rows share their row facts
+                candidates = layer.visual & layer.valid
+                visual, stored = torch.stack([candidates.sum(dim=1), layer.valid.sum(dim=1)]).tolist()
+                counts[id(layer.valid)] = (visual, stored)
+            visual, stored = counts[id(layer.valid)]
+            result = self.method.compress(self._entries(idx, layer, request, visual, stored))
+            if result is None:
+                continue
+            width = result.index.shape[1]
+            key = (tuple(result.counts), width)
+            if key not in shared:
+                columns = torch.arange(width, device=layer.valid.device)
+                shared[key] = columns >= width - torch.tensor(result.counts, device=layer.valid.device)[:, None]
+            layer.keep_entries(result.index, shared[key], result.store)
+
+    def _entries(
+        self, idx: int, layer: CompressedLayer, request: Request, visual: list[int], stored: list[int]
+    ) -> LayerEntries:
+        keys, values = layer.store.read()
+        captured = request.attention.get(("decode", idx))
+        return LayerEntries(
+            idx,
+            keys,
+            values,
+            layer.valid,
+            layer.visual,
+            layer.positions,
+            visual,
+            stored,
+            step=request.step,
+            attention=captured.mass() if captured is not None and request.step == 0 else None,
+        )
+
+    def layer_mask(self, request: Request, layer: CompressedLayer, dtype: torch.dtype) -> Any:
+        """The mask of a decode step's rows over ``layer``'s entries and themselves, built once per distinct
+        history (layers fed the same rows share their row-fact tensors)."""
+        window = layer.sliding_window
+        key = (id(layer.valid), id(layer.positions) if window else None)
+        if key not in request.step_masks:
+            step = request.step_rows
+            kv_valid = torch.cat([layer.valid, step.valid.to(layer.valid.device)], dim=1)
+            # positions continue the padded prompt: a sliding window after a cut spans what it spanned at
+            # prefill (positions), not its width in stored entries
+            kv_positions = torch.cat([layer.positions, step.position.to(layer.valid.device)], dim=1) if window else None
+            mask = layer_mask(
+                self.backend, kv_valid, step.valid.shape[1], window, dtype, self.text_config, kv_positions
+            )
+            request.step_masks[key] = (layer.valid, layer.positions, mask)  # holding them keeps the ids unique
+        return request.step_masks[key][2]

@@ -1,0 +1,195 @@
+"""The vision stage: find each request's images and videos, capture vision-tower signals, and hand the language
+model the sequence the vision method chose (cut, with merged tokens written in).
+
+The model encodes images exactly as it always does; the cut happens at the language model's input (a forward
+pre-hook on the decoder stack), where ``inputs_embeds`` holds the projected features. Everything indexed by
+sequence position is cut alike: embeddings, the mask (2D, or Gemma-3's dictionary of 4D masks), position ids
+and the family's extras (``Adapter.cut_language_model_inputs``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlmzip.adapter import Adapter, VisionRun
+from vlmzip.runtime.attention import AttentionFunctions, scaling
+from vlmzip.runtime.masks import cut_mask
+from vlmzip.runtime.request import Request
+from vlmzip.scoring import attention_mass
+from vlmzip.selection import gather_rows, pack_left
+from vlmzip.stages import ModelInfo, VisionMethod
+
+
+class VisionStage:
+    """The vision method of one session, and what the vision tower told about the current images."""
+
+    def __init__(self, adapter: Adapter, method: VisionMethod | None, info: ModelInfo, backend: str) -> None:
+        self.adapter, self.method, self.backend = adapter, method, backend
+        self.layers = method.vision_layers(info) if method is not None else []
+        # the vision-tower forwards behind the current images (generate encodes images before the prompt
+        # pass, and once for all the passes of generate(use_cache=False)); replaced by the next encoding
+        self.runs: list[VisionRun] = []
+        self._runs_used = False
+        self._layer_of: dict[int, int] = {}
+        self._backend = ""
+        # vision attention calls of the current layer (one per chunk: frame or window) awaiting their mass
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor, float, torch.Tensor | None]] = []
+        self._functions: AttentionFunctions | None = None
+
+    def install(self, functions: AttentionFunctions) -> list[Any]:
+        """Register the tower hooks (and, where the method reads tower attention, its attention function)."""
+        tower = self.adapter.vision_tower
+        # always: under generate the tower's arguments (e.g. Qwen's grid_thw) are the only record of the
+        # items' layouts, which every policy needs to locate the visual tokens
+        handles = [tower.register_forward_pre_hook(self._before_tower, with_kwargs=True)]
+        if self.layers:
+            modules = self.adapter.vision_attention_modules()
+            self._layer_of = {id(m): i for i, m in enumerate(modules)}
+            self._backend = modules[0].config._attn_implementation
+            self._functions = functions
+            functions.use(self.adapter.vision_config_key, self._backend, self._attention)
+            handles.append(tower.register_forward_hook(lambda *_: self._flush()))
+        return handles
+
+    def new_encoding(self) -> None:
+        """The forward encodes its own images: earlier runs are stale."""
+        self.runs.clear()
+
+    def find_items(self, request: Request) -> None:
+        """Locate the request's images and videos (before the model runs, so a mismatch fails fast)."""
+        request.visual = torch.zeros_like(request.prompt_valid)
+        if request.inputs.get("input_ids") is not None:
+            request.items = self.adapter.visual_items(request.inputs, self.runs)
+            for item in request.items:
+                request.visual[item.sample, item.positions] = True
+        counts = torch.stack([(request.visual & request.prompt_valid).sum(dim=1), request.prompt_valid.sum(dim=1)])
+        request.visual_in, request.rows_count = counts.tolist()
+        request.visual_count = list(request.visual_in)
+
+    # -- the cut at the language model's input -------------------------------------------------------------
+    def cut(self, request: Request, kwargs: dict[str, Any]) -> bool:
+        """Apply the vision method to ``kwargs`` (the language model's inputs); True if they changed."""
+        self._runs_used = True
+        all_rows = torch.arange(request.visual.shape[1], device=request.visual.device).expand_as(request.visual)
+        if self.method is None or not request.items:
+            request.set_rows(request.prompt_valid, all_rows, None)
+            return False
+        embeds = kwargs["inputs_embeds"]
+        self._signals(request, embeds)
+        keep = request.prompt_valid & ~request.visual
+        owner = torch.where(keep, all_rows, -1)  # the row that carries each row's content (-1: dropped)
+        kept, merged = [0] * len(request.rows_count), []
+        for item in request.items:
+            item.features = embeds[item.sample, item.positions]
+            selection = self.method.select(item)
+            rows = item.positions[selection.keep.to(item.positions.device)]
+            keep[item.sample, rows] = True
+            kept[item.sample] += len(rows)
+            if selection.merged:
+                sources = selection.sources.to(rows.device)
+                owner[item.sample, item.positions] = torch.where(sources >= 0, rows[sources.clamp(min=0)], -1)
+                merged.append((item.sample, rows, selection.embeddings))
+            else:
+                owner[item.sample, rows] = rows
+        if kept == request.visual_count and not merged:
+            request.set_rows(request.prompt_valid, all_rows, None)
+            request.record("vision", kept)
+            return False
+        if merged:
+            embeds = embeds.clone()
+            for sample, rows, embeddings in merged:
+                embeds[sample, rows] = embeddings.to(embeds.device, embeds.dtype)
+        index, valid = pack_left(keep, request.width_after(kept))
+        kwargs["inputs_embeds"] = gather_rows(embeds, index, dim=1)
+        kwargs["attention_mask"] = self._cut_mask(kwargs.get("attention_mask"), index, valid)
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            positions = torch.arange(keep.shape[1], device=embeds.device).unsqueeze(0)
+        kwargs["position_ids"] = gather_positions(positions, index)
+        self.adapter.cut_language_model_inputs(kwargs, keep, owner, index, valid)
+        request.set_rows(valid, index, None)
+        request.record("vision", kept)
+        return True
+
+    def _cut_mask(self, mask: Any, index: torch.Tensor, valid: torch.Tensor) -> Any:
+        """The language model's mask argument cut to rows ``index``: a 2D mask becomes the new padding; Gemma-3's
+        per-layer-type dictionary of 4D masks (bidirectional image blocks) is sliced, keeping its pattern."""
+        if mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+            return valid.long()
+        config, dtype = self.adapter.text_config, self.adapter.language_model.dtype
+        if isinstance(mask, dict):
+            window = getattr(config, "sliding_window", None)
+            return {
+                kind: cut_mask(m, index, valid, self.backend, window if "sliding" in kind else None, dtype, config)
+                for kind, m in mask.items()
+            }
+        return cut_mask(mask, index, valid, self.backend, None, dtype, config)
+
+    def _signals(self, request: Request, embeds: torch.Tensor) -> None:
+        needs = self.method.needs
+        if "vision_attention" in needs:
+            self.adapter.vision_scores(self.runs, request.items)
+        if "text_embeddings" in needs:
+            text = request.prompt_valid & ~request.visual
+            for item in request.items:
+                item.signals["text_embeddings"] = embeds[item.sample, text[item.sample]]
+
+    # -- the vision tower ------------------------------------------------------------------------------------
+    def _before_tower(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._runs_used:  # a new encoding: the previous images are done with
+            self.runs, self._runs_used = [], False
+        grids = self.adapter.tower_grids(args, kwargs)
+        self.runs.append(VisionRun(grids, self.adapter.tower_count(args, kwargs)))
+
+    def _attention(self, module, query, key, value, attention_mask, **kwargs):
+        output = self._functions.base(self._backend, module)(module, query, key, value, attention_mask, **kwargs)
+        layer = self._layer_of.get(id(module))
+        if self.runs and layer in self.layers:
+            if self._pending and self._pending[0][0] != layer:
+                self._flush()
+            cls_only = self.adapter.vision_query == "cls"
+            rows = query[:, :, :1] if cls_only else query
+            cu_seqlens = None if cls_only else kwargs.get("cu_seq_lens_q")
+            for part_rows, part_key, part_mask in _segments(rows, key, attention_mask, cu_seqlens):
+                self._pending.append((layer, part_rows, part_key, scaling(module, query, kwargs), part_mask))
+        return output
+
+    def _flush(self) -> None:
+        """Attention mass of the pending calls of one layer, computed in one batch per chunk shape (a video's
+        windows number in the thousands: one small computation each would cost more than the tower)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        masses: list[torch.Tensor | None] = [None] * len(pending)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for order, (_, rows, key, scale, mask) in enumerate(pending):
+            groups[(rows.shape[1:], key.shape[1:], scale, None if mask is None else mask.shape[1:])].append(order)
+        for members in groups.values():
+            rows = torch.cat([pending[i][1] for i in members])
+            key = torch.cat([pending[i][2] for i in members])
+            mask = pending[members[0]][4]
+            if mask is not None:
+                mask = torch.cat([pending[i][4].expand(pending[i][1].shape[0], *mask.shape[1:]) for i in members])
+            parts = attention_mass(rows, key, pending[members[0]][3], mask).split(
+                [pending[i][1].shape[0] for i in members]
+            )
+            for i, part in zip(members, parts):
+                masses[i] = part
+        self.runs[-1].attention.setdefault(pending[0][0], []).extend(masses)
+
+
+def gather_positions(positions: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Cut position ids ``[B, L]``, ``[1, L]`` or multimodal ``[3 | 4, B, L]`` to rows ``index``."""
+    return gather_rows(positions, index, dim=positions.dim() - 1, batch_dim=positions.dim() - 2)
+
+
+def _segments(rows, key, mask, cu_seqlens):
+    """The packed sequences (``cu_seqlens``, flash attention's layout) of one vision attention call."""
+    if cu_seqlens is None:
+        return [(rows, key, mask)]
+    bounds = cu_seqlens.tolist()
+    return [(rows[:, :, a:b], key[:, :, a:b], None) for a, b in zip(bounds[:-1], bounds[1:])]

@@ -1,0 +1,32 @@
+"""The stage contracts a compression method implements: derive from one base class, override its steps.
+
+``VisionMethod`` (before the language model), ``PrefillMethod`` (inside the prompt pass) and ``DecodeMethod``
+(the KV cache generation reads); each module documents what the runtime hands a method and what it expects
+back. Methods import from here, never from ``vlmzip.runtime``.
+"""
+
+from vlmzip.stages.decode import DecodeMethod, DenseKV, KVStore, LayerEntries, StoredEntries
+from vlmzip.stages.method import Method, ModelInfo, Stage
+from vlmzip.stages.prefill import AttentionFunction, Cut, PrefillMethod, PromptRows, QueryAttention, RowSelection
+from vlmzip.stages.vision import SIGNALS, VisionMethod, VisualItem, VisualSelection
+
+__all__ = [
+    "SIGNALS",
+    "AttentionFunction",
+    "Cut",
+    "DecodeMethod",
+    "DenseKV",
+    "KVStore",
+    "LayerEntries",
+    "Method",
+    "ModelInfo",
+    "PrefillMethod",
+    "PromptRows",
+    "QueryAttention",
+    "RowSelection",
+    "Stage",
+    "StoredEntries",
+    "VisionMethod",
+    "VisualItem",
+    "VisualSelection",
+]

@@ -1,0 +1,108 @@
+"""What every compression method is: a frozen dataclass of validated, defaulted parameters.
+
+The stage contracts (``vlmzip.stages.vision``, ``.prefill``, ``.decode``) derive from ``Method``; a method
+file derives from one of them and overrides only the steps it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from vlmzip.budget import Keep, validate_keep
+from vlmzip.errors import PolicyError
+
+Stage = Literal["vision", "prefill", "decode"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A compression method: its policy-string name, stage, paper, and typed parameters (the fields)."""
+
+    name: ClassVar[str] = ""
+    stage: ClassVar[Stage]
+    paper: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "keep":
+                validate_keep(value, self.name)
+            elif not _matches(value, self._hints()[field.name]):
+                raise PolicyError(f"{self.name}: {field.name}={value!r} is not a valid {self._hints()[field.name]}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check parameter ranges; raise ``PolicyError`` naming the parameter. Override to add checks."""
+
+    def check_model(self, info: ModelInfo) -> None:
+        """Check the parameters against a model (e.g. a layer beyond its depth). Override where needed."""
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> Method:
+        """Build from the string parameters of a policy (``{"keep": "0.5"}``), converting by field type."""
+        hints = cls._hints()
+        unknown = sorted(set(params) - set(hints))
+        if unknown:
+            raise PolicyError(
+                f"{cls.name}: unknown parameter {unknown[0]!r}; parameters are: {', '.join(hints) or '(none)'}"
+            )
+        return cls(**{key: _parse_value(cls.name, key, text, hints[key]) for key, text in params.items()})
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __str__(self) -> str:
+        params = ",".join(f"{key}={_format_value(value)}" for key, value in self.params().items())
+        return f"{self.name}:{params}" if params else self.name
+
+    @classmethod
+    def _hints(cls) -> dict[str, Any]:
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a method may check its parameters against."""
+
+    num_layers: int  # decoder layers of the language model
+    vision_layers: int  # encoder layers of the vision tower
+    min_prefill_layer: int = 1  # first layer where the prefill stage may cut (Qwen3-VL: after DeepStack)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _parse_value(method: str, key: str, text: str, hint: Any) -> Any:
+    try:
+        if key == "keep" or hint == Keep:
+            return float(text) if any(c in text for c in ".eE") else int(text)
+        if hint is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if hint in (int, float, str):
+            return hint(text)
+    except ValueError:
+        raise PolicyError(f"{method}: {key}={text!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+    raise PolicyError(f"{method}: parameter {key!r} cannot be set from a policy string")
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, float) else str(value)

@@ -1,0 +1,180 @@
+"""The prefill-stage contract: drop (or merge) visual rows inside the language model during the prompt pass.
+
+A method declares a schedule of ``Cut``s (before which layer, what budget, which layer's attention scores
+it), which prompt rows' attention it reads (``query_rows``), and turns that attention into scores, budgets
+and a selection of the rows each sample keeps. Samples of one batch may keep different numbers of rows. The
+runtime captures the attention, cuts hidden states, masks, rotary embeddings and position ids, keeps text
+rows whatever the method says, and counts what each sample kept. A method may also replace the attention
+of the prompt pass itself (``attend``; block-sparse prefill).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from vlmzip.budget import Keep, kept_count
+from vlmzip.errors import PolicyError
+from vlmzip.selection import top_k_mask
+from vlmzip.stages.method import Method, ModelInfo, Stage
+
+#: ``fn(module, query, key, value, attention_mask, **kwargs) -> (output, weights)``: transformers' interface
+AttentionFunction = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One step of a schedule: before decoder layer ``layer`` runs, keep ``keep`` of the visual rows held then
+    (a fraction of them, or a count per sample), ranked by the attention captured at ``score_layer`` (``None``:
+    the scores need no attention)."""
+
+    layer: int
+    keep: Keep
+    score_layer: int | None
+
+
+@dataclass
+class PromptRows:
+    """The rows the hidden states hold at one point of the prompt pass, ``[B, L]`` each; left-padded.
+
+    ``valid`` marks real rows, ``visual`` visual-token rows (valid ones only), ``position`` each row's column in
+    the original prompt (``input_ids``); ``visual_count`` is the visual rows per sample. At a cut, ``hidden``
+    holds the hidden states ``[B, L, D]`` entering the layer.
+    """
+
+    valid: torch.Tensor
+    visual: torch.Tensor
+    position: torch.Tensor
+    visual_count: list[int]
+    hidden: torch.Tensor | None = None
+
+    @property
+    def text(self) -> torch.Tensor:
+        return self.valid & ~self.visual
+
+    @property
+    def last(self) -> torch.Tensor:
+        """The last prompt token of each sample (the last row: padding is on the left)."""
+        last = torch.zeros_like(self.valid)
+        last[:, -1] = True
+        return last
+
+    @property
+    def instruction(self) -> torch.Tensor:
+        """Text rows after each sample's last visual row: the question; all text rows if there is no visual."""
+        columns = torch.arange(self.valid.shape[1], device=self.valid.device)
+        last_visual = torch.where(self.visual, columns, -1).amax(dim=1, keepdim=True)
+        return self.text & (columns > last_visual)
+
+
+@dataclass
+class QueryAttention:
+    """Head-averaged softmax attention of the chosen query rows over every key row of one layer.
+
+    ``probs [B, Q, K]``; ``rows [B, Q]`` is each query's row index (left-padded: ``valid [B, Q]`` marks real
+    queries; padding queries have all-zero ``probs``). Keys are the rows the layer attends over, in row order.
+    """
+
+    probs: torch.Tensor
+    rows: torch.Tensor
+    valid: torch.Tensor
+
+    def mass(self) -> torch.Tensor:
+        """Mean attention each key receives from the sample's queries, ``[B, K]``."""
+        count = self.valid.sum(dim=1, keepdim=True).clamp(min=1)
+        return self.probs.sum(dim=1) / count
+
+
+@dataclass
+class RowSelection:
+    """The visual rows each sample keeps, ``keep [B, L]`` bool (text rows are always kept).
+
+    ``hidden [B, L, D]``, when given, replaces the hidden states of the kept rows (merged rows);
+    ``counts`` are the kept visual rows per sample, on the host, where the method knows them (it spares a
+    device round trip).
+    """
+
+    keep: torch.Tensor
+    hidden: torch.Tensor | None = None
+    counts: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class PrefillMethod(Method):
+    """Drops visual rows inside the language model during the prompt pass.
+
+    By default: one cut before layer ``layer``, keeping the ``keep`` visual rows (a fraction of each sample's,
+    or a count) that the last prompt token attended to most at layer ``layer - 1``, averaged over heads.
+    Steps to override: ``schedule`` (several cuts), ``query_rows`` (which rows' attention scores), ``score``,
+    ``budget`` (per-sample, possibly data-dependent), ``select`` (any other choice, merging) and ``attend``
+    (the attention of the prompt pass).
+    """
+
+    stage: ClassVar[Stage] = "prefill"
+    layer: int = 2
+    keep: Keep = 0.5
+
+    def validate(self) -> None:
+        if self.layer < 1:
+            raise PolicyError(f"{self.name}: layer={self.layer} must be >= 1 (scores come from layer - 1)")
+
+    def check_model(self, info: ModelInfo) -> None:
+        previous = 0
+        for cut in self.schedule():
+            if cut.layer >= info.num_layers:
+                raise PolicyError(
+                    f"{self.name}: layer={cut.layer} is beyond the language model's depth "
+                    f"({info.num_layers} layers: use 1..{info.num_layers - 1})"
+                )
+            if cut.layer < info.min_prefill_layer:
+                raise PolicyError(
+                    f"{self.name}: layer={cut.layer} is too early for this model; the first layer it may cut "
+                    f"at is {info.min_prefill_layer} (its DeepStack features are added to layers before that)"
+                )
+            if cut.layer <= previous or (cut.score_layer is not None and not 0 <= cut.score_layer < cut.layer):
+                raise PolicyError(
+                    f"{self.name}: its schedule must cut at increasing layers, each scored at an earlier layer "
+                    f"(got {self.schedule()})"
+                )
+            previous = cut.layer
+
+    def schedule(self) -> tuple[Cut, ...]:
+        """The cuts, by increasing layer."""
+        return (Cut(self.layer, self.keep, self.layer - 1),)
+
+    def query_rows(self, rows: PromptRows) -> torch.Tensor:
+        """Which rows' attention scores the visual rows, ``[B, L]`` bool (default: the last prompt token)."""
+        return rows.last
+
+    def score(self, cut: Cut, attention: QueryAttention | None, rows: PromptRows) -> torch.Tensor:
+        """Importance of every row held now, ``[B, L]`` (only visual rows are ranked): the mean attention the
+        query rows put on each row at ``cut.score_layer``."""
+        return attention.mass()
+
+    def budget(self, cut: Cut, rows: PromptRows, scores: torch.Tensor) -> list[int]:
+        """Visual rows each sample keeps at ``cut``."""
+        return [kept_count(cut.keep, n) for n in rows.visual_count]
+
+    def select(self, cut: Cut, rows: PromptRows, scores: torch.Tensor) -> RowSelection:
+        """The kept visual rows: each sample's ``budget`` highest scores."""
+        counts = self.budget(cut, rows, scores)
+        if counts == rows.visual_count:
+            return RowSelection(rows.visual, counts=counts)
+        chosen = top_k_mask(scores, rows.visual, torch.tensor(counts, device=scores.device))
+        return RowSelection(chosen, counts=counts)
+
+    def attend(
+        self,
+        base: AttentionFunction,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: Any,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attention of a prompt-pass layer (``module.layer_idx``): by default the model's own ``base``."""
+        return base(module, query, key, value, attention_mask, **kwargs)

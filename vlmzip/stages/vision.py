@@ -1,0 +1,129 @@
+"""The vision-stage contract: choose or merge each image's (or video's) tokens before the language model.
+
+The runtime hands a method one ``VisualItem`` at a time (its token embeddings as the language model would
+receive them, its layout, and the signals the method asked for in ``needs``) and receives a
+``VisualSelection``: which of the item's tokens survive, and optionally new embeddings for them (merging).
+Everything indexed by sequence position (ids, masks, position ids, family extras) is then cut by the
+runtime; a method never touches a model input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from vlmzip.budget import Keep, kept_count
+from vlmzip.errors import UnsupportedModelError
+from vlmzip.stages.method import Method, ModelInfo, Stage
+
+#: signals the runtime can compute for a vision method, by the name a method lists in ``needs``
+SIGNALS = frozenset({"vision_attention", "text_embeddings"})
+
+
+@dataclass
+class VisualItem:
+    """One image or video of one sample, as the vision stage sees it.
+
+    ``positions`` are the sequence indices of its placeholder tokens in prompt order; ``grid`` is its
+    ``(frames, rows, cols)`` layout in language-model tokens; ``features`` are its token embeddings as the
+    language model would receive them, ``[n, D]``; ``signals`` holds what the method asked for in ``needs``:
+    ``"vision_attention"`` (``[n]``: [CLS] attention, or the mean attention a token's patches receive) and
+    ``"text_embeddings"`` (``[T, D]``: the embeddings of the sample's text tokens, e.g. its question).
+    """
+
+    sample: int
+    index: int  # order of the item in the request (row-major over samples)
+    kind: Literal["image", "video"]
+    positions: torch.Tensor
+    grid: tuple[int, int, int]
+    kind_index: int = 0  # the vision-tower output it came from, among the encoded items of its kind
+    sample_index: int = 0  # order among the items of its sample
+    features: torch.Tensor | None = None
+    signals: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.positions.numel())
+
+
+@dataclass
+class VisualSelection:
+    """What remains of one item: ``keep`` (ascending local indices, ``[k]``) are the tokens whose places
+    (sequence position, position ids, masks) the survivors take.
+
+    ``embeddings [k, D]``, when given, replace the kept tokens' embeddings (merged tokens); ``sources [n]``
+    then maps every original token to the survivor that stands for it (``-1``: dropped), so family inputs
+    attached to each token (Qwen3-VL's DeepStack features) are merged alike, by the mean over each
+    survivor's sources. Merged tokens count as kept.
+    """
+
+    keep: torch.Tensor
+    embeddings: torch.Tensor | None = None
+    sources: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep.dim() != 1 or self.keep.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"VisualSelection.keep must be a 1-D integer tensor, got {tuple(self.keep.shape)}")
+        if self.embeddings is not None:
+            if self.sources is None or self.embeddings.shape[0] != self.keep.numel():
+                raise ValueError(
+                    "merged VisualSelection: embeddings need one row per kept token and sources mapping every "
+                    f"original token to its survivor (got {self.embeddings.shape[0]} rows for "
+                    f"{self.keep.numel()} kept tokens, sources={'missing' if self.sources is None else 'given'})"
+                )
+        elif self.sources is not None:
+            raise ValueError("VisualSelection.sources describes merged tokens: give their embeddings too")
+
+    @property
+    def merged(self) -> bool:
+        return self.embeddings is not None
+
+
+@dataclass(frozen=True)
+class VisionMethod(Method):
+    """Keeps (or merges into) a subset of each image's (or video's) tokens before the language model sees them.
+
+    ``keep`` is a fraction of each item's tokens or a token count per item. Steps to override: ``score``
+    (most methods: the base class keeps the top ``keep``), or ``select`` (any other choice, merging).
+    """
+
+    stage: ClassVar[Stage] = "vision"
+    #: signals the method reads from ``item.signals`` (a subset of ``SIGNALS``)
+    needs: ClassVar[frozenset[str]] = frozenset()
+    keep: Keep = 64
+
+    def vision_layers(self, info: ModelInfo) -> list[int]:
+        """Vision-tower layers whose attention the method reads (``needs`` has ``"vision_attention"``)."""
+        return list(range(info.vision_layers)) if "vision_attention" in self.needs else []
+
+    def check_model(self, info: ModelInfo) -> None:
+        unknown = self.needs - SIGNALS
+        if unknown:
+            raise UnsupportedModelError(
+                f"{self.name}: needs unknown signal(s) {sorted(unknown)}; the runtime provides {sorted(SIGNALS)}"
+            )
+        if "vision_attention" in self.needs and not self.vision_layers(info):
+            raise UnsupportedModelError(
+                f"{self.name}: this model's visual features come from before its vision tower's first attention "
+                "layer (e.g. a LLaVA vision_feature_layer naming the embeddings), so there is no attention to rank "
+                "tokens by; use a method that needs none (random, uniform, fastv)"
+            )
+
+    def budget(self, item: VisualItem) -> int:
+        """How many tokens of ``item`` survive."""
+        return kept_count(self.keep, item.num_tokens)
+
+    def score(self, item: VisualItem) -> torch.Tensor:
+        """Importance of each of ``item``'s tokens, ``[n]``: higher is kept first."""
+        raise NotImplementedError(f"{type(self).__name__} must override score() or select()")
+
+    def select(self, item: VisualItem) -> VisualSelection:
+        """The item's surviving tokens: by default the ``budget`` highest ``score``s, in their original order."""
+        count = self.budget(item)
+        if count == item.num_tokens:
+            return VisualSelection(torch.arange(count))
+        scores = self.score(item).float().cpu()
+        return VisualSelection(scores.argsort(descending=True, stable=True)[:count].sort().values)
