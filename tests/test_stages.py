@@ -325,3 +325,81 @@ def test_a_taken_name_and_an_unknown_signal_are_refused():
 
     with pytest.raises(ValueError, match=r"needs unknown signal\(s\) \['depth_map'\]"):
         vlmzip.compress(tiny_model("llava"), vlmzip.Policy(vision=Needy()))
+
+
+class Int8KV:
+    """A toy quantized store (per-entry absmax int8): what a quantizing decode method hands the cache."""
+
+    def __init__(self, keys, values, key_scale, value_scale, dtype) -> None:
+        self.q, self.scales, self.dtype = (keys, values), (key_scale, value_scale), dtype
+
+    @classmethod
+    def encode(cls, keys: torch.Tensor, values: torch.Tensor) -> Int8KV:
+        parts = []
+        for tensor in (keys, values):
+            scale = tensor.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127
+            parts.append(((tensor / scale).round().to(torch.int8), scale.to(torch.float16)))
+        return cls(parts[0][0], parts[1][0], parts[0][1], parts[1][1], keys.dtype)
+
+    def read(self):
+        return tuple((q.to(self.dtype) * s.to(self.dtype)) for q, s in zip(self.q, self.scales))
+
+    def append(self, keys, values):
+        new = Int8KV.encode(keys, values)
+        return self._map(lambda old, add: torch.cat([old, add], dim=2), new)
+
+    def gather(self, index):
+        def take(tensor):
+            return tensor.gather(2, index[:, None, :, None].expand(-1, tensor.shape[1], -1, tensor.shape[3]))
+
+        return self._map(lambda t, _: take(t))
+
+    def select_batch(self, index):
+        return self._map(lambda t, _: t.index_select(0, index))
+
+    def repeat_batch(self, repeats):
+        return self._map(lambda t, _: t.repeat_interleave(repeats, dim=0))
+
+    def keep_last(self, count):
+        return self._map(lambda t, _: t[:, :, -count:])
+
+    @property
+    def nbytes(self):
+        return sum(t.nbytes for t in (*self.q, *self.scales))
+
+    def _map(self, fn, other=None):
+        pairs = zip((*self.q, *self.scales), (*other.q, *other.scales) if other else (None,) * 4)
+        keys, values, key_scale, value_scale = (fn(a, b) for a, b in pairs)
+        return Int8KV(keys, values, key_scale, value_scale, self.dtype)
+
+
+@dataclass(frozen=True)
+class Quantized(DecodeMethod):
+    """Keeps every entry, stored in int8 from the prompt pass on (new entries are quantized as they come)."""
+
+    name = "test-int8"
+
+    def compress(self, entries: LayerEntries) -> StoredEntries:
+        index = torch.arange(entries.valid.shape[1]).expand_as(entries.valid)
+        return StoredEntries(index, entries.count, Int8KV.encode(entries.keys, entries.values))
+
+
+def test_a_decode_method_may_store_a_quantized_form_and_bytes_are_counted_exactly(family):
+    model = tiny_model(family)
+    batch = random_inputs(model, [1, 2], text_lengths=[3, 7])
+    reference = greedy(model, batch)
+    vlmzip.compress(model, vlmzip.Policy(decode=Quantized()))
+    out = greedy(model, batch)
+    cache = out.cache
+    stats = vlmzip.stats(model)
+    for layer in cache.layers:
+        heads, length, dim = layer.keys.shape[1:]
+        batch_size = layer.keys.shape[0]
+        if layer.is_sliding:
+            assert isinstance(layer.store, DenseKV)
+            assert layer.nbytes() == 2 * batch_size * heads * length * dim * layer.keys.element_size()
+        else:  # int8 entries and one fp16 scale per entry, for keys and values
+            assert isinstance(layer.store, Int8KV)
+            assert layer.nbytes() == 2 * batch_size * heads * length * (dim + 2)
+    assert stats.kv_bytes == sum(layer.nbytes() for layer in cache.layers)
+    assert max_logit_diff(out, reference) < 0.05  # int8 keys and values change the logits a little
