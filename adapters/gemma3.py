@@ -23,6 +23,8 @@ from vlmzip.stages import VisualItem
 @register_adapter
 class Gemma3Adapter(Adapter):
     model_types = ("gemma3",)
+    family = "Gemma-3"
+    notes = "bidirectional image blocks, sliding-window layers (left alone by decode-stage methods)"
     vision_query = "mean"  # SigLIP has no [CLS]: score a patch by the mean attention it receives
 
     def __init__(self, model: nn.Module) -> None:

@@ -14,6 +14,11 @@ from vlmzip.stages import VisualItem
 @register_adapter
 class LlavaAdapter(Adapter):
     model_types = ("llava",)
+    family = "LLaVA-1.5"
+    notes = (
+        "CLIP [CLS] attention; 'default' feature strategy; a Llama or a Gemma-3 language model (llava-gemma; "
+        "tested as `tiny-llava_gemma3`)"
+    )
     vision_query = "cls"
 
     def __init__(self, model: nn.Module) -> None:

@@ -157,11 +157,15 @@ class QwenVLAdapter(Adapter):
 @register_adapter
 class Qwen2VLAdapter(QwenVLAdapter):
     model_types = ("qwen2_vl",)
+    family = "Qwen2-VL"
+    notes = "images and videos; M-RoPE positions kept"
 
 
 @register_adapter
 class Qwen2_5_VLAdapter(QwenVLAdapter):  # noqa: N801 (named like the model class)
     model_types = ("qwen2_5_vl",)
+    family = "Qwen2.5-VL"
+    notes = "images and videos; M-RoPE positions kept; windowed vision attention un-permuted for scores"
 
     def _tower_order(self, grid_thw: torch.Tensor) -> torch.Tensor | None:
         vision = self.model.config.vision_config
@@ -177,6 +181,8 @@ class Qwen2_5_VLAdapter(QwenVLAdapter):  # noqa: N801 (named like the model clas
 @register_adapter
 class Qwen3VLAdapter(QwenVLAdapter):
     model_types = ("qwen3_vl",)
+    family = "Qwen3-VL"
+    notes = "images and videos; M-RoPE positions kept; DeepStack features cut (and merged) with the visual rows"
 
     def model_info(self) -> ModelInfo:
         # DeepStack adds features to the visual rows after layers 0..n-1: a prefill cut must come later

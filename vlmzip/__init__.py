@@ -12,12 +12,13 @@ import vlmzip.methods  # noqa: F401  (registers the built-in methods)
 from vlmzip.api import compress, policy_of, restore, stats
 from vlmzip.errors import InputError, PolicyError, UnsupportedModelError, VlmzipError
 from vlmzip.policy import Policy
-from vlmzip.registry import MethodInfo, methods, register_method
+from vlmzip.registry import FamilyInfo, MethodInfo, families, methods, register_method
 from vlmzip.stats import Stats
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FamilyInfo",
     "InputError",
     "MethodInfo",
     "Policy",
@@ -26,6 +27,7 @@ __all__ = [
     "UnsupportedModelError",
     "VlmzipError",
     "compress",
+    "families",
     "methods",
     "policy_of",
     "register_method",

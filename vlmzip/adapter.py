@@ -36,6 +36,8 @@ class Adapter:
     """Base adapter. Subclasses set ``model_types`` and implement the abstract members below."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
+    family: ClassVar[str] = ""  # as users name it ("LLaVA-1.5"); with ``notes``, the README's model table
+    notes: ClassVar[str] = ""
     #: "cls": the tower has a [CLS] token whose attention row scores patches; "mean": use the mean
     #: attention each patch receives
     vision_query: ClassVar[Literal["cls", "mean"]] = "mean"

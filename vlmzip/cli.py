@@ -1,4 +1,4 @@
-"""The ``vlmzip`` command line: ``methods``, ``demo``, ``bench``, ``eval``, ``models``, ``report``."""
+"""The ``vlmzip`` command line: ``methods``, ``families``, ``demo``, ``bench``, ``eval``, ``models``, ``report``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vlmzip.registry import FamilyInfo, MethodInfo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,7 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     listing = commands.add_parser("methods", help="list the compression methods, their stage and parameters")
+    listing.add_argument("--markdown", action="store_true", help="as the README's table, with each paper")
     listing.set_defaults(run=_methods)
+    supported = commands.add_parser("families", help="list the model families vlmzip has an adapter for")
+    supported.add_argument("--markdown", action="store_true", help="as the README's table")
+    supported.set_defaults(run=_families)
     demo = commands.add_parser(
         "demo", help="compress a tiny random model of each family on the CPU and print what was kept"
     )
@@ -146,11 +154,48 @@ def _bench_module():
 def _methods(args: argparse.Namespace) -> int:
     from vlmzip import methods
 
+    if args.markdown:
+        print(method_table(methods()))
+        return 0
     print(f"{'method':<10} {'stage':<8} {'paper':<18} parameters (defaults)")
     for info in methods():
-        params = ", ".join(f"{name}={value}" for name, value in info.params.items())
-        print(f"{info.name:<10} {info.stage:<8} {info.paper:<18} {params}")
+        print(f"{info.name:<10} {info.stage:<8} {info.paper:<18} {_params(info)}")
     return 0
+
+
+def _families(args: argparse.Namespace) -> int:
+    from vlmzip import families
+
+    if args.markdown:
+        print(family_table(families()))
+        return 0
+    for info in families():
+        print(f"{info.family:<12} {', '.join(info.model_types):<12} {info.notes}")
+    return 0
+
+
+def method_table(infos: Sequence[MethodInfo]) -> str:
+    """The README's method table: name, stage, paper, parameters, and how vlmzip's version deviates."""
+    rows = ["| method | stage | paper | parameters (defaults) | deviation from the paper |", "|---|---|---|---|---|"]
+    for info in infos:
+        arxiv = info.paper.removeprefix("arXiv:")
+        paper = f"{info.title} ([{info.paper}](https://arxiv.org/abs/{arxiv}))" if arxiv != info.paper else info.title
+        params = ", ".join(f"`{name}={value}`" for name, value in info.params.items())
+        rows.append(f"| `{info.name}` | {info.stage} | {paper} | {params} | {info.deviation} |")
+    return "\n".join(rows)
+
+
+def family_table(infos: Sequence[FamilyInfo]) -> str:
+    """The README's model table: family, the ``config.model_type`` values it serves, notes."""
+    rows = ["| family | `model_type` | notes |", "|---|---|---|"]
+    for info in infos:
+        types = ", ".join(f"`{t}`" for t in info.model_types)
+        rows.append(f"| {info.family} | {types} | {info.notes} |")
+    return "\n".join(rows)
+
+
+def _params(info: MethodInfo) -> str:
+    return ", ".join(f"{name}={value}" for name, value in info.params.items())
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -55,6 +55,13 @@ class MethodInfo:
     stage: str
     paper: str
     params: dict[str, Any]  # parameter name -> default value
+    title: str = ""
+    deviation: str = ""
+    module: str = ""  # where it is defined: ``vlmzip.methods.*`` for the built-in ones
+
+    @property
+    def builtin(self) -> bool:
+        return self.module.startswith("vlmzip.methods.")
 
     def __str__(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items())
@@ -64,7 +71,10 @@ class MethodInfo:
 def methods() -> list[MethodInfo]:
     """Every registered method with its stage, paper and parameters (with defaults), sorted by stage."""
     order = {"vision": 0, "prefill": 1, "decode": 2}
-    infos = [MethodInfo(cls.name, cls.stage, cls.paper, cls.defaults()) for cls in _METHODS.values()]
+    infos = [
+        MethodInfo(cls.name, cls.stage, cls.paper, cls.defaults(), cls.title, cls.deviation, cls.__module__)
+        for cls in _METHODS.values()
+    ]
     return sorted(infos, key=lambda info: (order[info.stage], info.name))
 
 
@@ -73,6 +83,22 @@ def register_adapter(cls: type[Adapter]) -> type[Adapter]:
     for model_type in cls.model_types:
         _ADAPTERS[model_type] = cls
     return cls
+
+
+@dataclass(frozen=True)
+class FamilyInfo:
+    """What ``vlmzip.families()`` lists for one model family."""
+
+    family: str
+    model_types: tuple[str, ...]
+    notes: str
+
+
+def families() -> list[FamilyInfo]:
+    """Every model family with an adapter: its name, the ``config.model_type`` values it serves, its notes."""
+    importlib.import_module("vlmzip.adapters")
+    infos = [FamilyInfo(cls.family, cls.model_types, cls.notes) for cls in dict.fromkeys(_ADAPTERS.values())]
+    return sorted(infos, key=lambda info: info.family)
 
 
 def adapter_for(model: Any) -> Adapter:

@@ -20,3 +20,8 @@ class FastV(PrefillMethod):
 
     name = "fastv"
     paper = "arXiv:2403.06764"
+    title = "An Image is Worth 1/2 Tokens After Layer 2"
+    deviation = (
+        "scores come from a registered attention function while the model keeps its backend (sdpa, flash), where "
+        "the reference switches layer K-1 to eager attention; batches of any size, each sample its own budget"
+    )

@@ -21,6 +21,11 @@ class Knorm(DecodeMethod):
 
     name = "knorm"
     paper = "arXiv:2406.11430"
+    title = "A Simple and Effective L2 Norm-Based Strategy for KV Cache Compression"
+    deviation = (
+        "scores each layer with key norms averaged over KV heads and evicts visual entries only, where KVPress's "
+        "KnormPress keeps a set per KV head over all entries"
+    )
 
     def score(self, entries: LayerEntries) -> torch.Tensor:
         return -entries.keys.float().norm(dim=-1).mean(dim=1)

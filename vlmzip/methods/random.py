@@ -17,6 +17,8 @@ class RandomPrune(VisionMethod):
 
     name = "random"
     paper = "baseline"
+    title = "random pruning"
+    deviation = "seeded by the item's place in its sample: a prompt keeps the same tokens alone or in any batch"
     seed: int = 0
 
     def score(self, item: VisualItem) -> torch.Tensor:

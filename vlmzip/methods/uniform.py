@@ -20,6 +20,8 @@ class UniformPrune(VisionMethod):
 
     name = "uniform"
     paper = "baseline"
+    title = "evenly spaced subset (pooling-style)"
+    deviation = "the same sub-grid in every frame of a video"
 
     def select(self, item: VisualItem) -> VisualSelection:
         return VisualSelection(_evenly_spaced(item.num_tokens, self.budget(item), item.grid))

@@ -24,6 +24,12 @@ class VtcCls(VisionMethod):
 
     name = "vtc-cls"
     paper = "arXiv:2412.05819"
+    title = "[CLS] Token Tells Everything Needed for Training-free Efficient MLLMs"
+    deviation = (
+        "`layers=8` is the reference code's `--layer 15` on a 24-layer CLIP tower (the layers that end at the "
+        "feature layer); `layers=1` is FasterVLM; towers without [CLS] (SigLIP, Qwen-VL's ViT) score by the mean "
+        "attention each patch receives, pooled to language-model tokens"
+    )
     needs = frozenset({"vision_attention"})
     layers: int = 8
 

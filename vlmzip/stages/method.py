@@ -19,11 +19,18 @@ Stage = Literal["vision", "prefill", "decode"]
 
 @dataclass(frozen=True)
 class Method:
-    """A compression method: its policy-string name, stage, paper, and typed parameters (the fields)."""
+    """A compression method: its policy-string name, stage, paper, and typed parameters (the fields).
+
+    ``paper`` is its citation key (``"arXiv:2403.06764"``, or ``"baseline"``), ``title`` the paper's title, and
+    ``deviation`` how vlmzip's version differs from the paper or its reference code, where it does (the README's
+    method table is generated from these: ``vlmzip methods --markdown``).
+    """
 
     name: ClassVar[str] = ""
     stage: ClassVar[Stage]
     paper: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    deviation: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
