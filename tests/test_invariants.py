@@ -9,22 +9,14 @@ from conftest import greedy, max_logit_diff
 import vlmzip
 from vlmzip.eval.tiny import random_inputs, split_batch, tiny_model, visual_token_count
 
+BUILTIN = [info for info in vlmzip.methods() if info.builtin]  # every method, from the registry
 KEEP_ALL = [
     "none",
-    "random:keep=1.0",
-    "uniform:keep=1.0",
-    "vtc-cls:keep=1.0",
+    *(f"{info.name}:keep=1.0" for info in BUILTIN),
     "fastv:layer=1,keep=1.0",
-    "knorm:keep=1.0",
     "vtc-cls:keep=1.0+fastv:layer=2,keep=1.0+knorm:keep=1.0",
 ]
-QUARTER = {  # policy -> stage whose kept count it sets
-    "random:keep=0.25": "vision",
-    "uniform:keep=0.25": "vision",
-    "vtc-cls:keep=0.25": "vision",
-    "fastv:layer=2,keep=0.25": "prefill",
-    "knorm:keep=0.25": "decode",
-}
+QUARTER = {f"{info.name}:keep=0.25": info.stage for info in BUILTIN}  # policy -> stage whose kept count it sets
 NEW_TOKENS = 5
 
 

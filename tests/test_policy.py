@@ -67,9 +67,9 @@ def test_python_api_validates_too():
 
 
 def test_methods_lists_every_method_with_stage_and_parameters():
-    listed = {info.name: info for info in vlmzip.methods()}
+    listed = {info.name: info for info in vlmzip.methods() if info.builtin}
     assert {"random", "uniform", "vtc-cls", "fastv", "knorm"} <= set(listed)
     assert listed["fastv"].stage == "prefill" and listed["fastv"].params == {"layer": 2, "keep": 0.5}
     assert listed["vtc-cls"].stage == "vision" and "layers" in listed["vtc-cls"].params
     assert listed["knorm"].stage == "decode"
-    assert all(info.paper for info in listed.values())
+    assert all(info.paper and info.title for info in listed.values())
