@@ -55,6 +55,11 @@ def gather_rows(tensor: torch.Tensor, index: torch.Tensor, dim: int, batch_dim: 
     return tensor.gather(dim, index.to(tensor.device).view(view).expand(target))
 
 
+def gather_positions(positions: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Cut position ids ``[B, L]``, ``[1, L]`` or multimodal ``[3 | 4, B, L]`` to rows ``index``."""
+    return gather_rows(positions, index, dim=positions.dim() - 1, batch_dim=positions.dim() - 2)
+
+
 def merge_rows(rows: torch.Tensor, target: torch.Tensor, count: int) -> torch.Tensor:
     """Average rows into ``count`` merged rows: ``rows [n, ...]``, ``target [n]`` the merged row each goes to
     (``-1``: dropped). A merged row with one source is that row, unchanged. Returns ``[count, ...]``."""

@@ -18,8 +18,7 @@ import torch
 from vlmzip.runtime.attention import AttentionFunctions, query_attention
 from vlmzip.runtime.masks import cut_mask
 from vlmzip.runtime.request import Request
-from vlmzip.runtime.vision import gather_positions
-from vlmzip.selection import gather_rows, pack_left
+from vlmzip.selection import gather_positions, gather_rows, pack_left
 from vlmzip.stages import Cut, DecodeMethod, PrefillMethod, PromptRows
 
 _CUT_INPUTS = ("attention_mask", "position_embeddings", "position_ids")

@@ -20,7 +20,7 @@ from vlmzip.runtime.attention import AttentionFunctions, scaling
 from vlmzip.runtime.masks import cut_mask
 from vlmzip.runtime.request import Request
 from vlmzip.scoring import attention_mass
-from vlmzip.selection import gather_rows, pack_left
+from vlmzip.selection import gather_positions, gather_rows, pack_left
 from vlmzip.stages import ModelInfo, VisionMethod
 
 
@@ -180,11 +180,6 @@ class VisionStage:
             for i, part in zip(members, parts):
                 masses[i] = part
         self.runs[-1].attention.setdefault(pending[0][0], []).extend(masses)
-
-
-def gather_positions(positions: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Cut position ids ``[B, L]``, ``[1, L]`` or multimodal ``[3 | 4, B, L]`` to rows ``index``."""
-    return gather_rows(positions, index, dim=positions.dim() - 1, batch_dim=positions.dim() - 2)
 
 
 def _segments(rows, key, mask, cu_seqlens):
