@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -622,3 +624,33 @@ def test_the_installed_package_holds_no_training_loop():
         text = path.read_text(encoding="utf-8")
         assert not imports.search(text), f"{path} imports the trainer"
         assert not loop_parts.search(text), f"{path} holds training-loop code"
+
+
+def test_every_recorded_round_runs_on_todays_trainer(tmp_path, monkeypatch):
+    """training/rounds.tsv is the record that reproduces the shipped fixtures: every round's flags must still be a
+    valid run of the trainer (its init fixtures are not here, so the spec is SMALL and nothing is built)."""
+    root = Path(__file__).resolve().parents[1]
+    lines = [line for line in (root / "training" / "rounds.tsv").read_text().splitlines() if not line.startswith("#")]
+    rounds = {line.split("|")[0] for line in lines}
+    assert {str(n) for n in range(1, 30)} <= rounds and "29-qwen-narrow" in rounds
+    ran = []
+    monkeypatch.setattr(loop, "_run_spec", lambda cfg, spec=None, changes=(): fixtures.SMALL)
+    monkeypatch.setattr(loop, "_fit", lambda cfg, spec, *rest: ran.append(cfg))
+    for line in lines:
+        _, name, gpu, flags = line.split("|")
+        assert gpu.isdigit(), line
+        argv = flags.replace("$INIT", str(tmp_path / "init")).split()
+        assert loop.main(["train", *argv, "--out", str(tmp_path / name)]) == 0, line
+    assert len(ran) == len(lines)
+    shipped = {cfg.family: cfg for line, cfg in zip(lines, ran) if line.startswith("29|")}  # then the narrowing
+    assert shipped["llava"].steps == 6000 and shipped["gemma3"].steps == 1500 and shipped["qwen2_5_vl"].steps == 3400
+
+
+def test_launch_sh_reads_a_rounds_runs():
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DRY": "1", "INIT": "/init"}
+    out = subprocess.run(
+        ["bash", "training/launch.sh", "29", "llava"], cwd=root, env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert len(out) == 1 and out[0].startswith("llava|1|--family llava --steps 6000 --resume")
+    assert "--init /init/llava --spec text_intermediate=256" in out[0]
