@@ -654,3 +654,9 @@ def test_launch_sh_reads_a_rounds_runs():
     ).stdout.splitlines()
     assert len(out) == 1 and out[0].startswith("llava|1|--family llava --steps 6000 --resume")
     assert "--init /init/llava --spec text_intermediate=256" in out[0]
+
+
+def test_docs_hold_the_product_and_no_run_logs():
+    """Lab notes, launchers and run logs belong under training/, summarised; docs/ explains the product."""
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    assert sorted(p.name for p in docs.rglob("*") if p.suffix != ".md") == []
