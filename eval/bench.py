@@ -21,117 +21,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    AutoModelForImageTextToText,
-    CLIPVisionConfig,
-    Gemma3Config,
-    LlamaConfig,
-    LlavaConfig,
-    PretrainedConfig,
-    Qwen2_5_VLConfig,
-)
+from transformers import AutoModelForImageTextToText, PretrainedConfig
 
 import vlmzip
+from vlmzip.eval.families import bench_archs
 from vlmzip.eval.tiny import FAMILIES, random_inputs, tiny_model
 from vlmzip.registry import adapter_for
 
 UNWRAPPED = "(unwrapped)"
 
 
-def llava_15_7b() -> LlavaConfig:
-    """LLaVA-1.5-7B: CLIP ViT-L/14 at 336 px (576 patches, feature layer -2) and Vicuna-7B (Llama-2-7B)."""
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-    )
-    text = LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32064,
-        max_position_embeddings=4096,
-    )
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=32000,
-        image_seq_length=576,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-
-
-def qwen2_5_vl_7b() -> Qwen2_5_VLConfig:
-    """Qwen2.5-VL-7B: 32-block windowed ViT (full attention in blocks 7, 15, 23, 31), Qwen2.5-7B (GQA 28/4)."""
-    vision = {
-        "depth": 32,
-        "hidden_size": 1280,
-        "intermediate_size": 3420,
-        "num_heads": 16,
-        "out_hidden_size": 3584,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "window_size": 112,
-        "fullatt_block_indexes": [7, 15, 23, 31],
-        "tokens_per_second": 2,
-    }
-    text = {
-        "hidden_size": 3584,
-        "intermediate_size": 18944,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 28,
-        "num_key_value_heads": 4,
-        "vocab_size": 152064,
-        "max_position_embeddings": 128000,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-    }
-    return Qwen2_5_VLConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=151655,
-        video_token_id=151656,
-        vision_start_token_id=151652,
-        vision_end_token_id=151653,
-    )
-
-
-def gemma_3_4b() -> Gemma3Config:
-    """Gemma-3-4B: SigLIP so400m at 896 px (64x64 patches pooled to 256 tokens), 34 layers, 5 of 6 sliding."""
-    vision = {
-        "hidden_size": 1152,
-        "intermediate_size": 4304,
-        "num_hidden_layers": 27,
-        "num_attention_heads": 16,
-        "image_size": 896,
-        "patch_size": 14,
-    }
-    text = {
-        "hidden_size": 2560,
-        "intermediate_size": 10240,
-        "num_hidden_layers": 34,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 4,
-        "head_dim": 256,
-        "sliding_window": 1024,
-        "vocab_size": 262208,
-        "query_pre_attn_scalar": 256,
-    }
-    return Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=256)
-
-
-ARCHS: dict[str, Callable[[], PretrainedConfig]] = {
-    "llava-1.5-7b": llava_15_7b,
-    "qwen2.5-vl-7b": qwen2_5_vl_7b,
-    "gemma-3-4b": gemma_3_4b,
-}
+# Every family's real-size architectures (vlmzip.eval.families: their configs live there), by --arch name.
+ARCHS: dict[str, Callable[[], PretrainedConfig]] = bench_archs()
 TINY_ARCHS = {f"tiny-{family}": family for family in FAMILIES}  # for tests and CPU smoke runs
 
 

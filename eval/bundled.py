@@ -1,11 +1,11 @@
-"""The fidelity fixtures and test sets that ship inside vlmzip: small VLMs trained by ``vlmzip.eval.fixtures``
+"""The fidelity fixtures and test sets that ship inside vlmzip: small VLMs built by ``vlmzip.eval.fixtures``
 and held-out synthetic questions, so accuracy can be measured on any machine without a download.
 
 ``model_path(name)`` is a directory for ``AutoModelForImageTextToText.from_pretrained`` /
 ``AutoProcessor.from_pretrained``; ``dataset_path("image")`` is the image test split (``test.jsonl`` and
 ``images/test/*.png``), ``dataset_path("video")`` the video test split in the Video-MME layout. ``vlmzip models``
 lists them. ``python -m vlmzip.eval.bundled write-data`` rewrites the test sets exactly (they are a pure
-function of the seed); the models come from the training commands in ``docs/fixtures.md``.
+function of the seed); the models come from the training commands in ``training/README.md`` (at the repository root).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vlmzip.eval import synthetic
+from vlmzip.eval.families import fixture_families
 
 __all__ = [
     "IMAGE_DIFFICULTY",
@@ -30,7 +31,7 @@ __all__ = [
     "write_datasets",
 ]
 
-MODELS: tuple[str, ...] = ("llava", "qwen2_5_vl", "gemma3")
+MODELS: tuple[str, ...] = tuple(fixture_families())  # every family's fixture ships: llava, qwen2_5_vl, gemma3
 DATASETS: tuple[str, ...] = ("image", "video")
 ROOT = Path(__file__).with_name("data")
 # The shipped questions: 2-4 objects and every image question family; clips of 8-32 frames, every video family.

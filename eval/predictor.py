@@ -2,7 +2,7 @@
 
 The processor's own chat template lays out the prompt. A video sample's frames go in as one video where the
 model takes videos: through the processor's video processor, or, for a Qwen2.5-VL processor without one
-(transformers builds Qwen video processors only with torchvision), patchified by ``fixtures.encode`` after
+(transformers builds Qwen video processors only with torchvision), patchified by ``processing.encode`` after
 resizing the frames to the processor's fixed frame size. Otherwise, and for pictures, each frame is one image.
 A batch mixing the two kinds runs as one ``generate`` per kind. Decoding is greedy. The efficiency figures are
 per ``generate`` call and shared by its samples: ``prefill_ms`` is the prompt pass (the first forward of
@@ -24,7 +24,7 @@ from torch import nn
 from transformers import Qwen2_5_VLProcessor
 
 import vlmzip
-from vlmzip.eval import fixtures
+from vlmzip.eval import processing
 from vlmzip.eval.bench import synchronize
 from vlmzip.eval.runner import Prediction
 from vlmzip.eval.videomme import Sample
@@ -37,7 +37,7 @@ def load(path: str | Path, dtype: torch.dtype, device: str) -> tuple[nn.Module, 
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, device_map=device, local_files_only=True)
-    return model.eval(), fixtures.load_processor(path, model.config.model_type)
+    return model.eval(), processing.load_processor(path, model.config.model_type)
 
 
 class ModelPredictor:
@@ -94,7 +94,7 @@ class ModelPredictor:
             texts.append(self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False))
         if as_video and self.patchifies_videos:
             clips = [_clip(self.processor, sample.frames) for sample in samples]
-            batch = fixtures.encode(self.processor, texts, videos=clips, fps=[_frame_rate(s) for s in samples])
+            batch = processing.encode(self.processor, texts, videos=clips, fps=[_frame_rate(s) for s in samples])
         else:
             media = [[Image.fromarray(frame) for frame in sample.frames] for sample in samples]
             visual = {"videos": media, "fps": fps} if as_video else {"images": media}
@@ -103,14 +103,14 @@ class ModelPredictor:
 
 
 def _patchifies_videos(processor: Any) -> bool:
-    """Whether ``fixtures.encode`` patchifies this processor's videos: a Qwen2.5-VL processor without a video
+    """Whether ``processing.encode`` patchifies this processor's videos: a Qwen2.5-VL processor without a video
     processor whose pixel budget is one square size (min = max pixels, as the fixtures' are), which fixes the
     side frames are resized to. A Qwen2.5-VL processor with neither gets a warning: its frames go in as images."""
     if getattr(processor, "video_processor", None) is not None or not isinstance(processor, Qwen2_5_VLProcessor):
         return False
     size = processor.image_processor.size
     pixels = size.get("longest_edge")
-    side = fixtures.image_side(processor) if pixels else 0
+    side = processing.image_side(processor) if pixels else 0
     if not pixels or size.get("shortest_edge") != pixels or side * side != pixels:
         warnings.warn(
             "this Qwen2.5-VL processor has no video processor (transformers needs torchvision for one) and no "
@@ -138,11 +138,11 @@ def _frame_rate(sample: Sample) -> float:
 
 
 def _clip(processor: Any, frames: list[np.ndarray]) -> torch.Tensor:
-    """uint8 ``[T, 3, H, W]`` from one video's RGB frames. ``fixtures.encode`` resizes a clip as the processor
+    """uint8 ``[T, 3, H, W]`` from one video's RGB frames. ``processing.encode`` resizes a clip as the processor
     would; frames of different sizes (which cannot be stacked) are resized here, one by one, the same way."""
     tensors = [torch.from_numpy(frame).permute(2, 0, 1)[None] for frame in frames]
     if len({tensor.shape for tensor in tensors}) > 1:
-        tensors = [fixtures.resized_for(processor, tensor) for tensor in tensors]
+        tensors = [processing.resized_for(processor, tensor) for tensor in tensors]
     return torch.cat(tensors).contiguous()
 
 

@@ -1,7 +1,8 @@
 """Tiny randomly initialised vision-language models and matching raw inputs, for tests and examples.
 
 Everything is built offline from configs (no hub, no processor, no tokenizer), in fp32 on CPU, in a
-fraction of a second. Six families are covered; every image gives 16 visual tokens:
+fraction of a second. Each model family's module in ``vlmzip.eval.families`` defines its tiny models' configs and
+special ids; six are covered, and every image gives 16 visual tokens:
 
 ==============  ===================================================================================
 ``llava``       CLIP tower (8x8 image, patch 2 -> 16 patches + CLS; feature layer -2, CLS dropped),
@@ -17,7 +18,7 @@ fraction of a second. Six families are covered; every image gives 16 visual toke
 ==============  ===================================================================================
 
 Language models: hidden 64, 4 heads, 2 KV heads, head dim 16, 4 decoder layers, vocabulary of 256
-ids. Special ids sit at the bottom of the vocabulary (see ``_SPECIAL_IDS``); random text ids are
+ids. Special ids sit at the bottom of the vocabulary (each family's ``TINY_IDS``); random text ids are
 drawn from the rest. Qwen videos use the same 8x8-patch frames: a video of ``F`` frames gives a grid
 ``[F / 2, 8, 8]``, i.e. ``8 * F`` tokens.
 
@@ -26,45 +27,22 @@ drawn from the rest. Qwen videos use the same 8x8-patch frames: a video of ``F``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
-from transformers import (
-    AutoModelForImageTextToText,
-    Gemma3Config,
-    LlavaConfig,
-    PreTrainedConfig,
-    PreTrainedModel,
-    Qwen2_5_VLConfig,
-    Qwen2VLConfig,
-    Qwen3VLConfig,
-)
+from transformers import AutoModelForImageTextToText, PreTrainedConfig, PreTrainedModel
+
+from vlmzip.eval.families import tiny_models
+from vlmzip.eval.families.base import TINY
+from vlmzip.eval.families.gemma3 import gemma3_text_config
 
 __all__ = ["FAMILIES", "gemma3_text_config", "random_inputs", "split_batch", "tiny_model", "visual_token_count"]
 
-FAMILIES: tuple[str, ...] = ("llava", "llava_gemma3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3")
+# Every family's tiny models (vlmzip.eval.families: their configs and special ids live there), in its order.
+FAMILIES: tuple[str, ...] = tuple(tiny_models())
 
-_VOCAB = 256
-_HIDDEN = 64
-_HEADS = 4
-_KV_HEADS = 2
-_HEAD_DIM = _HIDDEN // _HEADS
-_LAYERS = 4
-_VISION_HIDDEN = 32
-_QWEN_GRID = 8  # patches per side of a Qwen image or video frame: 8x8 patches -> 4x4 = 16 tokens
 _QWEN_FPS = 2.0  # sampled fps the Qwen2.5-VL processor assumes by default
 _DEFAULT_TEXT_TOKENS = 8
-_INIT_STD = 0.02
-
-# Special ids per family, all inside the vocabulary.
-_SPECIAL_IDS: dict[str, dict[str, int]] = {
-    "llava": {"pad": 0, "bos": 1, "eos": 2, "image": 3},
-    "qwen2_vl": {"pad": 0, "bos": 1, "eos": 2, "vision_start": 3, "vision_end": 4, "image": 5, "video": 6},
-    "gemma3": {"pad": 0, "eos": 1, "bos": 2, "boi": 3, "eoi": 4, "image": 5},
-}
-_SPECIAL_IDS["llava_gemma3"] = _SPECIAL_IDS["llava"]
-_SPECIAL_IDS["qwen2_5_vl"] = _SPECIAL_IDS["qwen2_vl"]
-_SPECIAL_IDS["qwen3_vl"] = _SPECIAL_IDS["qwen2_vl"]
 
 _QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 _BOS_FAMILIES = ("llava", "gemma3")  # their tokenizers start every prompt with BOS
@@ -81,166 +59,6 @@ _CONFIG_ID_NAMES = (
 )
 
 
-# --------------------------------------------------------------------------------------------- configs
-
-
-def _text_kwargs(family: str) -> dict:
-    ids = _SPECIAL_IDS[family]
-    return {
-        "vocab_size": _VOCAB,
-        "hidden_size": _HIDDEN,
-        "intermediate_size": 2 * _HIDDEN,
-        "num_hidden_layers": _LAYERS,
-        "num_attention_heads": _HEADS,
-        "num_key_value_heads": _KV_HEADS,
-        "max_position_embeddings": 1024,
-        "initializer_range": _INIT_STD,
-        "pad_token_id": ids["pad"],
-        "bos_token_id": ids["bos"],
-        "eos_token_id": ids["eos"],
-    }
-
-
-def _qwen_ids(family: str) -> dict[str, int]:
-    ids = _SPECIAL_IDS[family]
-    return {
-        "image_token_id": ids["image"],
-        "video_token_id": ids["video"],
-        "vision_start_token_id": ids["vision_start"],
-        "vision_end_token_id": ids["vision_end"],
-    }
-
-
-def _llava_config(text: dict | None = None) -> LlavaConfig:
-    """LLaVA with ``text`` as its language model's config (default: Llama's)."""
-    vision = {
-        "model_type": "clip_vision_model",
-        "image_size": 8,
-        "patch_size": 2,
-        "hidden_size": _VISION_HIDDEN,
-        "intermediate_size": 2 * _VISION_HIDDEN,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "projection_dim": _VISION_HIDDEN,
-    }
-    text = text or {"model_type": "llama", "head_dim": _HEAD_DIM, **_text_kwargs("llava")}
-    return LlavaConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_index=_SPECIAL_IDS["llava"]["image"],
-        image_seq_length=16,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-
-
-# M-RoPE sections (temporal, height, width) sum to head_dim / 2 = 8.
-_QWEN2_ROPE = {"rope_type": "default", "mrope_section": [2, 3, 3]}
-_QWEN3_ROPE = {"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True}
-
-
-def _qwen2_vl_config() -> Qwen2VLConfig:
-    vision = {
-        "depth": 2,
-        "embed_dim": _VISION_HIDDEN,
-        "hidden_size": _HIDDEN,
-        "mlp_ratio": 2,
-        "num_heads": 4,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-    }
-    text = {**_text_kwargs("qwen2_vl"), "rope_parameters": _QWEN2_ROPE}
-    return Qwen2VLConfig(text_config=text, vision_config=vision, **_qwen_ids("qwen2_vl"))
-
-
-def _qwen2_5_vl_config() -> Qwen2_5_VLConfig:
-    vision = {
-        "depth": 2,
-        "hidden_size": _VISION_HIDDEN,
-        "intermediate_size": 2 * _VISION_HIDDEN,
-        "out_hidden_size": _HIDDEN,
-        "num_heads": 4,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "window_size": 56,  # 56 / 14 / 2 = 2x2 merged tokens per window -> 4 windows per 8x8 grid
-        "fullatt_block_indexes": [1],
-    }
-    text = {**_text_kwargs("qwen2_5_vl"), "rope_parameters": _QWEN2_ROPE}
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_qwen_ids("qwen2_5_vl"))
-
-
-def _qwen3_vl_config() -> Qwen3VLConfig:
-    vision = {
-        "depth": 2,
-        "hidden_size": _VISION_HIDDEN,
-        "intermediate_size": 2 * _VISION_HIDDEN,
-        "out_hidden_size": _HIDDEN,
-        "num_heads": 4,
-        "patch_size": 16,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "num_position_embeddings": _QWEN_GRID * _QWEN_GRID,
-        "deepstack_visual_indexes": [0],
-    }
-    text = {**_text_kwargs("qwen3_vl"), "head_dim": _HEAD_DIM, "rope_parameters": _QWEN3_ROPE}
-    return Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_ids("qwen3_vl"))
-
-
-def gemma3_text_config(text: dict, head_dim: int, window: int, layer_types: Sequence[str]) -> dict:
-    """Gemma-3's text-model config from a decoder's ``text`` kwargs (sizes, special ids): queries scaled by
-    ``head_dim`` as the released models' are, ``sliding_attention`` layers seeing the last ``window`` tokens.
-    The tiny test models and the trained fixtures (``vlmzip.eval.fixtures``) both build theirs with it."""
-    return {
-        **text,
-        "model_type": "gemma3_text",
-        "head_dim": head_dim,
-        "query_pre_attn_scalar": head_dim,
-        "sliding_window": window,
-        "layer_types": list(layer_types),
-    }
-
-
-def _gemma3_text(family: str) -> dict:
-    """``family``'s Gemma-3 text model: two sliding layers of window 8, a full one and a sliding one, so a
-    prompt's image is outside some layers' window."""
-    layers = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
-    return gemma3_text_config(_text_kwargs(family), _HEAD_DIM, 8, layers)
-
-
-def _gemma3_config() -> Gemma3Config:
-    ids = _SPECIAL_IDS["gemma3"]
-    vision = {
-        "model_type": "siglip_vision_model",
-        "image_size": 16,
-        "patch_size": 2,
-        "hidden_size": _VISION_HIDDEN,
-        "intermediate_size": 2 * _VISION_HIDDEN,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-    }
-    return Gemma3Config(
-        text_config=_gemma3_text("gemma3"),
-        vision_config=vision,
-        mm_tokens_per_image=16,
-        image_token_index=ids["image"],
-        boi_token_index=ids["boi"],
-        eoi_token_index=ids["eoi"],
-        initializer_range=_INIT_STD,
-    )
-
-
-_CONFIG_BUILDERS: dict[str, Callable[[], PreTrainedConfig]] = {
-    "llava": _llava_config,
-    "llava_gemma3": lambda: _llava_config(_gemma3_text("llava_gemma3")),
-    "qwen2_vl": _qwen2_vl_config,
-    "qwen2_5_vl": _qwen2_5_vl_config,
-    "qwen3_vl": _qwen3_vl_config,
-    "gemma3": _gemma3_config,
-}
-
-
 # ---------------------------------------------------------------------------------------------- models
 
 
@@ -250,28 +68,28 @@ def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0) ->
 
     Raises ``ValueError`` naming the valid families for an unknown ``family``.
     """
-    if family not in _CONFIG_BUILDERS:
+    tiny = tiny_models().get(family)
+    if tiny is None:
         raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
-    config = _CONFIG_BUILDERS[family]()
+    config = tiny.config()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(
             config, attn_implementation=attn_implementation, dtype=torch.float32
         )
-        if family == "gemma3":
-            # Gemma-3 zero-initialises its image projection, which would make every image embed to 0.
-            torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=_INIT_STD)
+        if tiny.init_weights is not None:
+            tiny.init_weights(model)
         if config.get_text_config().model_type == "gemma3_text":
             # Gemma-3's text model zero-initialises its query/key norms (weights are offsets from 1): all keys
             # then share one norm, and key-norm scores would rank rounding noise
             for name, parameter in model.named_parameters():
                 if name.endswith(("k_norm.weight", "q_norm.weight")):
                     torch.nn.init.normal_(parameter, std=0.5)
-    _configure_generation(model, _SPECIAL_IDS[family])
+    _configure_generation(model, tiny.special_ids)
     return model.eval()
 
 
-def _configure_generation(model: PreTrainedModel, ids: dict[str, int]) -> None:
+def _configure_generation(model: PreTrainedModel, ids: Mapping[str, int]) -> None:
     generation = model.generation_config
     generation.eos_token_id = None  # random weights: never stop before max_new_tokens
     generation.pad_token_id = ids["pad"]
@@ -429,7 +247,7 @@ def random_inputs(
     text_lengths: Sequence[int] | None = None,
     video_frames: Sequence[int] | None = None,
     seed: int = 0,
-    qwen_patches: int = _QWEN_GRID,
+    qwen_patches: int = TINY.qwen_grid,
 ) -> dict[str, torch.Tensor]:
     """A left-padded batch of ``len(images_per_sample)`` random prompts for a model of a supported family
     (a ``tiny_model``, or a real-size architecture for benchmarks).

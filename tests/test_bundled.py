@@ -31,7 +31,7 @@ def test_models_load_offline_like_a_checkpoint(name, monkeypatch):
     model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
     assert type(model).__name__ == CLASSES[name]
     assert 2_000_000 < fixtures.param_count(model) < 3_500_000
-    if name != "qwen2_5_vl" or fixtures._HAS_TORCHVISION:  # Qwen's AutoProcessor needs torchvision
+    if name != "qwen2_5_vl" or fixtures.HAS_TORCHVISION:  # Qwen's AutoProcessor needs torchvision
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         assert processor.tokenizer.chat_template == fixtures.build_tokenizer(name).chat_template
 
