@@ -22,8 +22,8 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from vlmzip.errors import InputError
-from vlmzip.eval import videomme
-from vlmzip.eval.videomme import Sample, score, summarize
+from vlmzip.eval.samples import Sample
+from vlmzip.eval.scoring import score, summarize
 
 SAMPLES = "samples.jsonl"
 RESULTS = "results.json"
@@ -354,16 +354,17 @@ def main(args) -> int:
     import torch
     from accelerate import PartialState
 
-    from vlmzip.eval import mcq, parallel
+    from vlmzip.eval import mcq, parallel, videomme
     from vlmzip.eval.bench import versions
     from vlmzip.eval.predictor import ModelPredictor, load
+    from vlmzip.eval.video import Sampling
 
     chosen = plan(args)
     # one process unless started by `accelerate launch` / torchrun; cpu=True lets CPU processes form a group too
     processes = PartialState(cpu=not torch.cuda.is_available())
     world, rank = processes.num_processes, processes.process_index
     out = args.out if world == 1 else parallel.rank_dir(args.out, rank)
-    sampling = videomme.Sampling(args.frames, args.sampler, args.fps, args.max_frames)
+    sampling = Sampling(args.frames, args.sampler, args.fps, args.max_frames)
     if chosen.bench in ("mcq", "images"):
         data = mcq.load(chosen.data)
         items = parallel.shard(mcq.select(data, args.limit), rank, world, lambda item: item.paths)

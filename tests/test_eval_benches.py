@@ -13,7 +13,8 @@ import torch
 from vlmzip.cli import main
 from vlmzip.eval import bundled, fixtures, mcq, runner, videomme
 from vlmzip.eval.predictor import ModelPredictor, load
-from vlmzip.eval.videomme import Sample
+from vlmzip.eval.prompts import build_prompt
+from vlmzip.eval.samples import Sample
 
 
 def test_bundled_image_bench_end_to_end(tmp_path, capsys):
@@ -92,7 +93,7 @@ def video_sample(frames: int, side: int = 64, medium: str = "video") -> Sample:
     data = videomme.load(bundled.dataset_path("video"))
     question = data.questions[0]
     pixels = np.random.default_rng(0).integers(0, 255, (frames, side, side, 3), dtype=np.uint8)
-    prompt = videomme.build_prompt(question, medium=medium)
+    prompt = build_prompt(question, medium=medium)
     return Sample(question, prompt, "official", "-", list(pixels), medium=medium)
 
 
