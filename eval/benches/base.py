@@ -170,8 +170,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def choose(args: argparse.Namespace) -> tuple[type[Bench], bool]:
     """The bench a command line asks for: ``--bench``, else the one whose data option is given, else (no model
-    and no data either: the embedded default) the first bundled bench with a default model, returned with
-    ``True``. Checks that its data and model are given; :class:`InputError` naming what is missing."""
+    and no data either) the first bundled bench with a default model and an ``embedded_limit``, returned with
+    ``True``. Checks that its data and model are given and that no other bench's option is; :class:`InputError`
+    naming what is wrong."""
     data_options = _data_options()
     given = [(cls, option) for cls, option in data_options if option.given(args)]
     if len(given) > 1:
