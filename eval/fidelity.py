@@ -27,7 +27,9 @@ from tqdm import tqdm
 import vlmzip
 from vlmzip.eval import bundled, fixtures, mcq, synthetic, videomme
 from vlmzip.eval.predictor import ModelPredictor, load
-from vlmzip.eval.videomme import Sample
+from vlmzip.eval.samples import Sample
+from vlmzip.eval.scoring import score
+from vlmzip.eval.video import Sampling
 
 __all__ = [
     "KEEPS",
@@ -61,7 +63,7 @@ def image_samples(limit: int | None = None) -> list[Sample]:
 def video_samples(limit: int | None = None) -> list[Sample]:
     """The bundled video questions with every frame, as ``vlmzip eval --bench videos`` reads them."""
     data = videomme.load(bundled.dataset_path("video"))
-    every_frame = videomme.Sampling(fps=bundled.VIDEO_FPS, max_frames=64)
+    every_frame = Sampling(fps=bundled.VIDEO_FPS, max_frames=64)
     return list(videomme.iter_samples(data, videomme.select(data, limit=limit), every_frame, missing="fail"))
 
 
@@ -76,7 +78,7 @@ def accuracy(predictor: ModelPredictor, policy: str, samples: Sequence[Sample], 
         for start in range(0, len(run), batch_size):
             batch = run[start : start + batch_size]
             predictions = predictor.predict(policy, batch)
-            right += sum(videomme.score(s, p.response).correct for s, p in zip(batch, predictions, strict=True))
+            right += sum(score(s, p.response).correct for s, p in zip(batch, predictions, strict=True))
     return right / len(samples)
 
 

@@ -28,9 +28,9 @@ Other keys are ignored (the bundled image set also carries ``answer_word``, ``pa
 file error: that question becomes an error record and the run goes on (``missing="record"``, the default), as in
 Video-MME runs, unless ``missing="fail"``.
 
-Prompts are :mod:`videomme`'s templates with "the video" replaced by "the image" / "the images" for pictures
-(the ``official`` one is then exactly ``synthetic.mc_prompt(question, "image")``); samples are
-:class:`videomme.Sample`, so the runner scores them as Video-MME's.
+Prompts are :mod:`~vlmzip.eval.prompts`' templates with "the video" replaced by "the image" / "the images" for
+pictures (the ``official`` one is then exactly ``synthetic.mc_prompt(question, "image")``); samples are
+:class:`~vlmzip.eval.samples.Sample`, so the runner scores them as every bench's.
 """
 
 from __future__ import annotations
@@ -44,18 +44,10 @@ from typing import Any, Literal
 import numpy as np
 
 from vlmzip.errors import InputError
-from vlmzip.eval.videomme import (
-    LETTERS,
-    Clip,
-    Question,
-    Sample,
-    Sampling,
-    _av,
-    build_prompt,
-    manifest_hash,
-    normalize_options,
-    read_clip,
-)
+from vlmzip.eval.prompts import build_prompt
+from vlmzip.eval.questions import LETTERS, Question, manifest_hash, normalize_options
+from vlmzip.eval.samples import Sample
+from vlmzip.eval.video import Clip, Sampling, read_clip, require_av
 
 __all__ = ["MEDIA_KEYS", "Dataset", "Item", "iter_samples", "load", "select"]
 
@@ -249,7 +241,7 @@ def iter_samples(
     max_side: int | None = None,
     missing: Literal["record", "fail"] = "record",
 ) -> Iterator[Sample]:
-    """A :class:`videomme.Sample` per item (default: all): pictures read with PIL (RGB), a video's frames
+    """A :class:`~vlmzip.eval.samples.Sample` per item (default: all): pictures read with PIL (RGB), a video's frames
     sampled with ``sampling`` and decoded once for consecutive questions about it; ``max_side`` shrinks either
     (aspect kept). A missing or unreadable file gives a sample with ``error`` set (``missing="record"``) or
     raises :class:`InputError` (``missing="fail"``)."""
@@ -258,7 +250,7 @@ def iter_samples(
         raise InputError(f"missing={missing!r}: expected 'record' (an error per question) or 'fail'")
     items = list(data.items if items is None else items)
     if any(item.medium == "video" for item in items):
-        _av()  # a missing PyAV is a setup problem, not a per-question error
+        require_av()  # a missing PyAV is a setup problem, not a per-question error
     last: tuple[tuple[Path, ...], Clip | None, str | None] = ((), None, None)
     for item in items:
         if last[0] != item.paths:  # consecutive questions about one file read it once
@@ -281,7 +273,7 @@ def iter_samples(
 
 
 def _read(item: Item, sampling: Sampling, max_side: int | None) -> tuple[Clip | None, str | None]:
-    """(frames, None) or (None, why not). Pictures come back as a :class:`videomme.Clip` without indices."""
+    """(frames, None) or (None, why not). Pictures come back as a :class:`~vlmzip.eval.video.Clip` without indices."""
     for path in item.paths:
         if not path.is_file():
             kind = "video" if item.medium == "video" else "image"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from vlmzip.eval.videomme import Question
+from vlmzip.eval.questions import Question
 
 __all__ = ["merge", "rank_dir", "shard"]
 

@@ -27,7 +27,7 @@ import vlmzip
 from vlmzip.eval import processing
 from vlmzip.eval.bench import synchronize
 from vlmzip.eval.runner import Prediction
-from vlmzip.eval.videomme import Sample
+from vlmzip.eval.samples import Sample
 
 
 def load(path: str | Path, dtype: torch.dtype, device: str) -> tuple[nn.Module, Any]:

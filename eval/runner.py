@@ -22,8 +22,10 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from vlmzip.errors import InputError
-from vlmzip.eval import videomme
-from vlmzip.eval.videomme import Sample, score, summarize
+from vlmzip.eval import benches
+from vlmzip.eval.benches import Bench
+from vlmzip.eval.samples import Sample
+from vlmzip.eval.scoring import score, summarize
 
 SAMPLES = "samples.jsonl"
 RESULTS = "results.json"
@@ -240,15 +242,10 @@ def category_table(results: dict[str, Any]) -> str | None:
 
 # ----------------------------------------------------------------------------------------------- the command
 
-BUNDLED_BENCHES = {"images": "image", "videos": "video"}  # --bench -> bundled.dataset_path kind
-DEFAULT_MODEL = "qwen2_5_vl"
-DEFAULT_POLICIES = ("none", "random:keep=0.25", "vtc-cls:keep=0.25")
-EMBEDDED_LIMIT = 90  # of 180 questions: ~65 s on two free CPU cores (docs/performance.md)
-
 
 @dataclass
 class _Plan:
-    bench: str
+    bench: Bench
     model: Path
     data: Path
     policies: list[str]
@@ -262,82 +259,39 @@ def plan(args) -> _Plan:
     from vlmzip.policy import Policy
 
     notes: list[str] = []
-    if args.data_root is not None and args.data is not None:
-        raise InputError("give --data-root (a Video-MME copy) or --data (a multiple-choice JSONL file), not both")
-    embedded = args.bench is None and args.model is None and args.data_root is None and args.data is None
-    bench = args.bench
-    if bench is None:
-        if args.data_root is not None:
-            bench = "videomme"
-        elif args.data is not None:
-            bench = "mcq"
-        elif embedded:
-            bench = "videos"
-        else:
-            raise InputError(
-                "--model needs questions: --data-root DIR (Video-MME), --data FILE.jsonl (multiple choice), or a "
-                "bundled set: --bench images or --bench videos"
-            )
-    if bench in BUNDLED_BENCHES:
-        if args.data_root is not None or args.data is not None:
-            raise InputError(
-                f"--bench {bench} runs the bundled {BUNDLED_BENCHES[bench]} test set: drop --data/--data-root, or "
-                "use --bench mcq --data FILE.jsonl / --bench videomme --data-root DIR for your own questions"
-            )
-        data = bundled.dataset_path(BUNDLED_BENCHES[bench])
-        if args.model is None:
-            args.model = DEFAULT_MODEL
-            notes.append(f"model: the bundled {DEFAULT_MODEL} fixture (--model llava|qwen2_5_vl|gemma3|PATH)")
-    else:
-        given = args.data_root if bench == "videomme" else args.data
-        wanted = "--data-root DIR (a Video-MME copy)" if bench == "videomme" else "--data FILE.jsonl"
-        other = args.data if bench == "videomme" else args.data_root
-        if other is not None:
-            raise InputError(
-                f"--bench {bench} reads {wanted}, not {'--data' if bench == 'videomme' else '--data-root'}"
-            )
-        if given is None:
-            raise InputError(f"--bench {bench} needs {wanted}; or run a bundled set: --bench images or --bench videos")
-        if args.model is None:
-            raise InputError(
-                f"--bench {bench} needs --model (a checkpoint directory, or a bundled model: "
-                f"{', '.join(bundled.MODELS)})"
-            )
-        data = given
-    if bench in ("mcq", "images") and (args.subtitles or args.duration):
-        raise InputError(f"--subtitles and --duration are Video-MME options; --bench {bench} has neither")
+    cls, embedded = benches.choose(args)
+    bench = cls()
+    data = bench.data_path(args)
+    if args.model is None:  # choose() let it through: the bench brings a default model
+        args.model = cls.default_model
+        notes.append(f"model: the bundled {args.model} fixture (--model {'|'.join(bundled.MODELS)}|PATH)")
     model = _model_path(args.model)
     if args.policy:
         policies = list(dict.fromkeys(["none", *(str(Policy.parse(p)) for p in args.policy)]))
-    elif bench in BUNDLED_BENCHES:
-        policies = list(DEFAULT_POLICIES)
+    elif cls.default_policies:
+        policies = list(cls.default_policies)
         notes.append(f"policies: {', '.join(policies)} (--policy P, repeatable, to choose)")
     else:
         policies = ["none"]
-    if bench == "videos" and args.frames is None and args.fps is None:
-        # every frame of the 2 fps clips, as the fixtures were trained
-        args.fps, args.max_frames = bundled.VIDEO_FPS, args.max_frames or 64
-        notes.append(f"frames: every frame (--fps {args.fps:g}, --max-frames {args.max_frames})")
+    bench.configure(args, notes)
     if embedded:
         if args.device is None:
             args.device = "cpu"
             notes.append("device: cpu (--device)")
         if args.limit is None:
-            args.limit = EMBEDDED_LIMIT
+            args.limit = cls.embedded_limit
             notes.append(f"questions: at most {args.limit} (--limit N)")
     args.device = args.device or "auto"
     if args.out is None:
         if args.resume:
             raise InputError("--resume continues the run in --out: name that directory")
-        args.out = Path("runs") / f"eval-{bench}-{model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        args.out = Path("runs") / f"eval-{cls.name}-{model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         notes.append(f"out: {args.out} (--out DIR)")
-    args.bench, args.model = bench, str(model)
-    if bench in ("videomme", "videos"):
-        args.data_root = data
-    else:
-        args.data = data
+    args.bench, args.model = cls.name, str(model)
+    assert cls.data is not None  # a bundled bench records its set under its loader's data option
+    setattr(args, cls.data.dest, data)
     if embedded:
-        notes.insert(0, "no --model or data given: the bundled Qwen2.5-VL fixture on the bundled video test set")
+        notes.insert(0, f"no --model or data given: {cls.embedded_note}")
     return _Plan(bench, model, Path(data), policies, notes)
 
 
@@ -354,44 +308,19 @@ def main(args) -> int:
     import torch
     from accelerate import PartialState
 
-    from vlmzip.eval import mcq, parallel
+    from vlmzip.eval import parallel
     from vlmzip.eval.bench import versions
     from vlmzip.eval.predictor import ModelPredictor, load
+    from vlmzip.eval.video import Sampling
 
     chosen = plan(args)
     # one process unless started by `accelerate launch` / torchrun; cpu=True lets CPU processes form a group too
     processes = PartialState(cpu=not torch.cuda.is_available())
     world, rank = processes.num_processes, processes.process_index
     out = args.out if world == 1 else parallel.rank_dir(args.out, rank)
-    sampling = videomme.Sampling(args.frames, args.sampler, args.fps, args.max_frames)
-    if chosen.bench in ("mcq", "images"):
-        data = mcq.load(chosen.data)
-        items = parallel.shard(mcq.select(data, args.limit), rank, world, lambda item: item.paths)
-        samples = mcq.iter_samples(
-            data, items, sampling, template=args.template, max_side=args.max_side, missing=args.missing
-        )
-        described = {**data.summary(), "questions": len(items)}
-        total = len(data.items)
-    else:
-        data = videomme.load(chosen.data)
-        questions = parallel.shard(videomme.select(data, durations=args.duration, limit=args.limit), rank, world)
-        samples = videomme.iter_samples(
-            data,
-            questions,
-            sampling,
-            subtitles=args.subtitles,
-            template=args.template,
-            max_side=args.max_side,
-            missing=args.missing,
-            workers=args.decode_workers,
-        )
-        described = {
-            "layout": data.layout,
-            "partial": data.partial,
-            "manifest_sha256": data.manifest_sha256,
-            "questions": len(questions),
-        }
-        total = len(data.questions)
+    sampling = Sampling(args.frames, args.sampler, args.fps, args.max_frames)
+    loaded = chosen.bench.load(args, chosen.data, sampling, rank, world)
+    samples, described, total = loaded.samples, loaded.described, loaded.total
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     args.dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     if world > 1 and device.startswith("cuda"):

@@ -51,7 +51,7 @@ def vocabulary() -> tuple[str, ...]:
     event phrases and position names, plus the vocabulary constants; so a new question template in
     ``synthetic`` extends the vocabulary by itself (``test_fixtures`` checks a large sample has no unknown).
     """
-    source = ast.parse(inspect.getsource(synthetic))
+    source = ast.parse("\n".join(map(inspect.getsource, synthetic.MODULES)))
     texts: list[str] = []
     for node in source.body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and (

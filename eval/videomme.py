@@ -1,4 +1,4 @@
-"""Video-MME, the data side: read a local copy, sample and decode frames, subtitles, prompts, answers, scores.
+"""Video-MME: read a local copy (any published layout) into questions, select them, and make their samples.
 
 Video-MME (900 videos, 2,700 four-option questions, three per video) may not be redistributed, so vlmzip ships
 none of it and never downloads anything: the user points :func:`load` at a copy. Every layout found in the wild
@@ -14,7 +14,8 @@ Videos are ``.mp4``, ``.MP4`` or ``.mkv``, looked up in ``data/``, ``video/``, `
 copy with some videos missing is accepted and flagged ``partial``; their questions become error records, never
 a crash (unless ``missing="fail"``).
 
-The pipeline for one run::
+The pipeline for one run (frame sampling in :mod:`~vlmzip.eval.video`, prompts in :mod:`~vlmzip.eval.prompts`,
+scoring in :mod:`~vlmzip.eval.scoring`)::
 
     data = load(root)
     questions = select(data, durations=["short"], limit=300)
@@ -23,77 +24,48 @@ The pipeline for one run::
         record = score(sample, response)       # -> write record.to_dict() as a JSON line
     summary = summarize(records)               # accuracy overall / by duration, domain, sub-category, task
 
-Prompts: ``official`` (the authors' README text) by default, ``lmms-eval`` and ``vlmevalkit`` reproduce those
-harnesses' texts (see :data:`TEMPLATES` for the exact sources). In subtitle runs every template gets the same
-subtitle text, the cues shown at the sampled frames' timestamps; a video without a subtitle file gets the
-official prompt without subtitles ("No subtitles available" in lmms-eval's, an empty list in VLMEvalKit's).
-
-Each video is decoded once for its three questions. Frame indices count decoded frames in presentation order
-from 0; timestamps are seconds from the stream start. Accuracies are fractions in [0, 1].
+In subtitle runs every template gets the same subtitle text, the cues shown at the sampled frames' timestamps; a
+video without a subtitle file gets the official prompt without subtitles ("No subtitles available" in
+lmms-eval's, an empty list in VLMEvalKit's). Each video is decoded once for its three questions.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import csv
 import hashlib
-import html
 import json
 import math
-import numbers
 import re
 import zipfile
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
-
-import numpy as np
+from typing import Any, Literal
 
 from vlmzip.errors import InputError
+from vlmzip.eval.prompts import get_template
+from vlmzip.eval.questions import LETTERS, Question, manifest_hash, normalize_options
+from vlmzip.eval.samples import ClipRead, Sample, clip_samples
+from vlmzip.eval.subtitles import read_subtitles, subtitles_at
+from vlmzip.eval.video import FileRef, Sampling, read_clip, require_av
 
 __all__ = [
     "DOMAINS",
     "DURATIONS",
-    "EXTRACTORS",
-    "LETTERS",
-    "MEDIA",
-    "SAMPLERS",
+    "PARQUET",
     "SUB_CATEGORIES",
     "TASK_TYPES",
-    "TEMPLATES",
+    "TSV",
     "VIDEO_EXTENSIONS",
-    "Clip",
-    "Cue",
     "Dataset",
-    "FileRef",
-    "Question",
-    "Record",
-    "Sample",
-    "Sampling",
-    "Template",
-    "build_prompt",
-    "decode",
-    "extract_answer",
     "iter_samples",
     "load",
-    "normalize_options",
-    "parse_srt",
-    "read_clip",
-    "read_subtitles",
-    "sample_frames",
-    "score",
     "select",
-    "subtitles_at",
-    "summarize",
-    "wilson_interval",
 ]
 
-LETTERS = ("A", "B", "C", "D")
 DURATIONS = ("short", "medium", "long")
 DOMAINS = (
     "Knowledge",
@@ -150,8 +122,6 @@ TASK_TYPES = (
     "Information Synopsis",
 )
 VIDEO_EXTENSIONS = (".mp4", ".MP4", ".mkv")
-SAMPLERS = ("linspace", "centered")
-
 PARQUET = "videomme/test-00000-of-00001.parquet"
 TSV = "Video-MME.tsv"
 VIDEO_DIRS = ("data", "video", "videos")
@@ -165,53 +135,7 @@ _EXPECTED = (
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Questions and the local copy
-
-
-@dataclass(frozen=True)
-class Question:
-    """One multiple-choice question. ``options`` always read ``"A. ..."`` .. ``"D. ..."``; ``answer`` is a letter.
-
-    ``video_id`` is the benchmark's number ("001"); ``video_file_stem`` names the video and subtitle files (the
-    YouTube id, ``videoID`` in the Hugging Face copy). ``category`` is a free grouping for other benchmarks
-    (``mcq``'s ``category``/``family``); Video-MME leaves it empty and groups by its own four fields.
-    """
-
-    question_id: str
-    video_id: str
-    video_file_stem: str
-    duration: str
-    domain: str
-    sub_category: str
-    task_type: str
-    question: str
-    options: tuple[str, str, str, str]
-    answer: str
-    category: str = ""
-
-
-@dataclass(frozen=True)
-class FileRef:
-    """A file on disk, or a member of a zip archive on disk (``member`` set)."""
-
-    path: Path
-    member: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.path}!{self.member}" if self.member else str(self.path)
-
-    @contextlib.contextmanager
-    def open(self) -> Iterator[BinaryIO]:
-        if self.member is None:
-            with open(self.path, "rb") as handle:
-                yield handle
-        else:
-            with zipfile.ZipFile(self.path) as archive, archive.open(self.member) as handle:
-                yield handle  # a seekable stream: PyAV reads it without extracting the member
-
-    def read_text(self) -> str:
-        with self.open() as handle:
-            return handle.read().decode("utf-8-sig", errors="replace")
+# The local copy: layouts, annotations, media files
 
 
 @dataclass(frozen=True)
@@ -297,21 +221,6 @@ def load(root: str | Path, *, require_videos: bool = True) -> Dataset:
         manifest_sha256=manifest_hash(questions),
         notes=tuple(notes),
     )
-
-
-def manifest_hash(questions: Iterable[Question]) -> str:
-    """SHA-256 of the canonical JSON of the questions, sorted by id: equal lists hash equally in any layout. An
-    empty ``category`` is left out, so Video-MME hashes are what they were before the field existed."""
-    rows = [_hashed(q) for q in sorted(questions, key=lambda q: q.question_id)]
-    text = json.dumps(rows, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _hashed(question: Question) -> dict[str, Any]:
-    row = asdict(question)
-    if not row["category"]:
-        del row["category"]
-    return row
 
 
 def _find_annotation(root: Path) -> tuple[str, Path, list[dict[str, Any]]]:
@@ -490,22 +399,6 @@ def _youtube_id(url: Any) -> str:
     return match.group(1) if match else ""
 
 
-_OPTION_PREFIX = re.compile(r"^\(?([A-D])[.):]\s*")
-
-
-def normalize_options(options: Sequence[Any]) -> tuple[list[str], list[str]]:
-    """Options (one per letter, in order) as ``"A. text"``: each may be labelled (``"A. x"``, ``"(A) x"``,
-    ``"A) x"``, ``"A: x"``) with its own letter, or plain. Returns (normalised options, problems)."""
-    normalized, problems = [], []
-    for letter, value in zip(LETTERS, options):
-        option = _text(value)
-        match = _OPTION_PREFIX.match(option)
-        if match and match.group(1) != letter:
-            problems.append(f"option {letter} is labelled {match.group(1)} ({option!r})")
-        normalized.append(f"{letter}. {option[match.end() :] if match else option}")
-    return normalized, problems
-
-
 def _validated(raw: Mapping[str, Any], problems: list[str]) -> Question | None:
     qid = raw["question_id"] or "?"
     before = len(problems)
@@ -616,489 +509,7 @@ def select(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Frame sampling and decoding
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Which frames to read: ``frames=N`` with a sampler, or ``fps=F`` (optionally capped by ``max_frames``).
-
-    ``linspace`` is lmms-eval's ``np.linspace(0, N-1, n).astype(int)`` (both ends); ``centered`` is VLMEvalKit's
-    ``int(i * (N / (n+1)))`` for i = 1..n (its exact float expression). Both repeat frames when n > N, as those
-    harnesses do. ``fps`` is VLMEvalKit's: ``int(N / video_fps * F)`` frames (at least one), frame
-    ``int(i * video_fps / F)``; when that exceeds ``max_frames``, ``max_frames`` of them are kept, evenly spaced
-    (linspace over the list). With ``frames``, ``max_frames`` caps ``frames``. Neither given: ``frames=32``.
-    """
-
-    frames: int | None = None
-    sampler: str = "linspace"
-    fps: float | None = None
-    max_frames: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.frames is not None and self.fps is not None:
-            raise InputError(f"give frames or fps, not both (frames={self.frames}, fps={self.fps})")
-        if self.frames is None and self.fps is None:
-            object.__setattr__(self, "frames", 32)
-        if self.frames is not None and (not isinstance(self.frames, numbers.Integral) or self.frames < 1):
-            raise InputError(f"frames={self.frames!r} must be a positive integer")
-        if self.fps is not None and not self.fps > 0:
-            raise InputError(f"fps={self.fps!r} must be > 0")
-        if self.max_frames is not None and (not isinstance(self.max_frames, numbers.Integral) or self.max_frames < 1):
-            raise InputError(f"max_frames={self.max_frames!r} must be a positive integer")
-        if self.sampler not in SAMPLERS:
-            raise InputError(f"unknown sampler {self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
-
-    def describe(self) -> str:
-        if self.fps is not None:
-            return f"fps={self.fps:g}" + (f",max_frames={self.max_frames}" if self.max_frames else "")
-        return f"frames={self.frames},sampler={self.sampler}" + (
-            f",max_frames={self.max_frames}" if self.max_frames else ""
-        )
-
-    def indices(self, n_total: int, video_fps: float | None = None) -> list[int]:
-        if n_total < 1:
-            raise InputError(f"cannot sample frames from a video of {n_total} frames")
-        if self.fps is not None:
-            if not video_fps or video_fps <= 0:
-                raise InputError("fps sampling needs the video's frame rate")
-            required = max(1, int(n_total / video_fps * self.fps))
-            step = video_fps / self.fps
-            picked = [min(int(i * step), n_total - 1) for i in range(required)]
-            if self.max_frames is not None and len(picked) > self.max_frames:
-                keep = np.linspace(0, len(picked) - 1, self.max_frames).astype(int)
-                picked = [picked[k] for k in keep]
-            return picked
-        n = self.frames if self.max_frames is None else min(self.frames, self.max_frames)  # type: ignore[type-var]
-        assert n is not None
-        if self.sampler == "linspace":
-            return [int(i) for i in np.linspace(0, n_total - 1, n).astype(int)]
-        step = n_total / (n + 1)
-        return [int(i * step) for i in range(1, n + 1)]
-
-
-def sample_frames(
-    n_total: int,
-    video_fps: float | None = None,
-    *,
-    frames: int | None = None,
-    sampler: str = "linspace",
-    fps: float | None = None,
-    max_frames: int | None = None,
-) -> list[int]:
-    """Frame indices to read from a video of ``n_total`` frames at ``video_fps`` (see :class:`Sampling`)."""
-    return Sampling(frames=frames, sampler=sampler, fps=fps, max_frames=max_frames).indices(n_total, video_fps)
-
-
-@dataclass
-class Clip:
-    """Decoded frames (RGB ``uint8`` arrays, H x W x 3) in the requested order, their actual frame indices and
-    timestamps (seconds from the stream start), and the video's frame count and rate.
-
-    An index past the last decodable frame (a container that over-reports its length) yields the last frame,
-    and ``indices`` records that frame's index.
-    """
-
-    frames: list[np.ndarray]
-    indices: list[int]
-    timestamps: list[float]
-    n_frames: int
-    fps: float
-
-    def images(self) -> list[Any]:
-        """The frames as ``PIL.Image`` objects."""
-        from PIL import Image
-
-        return [Image.fromarray(frame) for frame in self.frames]
-
-
-_SEEK_MIN_GAP = 300  # auto mode seeks when sampled frames are this far apart on average (~10 s at 30 fps)
-_SEEK_REDECODE_GAP = 120  # in seek mode, decode forward rather than seek when the next frame is this close
-
-
-def _av() -> Any:
-    try:
-        import av
-    except ImportError as error:
-        raise InputError(
-            "decoding Video-MME videos needs PyAV: pip install 'vlmzip[video]' (or pip install av)"
-        ) from error
-    return av
-
-
-def read_clip(
-    source: FileRef | str | Path,
-    sampling: Sampling | None = None,
-    *,
-    max_side: int | None = None,
-    seek: bool | None = None,
-) -> Clip:
-    """Open a video once, count its frames, sample them with ``sampling`` and decode those frames."""
-    sampling = sampling or Sampling()
-    with _open_video(source) as (container, stream):
-        n_frames, fps = _probe(container, stream)
-        return _decode_open(container, stream, sampling.indices(n_frames, fps), n_frames, fps, max_side, seek)
-
-
-def decode(
-    source: FileRef | str | Path,
-    indices: Sequence[int],
-    *,
-    max_side: int | None = None,
-    seek: bool | None = None,
-) -> Clip:
-    """Decode the frames at ``indices`` (in that order, repeats allowed) from a video file or zip member.
-
-    ``max_side`` shrinks frames so that their longer side is at most that many pixels (aspect kept). ``seek``:
-    ``False`` decodes sequentially from the start (exact for any stream); ``True`` seeks to the keyframe before
-    each far-apart frame and identifies frames by timestamp, which is exact for constant-frame-rate streams
-    only, so a stream whose frame count, duration and rate disagree (or whose timestamps turn out not to be one
-    frame apart) is decoded sequentially instead; ``None`` (default) seeks when the frames are on average more
-    than 300 apart.
-    """
-    with _open_video(source) as (container, stream):
-        n_frames, fps = _probe(container, stream)
-        return _decode_open(container, stream, list(indices), n_frames, fps, max_side, seek)
-
-
-@contextlib.contextmanager
-def _open_video(source: FileRef | str | Path) -> Iterator[tuple[Any, Any]]:
-    av = _av()
-    ref = source if isinstance(source, FileRef) else FileRef(Path(source))
-    with ref.open() as handle, av.open(handle, mode="r") as container:
-        if not container.streams.video:
-            raise InputError(f"{ref} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        yield container, stream
-
-
-def _probe(container: Any, stream: Any) -> tuple[int, float]:
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    n_frames = int(stream.frames or 0)
-    if n_frames <= 0:  # e.g. Matroska stores no frame count: count the packets (demuxing only, no decoding)
-        n_frames = sum(1 for packet in container.demux(stream) if packet.size)
-        container.seek(0)
-    if n_frames <= 0:
-        raise InputError("the video stream holds no frames")
-    if not rate:
-        seconds = (stream.duration * stream.time_base) if stream.duration else container.duration / 1_000_000
-        if not seconds:
-            raise InputError("cannot tell the video's frame rate")
-        rate = Fraction(n_frames) / Fraction(seconds)
-    return n_frames, float(rate)
-
-
-def _decode_open(
-    container: Any,
-    stream: Any,
-    indices: list[int],
-    n_frames: int,
-    fps: float,
-    max_side: int | None,
-    seek: bool | None,
-) -> Clip:
-    if not indices:
-        return Clip([], [], [], n_frames, fps)
-    if min(indices) < 0:
-        raise InputError(f"frame indices must be >= 0, got {min(indices)}")
-    wanted = sorted(set(indices))
-    size = _target_size(stream.codec_context.width, stream.codec_context.height, max_side)
-    rate = stream.average_rate
-    if seek is None:
-        seek = bool(rate) and len(wanted) > 1 and (wanted[-1] - wanted[0]) / (len(wanted) - 1) > _SEEK_MIN_GAP
-    got = None
-    if seek and rate and stream.time_base and _constant_rate(container, stream, n_frames):
-        got = _decode_seeking(container, stream, wanted, Fraction(rate), size)
-        if got is None:
-            container.seek(0)
-    if got is None:
-        got = _decode_sequential(container, stream, wanted, size)
-    if not got:
-        raise InputError("no frame could be decoded")
-    last = max(got)
-    resolved = [i if i in got else last for i in indices]
-    return Clip(
-        frames=[got[i][0] for i in resolved],
-        indices=resolved,
-        timestamps=[got[i][1] for i in resolved],
-        n_frames=n_frames,
-        fps=fps,
-    )
-
-
-def _constant_rate(container: Any, stream: Any, n_frames: int) -> bool:
-    """Whether frame count, duration and average rate agree (within 2 frames): the condition for seeking by time.
-
-    Frames are then identified by timestamp; a variable-rate stream would shift the indices, so it is decoded
-    sequentially instead.
-    """
-    if stream.duration and stream.time_base:
-        seconds = float(stream.duration * stream.time_base)
-    elif container.duration:
-        seconds = container.duration / 1_000_000
-    else:
-        return False
-    return abs(n_frames - seconds * float(stream.average_rate)) <= 2
-
-
-def _target_size(width: int, height: int, max_side: int | None) -> tuple[int, int] | None:
-    if max_side is None or max(width, height) <= max_side or not width or not height:
-        return None
-    scale = max_side / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def _convert(frame: Any, size: tuple[int, int] | None) -> np.ndarray:
-    if size is None:
-        return frame.to_ndarray(format="rgb24")
-    return frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
-
-
-def _start_pts(stream: Any) -> int:
-    return int(stream.start_time) if stream.start_time is not None else 0
-
-
-def _seconds(frame: Any, stream: Any, index: int, rate: float) -> float:
-    if frame.pts is None or not stream.time_base:
-        return index / rate if rate else 0.0
-    return float((frame.pts - _start_pts(stream)) * stream.time_base)
-
-
-def _decode_sequential(
-    container: Any, stream: Any, wanted: list[int], size: tuple[int, int] | None
-) -> dict[int, tuple[np.ndarray, float]]:
-    targets = set(wanted)
-    rate = float(stream.average_rate or stream.guessed_rate or 0)
-    got: dict[int, tuple[np.ndarray, float]] = {}
-    previous: tuple[int, Any] | None = None
-    for index, frame in enumerate(container.decode(stream)):
-        if index in targets:
-            got[index] = (_convert(frame, size), _seconds(frame, stream, index, rate))
-        previous = (index, frame)
-        if index >= wanted[-1]:
-            break
-    if previous is not None and previous[0] not in got and previous[0] < wanted[-1]:
-        index, frame = previous  # the stream ended before the last wanted index: keep its last frame
-        got[index] = (_convert(frame, size), _seconds(frame, stream, index, rate))
-    return got
-
-
-def _decode_seeking(
-    container: Any, stream: Any, wanted: list[int], rate: Fraction, size: tuple[int, int] | None
-) -> dict[int, tuple[np.ndarray, float]] | None:
-    """Seek-based decoding; None when timestamps betray a variable rate (the caller then decodes sequentially)."""
-    base, time_base = _start_pts(stream), stream.time_base
-    targets = set(wanted)
-    got: dict[int, tuple[np.ndarray, float]] = {}
-    frames: Iterator[Any] | None = None
-    current = -1  # index of the last decoded frame; -1 right after a seek
-    last: tuple[int, Any] | None = None
-    for target in wanted:
-        if target in got:
-            continue
-        fresh = frames is None or target - current > _SEEK_REDECODE_GAP
-        if fresh:
-            container.seek(base + int(Fraction(target) / rate / time_base), stream=stream, backward=True)
-            frames, current = container.decode(stream), -1
-        for frame in frames:  # type: ignore[union-attr]
-            if frame.pts is None:
-                return None
-            index = round((frame.pts - base) * time_base * rate)
-            if (index > target) if fresh else (index != current + 1):
-                return None  # landed after the target, or timestamps are not one frame apart
-            fresh, current, last = False, index, (index, frame)
-            if index in targets:
-                got[index] = (_convert(frame, size), float((frame.pts - base) * time_base))
-            if index >= target:
-                break
-        else:
-            break  # end of stream: the remaining targets resolve to the last frame
-        if target not in got:
-            return None  # the target's timestamp was skipped: not a constant-rate stream
-    if last is not None and last[0] not in got and any(t > last[0] for t in wanted):
-        index, frame = last
-        got[index] = (_convert(frame, size), float((frame.pts - base) * time_base))
-    return got
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Subtitles
-
-
-@dataclass(frozen=True)
-class Cue:
-    """One subtitle cue: shown from ``start`` (inclusive) to ``end`` (exclusive), in seconds."""
-
-    start: float
-    end: float
-    text: str
-
-
-_SRT_TIME = re.compile(
-    r"(\d+):(\d{1,2}):(\d{1,2})(?:[,.](\d{1,3}))?\s*-->\s*(\d+):(\d{1,2}):(\d{1,2})(?:[,.](\d{1,3}))?"
-)
-_TAG = re.compile(r"<[^>]*>")
-
-
-def parse_srt(text: str) -> list[Cue]:
-    """Cues of an SRT file: BOMs, CRLF/CR line ends, ``<font ...>`` and other tags and HTML entities handled.
-
-    Multi-line cue text is joined with spaces; cues with no text or an unreadable timing line are dropped. The
-    cues come back sorted by start time.
-    """
-    text = text.replace("\ufeff", "").replace("\r\n", "\n").replace("\r", "\n")
-    cues = []
-    for block in re.split(r"\n[ \t]*\n", text.strip()):
-        lines = block.split("\n")
-        timing = next(((k, m) for k, line in enumerate(lines) if (m := _SRT_TIME.search(line))), None)
-        if timing is None:
-            continue
-        k, match = timing
-        body = " ".join(html.unescape(_TAG.sub("", line)).strip() for line in lines[k + 1 :])
-        body = " ".join(body.split())
-        if body:
-            groups = match.groups()
-            cues.append(Cue(_srt_seconds(groups[:4]), _srt_seconds(groups[4:]), body))
-    return sorted(cues, key=lambda c: (c.start, c.end))
-
-
-def _srt_seconds(parts: Sequence[str | None]) -> float:
-    hours, minutes, seconds, millis = parts
-    return (
-        int(hours or 0) * 3600 + int(minutes or 0) * 60 + int(seconds or 0) + int((millis or "0").ljust(3, "0")) / 1000
-    )
-
-
-def read_subtitles(source: FileRef | str | Path) -> list[Cue]:
-    ref = source if isinstance(source, FileRef) else FileRef(Path(source))
-    return parse_srt(ref.read_text())
-
-
-def subtitles_at(cues: Sequence[Cue], timestamps: Iterable[float]) -> str:
-    """The text of every cue shown at one of ``timestamps`` (start <= t < end), each once, in time order, one
-    per line; ``""`` when none is."""
-    times = sorted(set(timestamps))
-    chosen = [cue for cue in cues if any(cue.start <= t < cue.end for t in times)]
-    return "\n".join(cue.text for cue in chosen)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Prompts
-
-
-@dataclass(frozen=True)
-class Template:
-    """A named prompt format. ``render(question, subtitles, medium)`` builds the text (``subtitles=None``: the
-    prompt without subtitles). ``medium`` is what the question is about: ``"video"`` (Video-MME's texts),
-    ``"image"`` or ``"images"`` (the same texts with "the video" in the instruction replaced, and VLMEvalKit's
-    "These are the frames of a video." left out). ``no_subtitle_file`` is what subtitle runs pass for a video
-    that has no subtitle file (``None``: that video gets the prompt without subtitles)."""
-
-    name: str
-    source: str
-    render: Callable[[Question, str | None, str], str] = field(repr=False)
-    no_subtitle_file: str | None = None
-
-
-MEDIA = ("video", "image", "images")
-
-
-def _instruction(medium: str, subtitles: bool = False) -> str:
-    source = f"the {medium} and the subtitles" if subtitles else f"the {medium}"
-    return (
-        f"Select the best answer to the following multiple-choice question based on {source}. "
-        "Respond with only the letter (A, B, C, or D) of the correct option."
-    )
-
-
-def _options(question: Question) -> str:
-    return "\n".join(question.options)
-
-
-def _official(question: Question, subtitles: str | None, medium: str = "video") -> str:
-    body = f"{_instruction(medium)}\n{question.question}\n{_options(question)}\nThe best answer is:"
-    return body if subtitles is None else f"This video's subtitles are listed below:\n{subtitles}\n{body}"
-
-
-def _lmms_eval(question: Question, subtitles: str | None, medium: str = "video") -> str:
-    qa = f"{_instruction(medium, subtitles=True)}\n{question.question}\n{_options(question)}\n"
-    if subtitles is None:
-        return qa + "\nAnswer with the option's letter from the given choices directly."
-    return f"This video's subtitles are listed below: \n{subtitles}\n{qa}The best answer is:"
-
-
-def _vlmevalkit(question: Question, subtitles: str | None, medium: str = "video") -> str:
-    frames = "These are the frames of a video. " if medium == "video" else ""
-    if subtitles is not None:
-        frames += f"This video's subtitles are listed below:\n{subtitles}\n"
-    return f"{frames}{_instruction(medium)}\nQuestion: {question.question}\n{_options(question)}\nAnswer: "
-
-
-TEMPLATES: dict[str, Template] = {
-    t.name: t
-    for t in (
-        Template("official", "Video-MME authors' README (github.com/BradyFU/Video-MME)", _official, None),
-        Template(
-            "lmms-eval",
-            "lmms-eval tasks/videomme/utils.py at 75571cf (2026-08), default model kwargs: videomme_doc_to_text "
-            "with post_prompt '\\nAnswer with the option's letter from the given choices directly.' (its "
-            "instruction mentions subtitles even without them); videomme_doc_to_text_subtitle with subtitles",
-            _lmms_eval,
-            "No subtitles available",
-        ),
-        Template(
-            "vlmevalkit",
-            "VLMEvalKit vlmeval/dataset/videomme.py at e8e78f0 (2026-08): FRAMES_TMPL_NOSUB/SUB without the "
-            "leading newline, then 'Question: {question}\\n{options}\\nAnswer: ', the two messages joined with "
-            "nothing between them",
-            _vlmevalkit,
-            "",
-        ),
-    )
-}
-
-
-def build_prompt(
-    question: Question, subtitles: str | None = None, template: str = "official", medium: str = "video"
-) -> str:
-    """The question's prompt text in the named template; ``subtitles`` (cue text, possibly ``""``) selects the
-    subtitle variant, ``None`` the one without subtitles; ``medium`` is one of :data:`MEDIA`."""
-    if medium not in MEDIA:
-        raise InputError(f"unknown medium {medium!r}: expected one of {', '.join(MEDIA)}")
-    return _template(template).render(question, subtitles, medium)
-
-
-def _template(name: str) -> Template:
-    if name not in TEMPLATES:
-        raise InputError(f"unknown prompt template {name!r}: expected one of {', '.join(TEMPLATES)}")
-    return TEMPLATES[name]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Samples: questions with their frames, subtitles and prompt
-
-
-@dataclass
-class Sample:
-    """One question ready for a model: frames, their indices and timestamps, the subtitle text used (``None``
-    without subtitles) and the prompt; or ``error`` (missing or undecodable video) with no frames. The questions
-    of one video share its frame list (decoded once): treat it as read-only.
-
-    ``medium`` says what the frames are: ``"video"`` (frames of one clip, given to a model as a video where it
-    takes videos), ``"image"`` (one picture) or ``"images"`` (several pictures, each its own image; frame
-    indices and timestamps are then empty)."""
-
-    question: Question
-    prompt: str
-    template: str
-    sampling: str
-    frames: list[np.ndarray] = field(default_factory=list, repr=False)
-    frame_indices: list[int] = field(default_factory=list)
-    timestamps: list[float] = field(default_factory=list)
-    subtitles: str | None = None
-    error: str | None = None
-    medium: str = "video"
+# Samples
 
 
 def iter_samples(
@@ -1120,15 +531,12 @@ def iter_samples(
     decodes up to that many upcoming videos in background threads (results still come in order).
     """
     sampling = sampling or Sampling()
-    tmpl = _template(template)
+    tmpl = get_template(template)
     if missing not in ("record", "fail"):
         raise InputError(f"missing={missing!r}: expected 'record' (an error per question) or 'fail'")
-    _av()  # a missing PyAV is a setup problem, not a per-video error
-    by_video: dict[str, list[Question]] = {}
-    for q in data.questions if questions is None else questions:
-        by_video.setdefault(q.video_file_stem, []).append(q)
+    require_av()  # a missing PyAV is a setup problem, not a per-video error
 
-    def job(stem: str) -> tuple[Clip | None, str | None, str | None]:
+    def read(stem: str) -> ClipRead:
         ref = data.videos.get(stem)
         if ref is None:
             where = f"{', '.join(d + '/' for d in VIDEO_DIRS)} and {VIDEO_ZIPS}"
@@ -1147,246 +555,5 @@ def iter_samples(
         except Exception as error:
             return None, None, f"cannot read subtitles {srt}: {type(error).__name__}: {error}"
 
-    for stem, (clip, text, error) in _run_jobs(list(by_video), job, workers):
-        if error is not None and missing == "fail":
-            raise InputError(f"{error}; pass missing='record' to record it as an error and continue")
-        for q in by_video[stem]:
-            yield Sample(
-                question=q,
-                prompt=tmpl.render(q, text),
-                template=tmpl.name,
-                sampling=sampling.describe(),
-                frames=clip.frames if clip else [],
-                frame_indices=list(clip.indices) if clip else [],
-                timestamps=list(clip.timestamps) if clip else [],
-                subtitles=text,
-                error=error,
-            )
-
-
-def _run_jobs(keys: list[str], job: Callable[[str], Any], workers: int) -> Iterator[tuple[str, Any]]:
-    if workers <= 0:
-        for key in keys:
-            yield key, job(key)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[tuple[str, Future[Any]]] = deque()
-        upcoming = iter(keys)
-        for key in upcoming:
-            pending.append((key, pool.submit(job, key)))
-            if len(pending) > workers:
-                done_key, future = pending.popleft()
-                yield done_key, future.result()
-        while pending:
-            done_key, future = pending.popleft()
-            yield done_key, future.result()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Answers and scores
-
-_PREFIXES = (
-    "the best answer is",
-    "the correct answer is",
-    "the answer is",
-    "the answer",
-    "the best option is",
-    "the correct option is",
-    "best answer:",
-    "best option:",
-    "final answer:",
-    "answer:",
-    "option:",
-)
-_PREFIX_RE = re.compile("|".join(re.escape(p) for p in sorted(_PREFIXES, key=len, reverse=True)), re.IGNORECASE)
-_ONLY_LETTER = re.compile(r"[\s(\[{\"'*`]*([A-Da-d])[\s)\]}\"'*`.:,;!]*")
-_LEADING_OPTION = re.compile(r"[\s(\[{*`]*([A-Da-d])[.)\]:](?:\s|$)")
-_STANDALONE = re.compile(r"(?<![A-Za-z0-9])([A-D])(?!['’]?[A-Za-z0-9])")
-_ARTICLE_A = re.compile(r"A\s+[a-z]")
-_LONG = 10  # words: a longer response with no standalone letter is unparsed
-
-
-def extract_answer(response: str | None, extractor: str = "standalone") -> str | None:
-    """The answer letter in a model's response, or ``None`` when it cannot be told (unparsed).
-
-    ``standalone`` (default): remove answer prefixes ("The best answer is", "The answer is", "Answer:", ... any
-    case), then: a response that is only a letter in either case (``"b"``, ``"(C)."``) or starts like an option
-    (``"b. text"``, ``"A) text"``) gives that letter; otherwise the first standalone capital A-D (not inside a
-    word), skipping an article "A" (``"A man ..."``) when another letter follows; no such letter (long response
-    or not) is unparsed. ``videomme-authors``: the authors' ``extract_characters_regex`` (also lmms-eval's):
-    the first capital A-D anywhere, even inside a word.
-    """
-    if extractor not in EXTRACTORS:
-        raise InputError(f"unknown answer extractor {extractor!r}: expected one of {', '.join(EXTRACTORS)}")
-    return EXTRACTORS[extractor](response or "")
-
-
-def _extract_standalone(response: str) -> str | None:
-    text = " ".join(_PREFIX_RE.sub(" ", response).split())
-    for pattern in (_ONLY_LETTER.fullmatch, _LEADING_OPTION.match):
-        match = pattern(text)
-        if match:
-            return match.group(1).upper()
-    candidates = list(_STANDALONE.finditer(text))
-    if not candidates:
-        return None  # includes long responses without a standalone letter
-    first = candidates[0]
-    if first.group(1) == "A" and len(candidates) > 1 and _ARTICLE_A.match(text, first.start()):
-        first = candidates[1]
-    return first.group(1)
-
-
-def _extract_authors(response: str) -> str | None:
-    s = response.strip()
-    # The authors' list, with its two missing commas (two prefixes glued together) kept as they are.
-    for prefix in (
-        "The best answer is",
-        "The correct answer is",
-        "The answer is",
-        "The answer",
-        "The best option isThe correct option is",
-        "Best answer:Best option:",
-    ):
-        s = s.replace(prefix, "")
-    if len(s.split()) > _LONG and not re.search("[ABCD]", s):
-        return None
-    match = re.search(r"[ABCD]", s)
-    return match[0] if match else None
-
-
-EXTRACTORS: dict[str, Callable[[str], str | None]] = {
-    "standalone": _extract_standalone,
-    "videomme-authors": _extract_authors,
-}
-
-
-@dataclass(frozen=True)
-class Record:
-    """One scored question, as written to a result file. ``response`` is the raw model output; ``prediction`` is
-    None when it was unparsed or there was none (``error`` then says why); ``subtitles`` tells whether the prompt
-    was a subtitle variant; ``frame_indices`` and ``timestamps`` are the frames the model saw; ``category`` is
-    the question's (empty for Video-MME)."""
-
-    question_id: str
-    video_id: str
-    video_file_stem: str
-    duration: str
-    domain: str
-    sub_category: str
-    task_type: str
-    answer: str
-    response: str | None
-    prediction: str | None
-    correct: bool
-    error: str | None
-    template: str
-    extractor: str
-    sampling: str
-    subtitles: bool
-    frame_indices: tuple[int, ...] = ()
-    timestamps: tuple[float, ...] = ()
-    category: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["frame_indices"], out["timestamps"] = list(self.frame_indices), list(self.timestamps)
-        return out
-
-
-def score(sample: Sample, response: str | None, *, extractor: str = "standalone") -> Record:
-    """Score a model's raw ``response`` to ``sample`` (kept verbatim). A sample with an error scores as an error
-    record whatever the response."""
-    q = sample.question
-    error = sample.error
-    if error is None and response is None:
-        error = "no response"
-    prediction = extract_answer(response, extractor) if error is None else None
-    return Record(
-        question_id=q.question_id,
-        video_id=q.video_id,
-        video_file_stem=q.video_file_stem,
-        duration=q.duration,
-        domain=q.domain,
-        sub_category=q.sub_category,
-        task_type=q.task_type,
-        answer=q.answer,
-        response=response if sample.error is None else None,
-        prediction=prediction,
-        correct=prediction is not None and prediction == q.answer,
-        error=error,
-        template=sample.template,
-        extractor=extractor,
-        sampling=sample.sampling,
-        subtitles=sample.subtitles is not None,
-        frame_indices=tuple(sample.frame_indices),
-        timestamps=tuple(sample.timestamps),
-        category=q.category,
-    )
-
-
-Z95 = 1.959963984540054
-
-
-def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """Wilson score interval for ``correct`` successes out of ``n`` (95% by default); None when n == 0."""
-    if n <= 0:
-        return None
-    p = correct / n
-    z2 = z * z
-    denominator = 1 + z2 / n
-    centre = (p + z2 / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denominator
-    low = 0.0 if correct == 0 else max(0.0, centre - half)  # exact ends, not rounding noise
-    high = 1.0 if correct == n else min(1.0, centre + half)
-    return low, high
-
-
-_GROUPS = (
-    ("duration", "by_duration", DURATIONS),
-    ("domain", "by_domain", DOMAINS),
-    ("sub_category", "by_sub_category", SUB_CATEGORIES),
-    ("task_type", "by_task_type", TASK_TYPES),
-    ("category", "by_category", ()),
-)
-
-
-def summarize(records: Iterable[Record | Mapping[str, Any]]) -> dict[str, Any]:
-    """Accuracy overall and by duration, domain, sub-category, task type and category (records or their dicts);
-    a grouping no record fills (Video-MME has no ``category``, ``mcq`` questions no duration) is left out.
-
-    Every group reports ``total`` questions, ``errors`` (no response: missing or undecodable video),
-    ``evaluated`` = total - errors, ``unparsed`` (evaluated, no letter found), ``correct``, ``accuracy`` =
-    correct / evaluated (unparsed counted wrong, as lmms-eval does) with its 95% Wilson interval ``ci95``, and
-    ``accuracy_parsed`` = correct / (evaluated - unparsed) (the authors' eval_your_results.py skips unparsed
-    answers). Accuracies are fractions, ``None`` for an empty denominator. Groups are listed in the benchmark's
-    order, unknown names after, sorted; categories sorted.
-    """
-    rows = [r.to_dict() if isinstance(r, Record) else dict(r) for r in records]
-    out: dict[str, Any] = {"overall": _tally(rows)}
-    for key, name, canonical in _GROUPS:
-        names = {str(r.get(key) or "") for r in rows}
-        if names <= {""}:
-            continue
-        ordered = [n for n in canonical if n in names] + sorted(names - set(canonical))
-        out[name] = {n: _tally([r for r in rows if str(r.get(key) or "") == n]) for n in ordered}
-    return out
-
-
-def _tally(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
-    total = len(rows)
-    errors = sum(1 for r in rows if r.get("error"))
-    evaluated = total - errors
-    unparsed = sum(1 for r in rows if not r.get("error") and r.get("prediction") is None)
-    correct = sum(1 for r in rows if not r.get("error") and bool(r.get("correct")))
-    interval = wilson_interval(correct, evaluated)
-    parsed = evaluated - unparsed
-    return {
-        "total": total,
-        "errors": errors,
-        "evaluated": evaluated,
-        "unparsed": unparsed,
-        "correct": correct,
-        "accuracy": correct / evaluated if evaluated else None,
-        "ci95": list(interval) if interval else None,
-        "accuracy_parsed": correct / parsed if parsed else None,
-    }
+    chosen = data.questions if questions is None else questions
+    yield from clip_samples(chosen, read, sampling, tmpl, missing=missing, workers=workers)

@@ -15,6 +15,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 import vlmzip
 from vlmzip.cli import main as cli
 from vlmzip.eval import bundled, fidelity, fixtures, synthetic, videomme
+from vlmzip.eval.questions import Question
+from vlmzip.eval.samples import Sample
 
 CLASSES = {
     "llava": "LlavaForConditionalGeneration",
@@ -202,10 +204,8 @@ def test_accuracy_batches_only_samples_of_one_length():
     """Padding clips of different lengths into one batch costs more than batching saves (``fidelity.accuracy``)."""
     from types import SimpleNamespace
 
-    question = videomme.Question("1-1", "1", "v", "short", "d", "s", "t", "q?", ("A. a", "B. b", "C. c", "D. d"), "A")
-    samples = [
-        videomme.Sample(question, "p", "official", "-", frames=[None] * n, medium="video") for n in (2, 2, 2, 3, 2)
-    ]
+    question = Question("1-1", "1", "v", "short", "d", "s", "t", "q?", ("A. a", "B. b", "C. c", "D. d"), "A")
+    samples = [Sample(question, "p", "official", "-", frames=[None] * n, medium="video") for n in (2, 2, 2, 3, 2)]
     lengths = []
 
     def predict(policy, batch):

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from vlmzip.cli import main
-from vlmzip.eval import bundled, fixtures, mcq, runner, videomme
+from vlmzip.eval import benches, bundled, fixtures, mcq, runner, videomme
 from vlmzip.eval.predictor import ModelPredictor, load
-from vlmzip.eval.videomme import Sample
+from vlmzip.eval.prompts import build_prompt
+from vlmzip.eval.samples import Sample
 
 
 def test_bundled_image_bench_end_to_end(tmp_path, capsys):
@@ -49,7 +50,7 @@ def test_no_arguments_run_the_bundled_qwen_on_the_bundled_videos(tmp_path, capsy
     out = tmp_path / "run"
     assert main(["eval", "--limit", "1", "--max-frames", "4", "--max-new-tokens", "2", "--out", str(out)]) == 0
     rows = runner.read_samples(out)
-    assert [r["policy"] for r in rows] == list(runner.DEFAULT_POLICIES)
+    assert [r["policy"] for r in rows] == list(benches.bench_class("videos").default_policies)
     assert all(r["error"] is None and len(r["frame_indices"]) == 4 for r in rows)
     clip = 2 * _qwen_tokens()  # 4 frames as one video: 2 temporal patches
     assert [r["visual_tokens_in"] for r in rows] == [clip] * 3
@@ -92,7 +93,7 @@ def video_sample(frames: int, side: int = 64, medium: str = "video") -> Sample:
     data = videomme.load(bundled.dataset_path("video"))
     question = data.questions[0]
     pixels = np.random.default_rng(0).integers(0, 255, (frames, side, side, 3), dtype=np.uint8)
-    prompt = videomme.build_prompt(question, medium=medium)
+    prompt = build_prompt(question, medium=medium)
     return Sample(question, prompt, "official", "-", list(pixels), medium=medium)
 
 

@@ -10,8 +10,10 @@ import pytest
 from PIL import Image
 
 from vlmzip.errors import InputError
-from vlmzip.eval import bundled, mcq, runner, synthetic, videomme
+from vlmzip.eval import bundled, mcq, runner, synthetic
 from vlmzip.eval.runner import Prediction
+from vlmzip.eval.scoring import summarize
+from vlmzip.eval.video import Sampling
 
 OPTIONS = ["A. red", "B. blue", "C. green", "D. pink"]
 
@@ -98,7 +100,7 @@ def test_pictures_and_videos_become_samples(tmp_path):
         row("vid2", image=None, video="clip.mp4", question="And now?"),
     ]
     data = mcq.load(write(tmp_path, rows))
-    pic, pics, vid, vid2 = mcq.iter_samples(data, sampling=videomme.Sampling(frames=3), max_side=4)
+    pic, pics, vid, vid2 = mcq.iter_samples(data, sampling=Sampling(frames=3), max_side=4)
     assert pic.medium == "image" and len(pic.frames) == 1 and pic.frames[0].shape == (3, 4, 3)
     assert pic.sampling == "image" and pic.frame_indices == [] and pic.error is None
     assert pics.medium == "images" and len(pics.frames) == 2
@@ -153,7 +155,7 @@ def test_accuracy_is_broken_down_by_category(tmp_path):
     table = runner.category_table(results)
     assert "| category | none | uniform:keep=0.5 |" in table and "| even | 100.0% of 3 | 0.0% of 3 |" in table
     assert "| (none) | 100.0% of 1 | 0.0% of 1 |" in table
-    video_results = {"policies": {"none": {"summary": videomme.summarize([])}}}
+    video_results = {"policies": {"none": {"summary": summarize([])}}}
     assert runner.category_table(video_results) is None
 
 

@@ -9,6 +9,7 @@ from test_runner import Scripted
 
 from vlmzip.eval import parallel, runner, videomme
 from vlmzip.eval.synthetic import write_video_set
+from vlmzip.eval.video import Sampling
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_shards_cover_every_question_once_and_keep_videos_whole(data):
 
 
 def test_merged_ranks_give_the_single_process_results(data, tmp_path):
-    policies, sampling = ["none", "uniform:keep=0.25"], videomme.Sampling(frames=4)
+    policies, sampling = ["none", "uniform:keep=0.25"], Sampling(frames=4)
     single = runner.run(
         videomme.iter_samples(data, sampling=sampling), Scripted(), policies, tmp_path / "one", {"bench": "x"}, 2
     )

@@ -10,7 +10,10 @@ import torch
 from vlmzip.cli import main
 from vlmzip.eval import fixtures, runner, videomme
 from vlmzip.eval.predictor import ModelPredictor
+from vlmzip.eval.questions import Question
+from vlmzip.eval.samples import Sample
 from vlmzip.eval.synthetic import write_video_set
+from vlmzip.eval.video import Sampling
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def videos(tmp_path_factory):
 def test_predictor_answers_frames_as_images_and_reports_what_was_kept(fixture_family, videos):
     model, processor = fixtures.build(fixture_family)
     data = videomme.load(videos)
-    samples = list(videomme.iter_samples(data, sampling=videomme.Sampling(frames=2)))[:2]
+    samples = list(videomme.iter_samples(data, sampling=Sampling(frames=2)))[:2]
     predictor = ModelPredictor(model.eval(), processor, max_new_tokens=3)
     per_image = fixtures.visual_tokens(fixture_family, fixtures.SPECS[fixture_family])
     for policy, kept in (("none", 2 * per_image), ("uniform:keep=0.25", 2 * per_image // 4)):
@@ -77,10 +80,10 @@ def test_videos_at_different_frame_rates_go_to_a_video_processor_separately():
     from types import SimpleNamespace
 
     predictor = ModelPredictor(None, SimpleNamespace(video_processor=object(), tokenizer=SimpleNamespace()))
-    question = videomme.Question("1-1", "1", "v", "short", "d", "s", "t", "q?", ("A. a", "B. b", "C. c", "D. d"), "A")
+    question = Question("1-1", "1", "v", "short", "d", "s", "t", "q?", ("A. a", "B. b", "C. c", "D. d"), "A")
 
     def sample(timestamps, medium="video"):
-        return videomme.Sample(question, "p", "official", "-", timestamps=timestamps, medium=medium)
+        return Sample(question, "p", "official", "-", timestamps=timestamps, medium=medium)
 
     kinds = [predictor._kind(s) for s in (sample([0, 1, 2]), sample([0, 0.5, 1]), sample([3, 4]), sample([], "image"))]
     assert kinds == [(True, 1.0), (True, 2.0), (True, 1.0), (False, None)]

@@ -11,6 +11,7 @@ from vlmzip.errors import InputError
 from vlmzip.eval import runner, videomme
 from vlmzip.eval.runner import Prediction
 from vlmzip.eval.synthetic import write_video_set
+from vlmzip.eval.video import Sampling
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def copy(tmp_path_factory):
 
 def samples(root, sampling=None):
     data = videomme.load(root)
-    return list(videomme.iter_samples(data, sampling=sampling or videomme.Sampling(frames=4)))
+    return list(videomme.iter_samples(data, sampling=sampling or Sampling(frames=4)))
 
 
 class Scripted:

@@ -414,3 +414,14 @@ def test_srt_well_formed(written):
             prev_end = end
         checked += 1
     assert checked
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl", "gemma3"])
+def test_the_vocabulary_read_from_the_question_code_is_the_shipped_fixtures(name):
+    """fixtures.vocabulary reads the words out of the synthetic package's source: wherever its question families,
+    prompts and event phrases live, the tokenizer built from it is, token for token, the one the shipped model
+    was trained with."""
+    from vlmzip.eval import bundled, fixtures
+
+    shipped = json.loads((bundled.model_path(name) / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    assert fixtures.build_tokenizer(name).get_vocab() == shipped

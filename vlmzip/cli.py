@@ -86,7 +86,8 @@ def _eval_module():
     return runner
 
 
-# The subcommands' options live here: building the parser loads no benchmark code, only the command that runs does.
+# The subcommands' options live here (an eval bench's own options in its class, vlmzip.eval.benches): building
+# the parser loads no benchmark or data code, only the command that runs does.
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
@@ -107,14 +108,9 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--bench",
-        choices=["videomme", "mcq", "images", "videos"],
-        help="videomme (--data-root), mcq (--data), or the bundled image/video test sets; default: from the data "
-        "given, and with no model and no data the bundled Qwen2.5-VL fixture on the bundled videos (CPU, ~1 min)",
-    )
-    parser.add_argument("--data-root", type=Path, help="a local Video-MME copy, any layout (never downloaded)")
-    parser.add_argument("--data", type=Path, help="a multiple-choice JSONL file (--bench mcq; see vlmzip.eval.mcq)")
+    from vlmzip.eval import benches  # the registry and the benches' classes only, no data-side code
+
+    benches.add_arguments(parser)  # --bench and each bench's own options (its data, filters)
     parser.add_argument("--model", help="a checkpoint directory, loaded offline, or a bundled model's name")
     parser.add_argument(
         "--policy",
@@ -129,9 +125,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, help="sample at this rate instead of a frame count")
     parser.add_argument("--max-frames", type=int)
     parser.add_argument("--max-side", type=int, help="resize frames so their longer side is at most this")
-    parser.add_argument("--subtitles", action="store_true", help="add the cues at the sampled frames")
     parser.add_argument("--template", default="official", help="official, lmms-eval or vlmevalkit")
-    parser.add_argument("--duration", help="comma-separated: short,medium,long")
     parser.add_argument(
         "--limit", type=int, help="at most this many questions: Video-MME stratified by duration, mcq the first N"
     )
