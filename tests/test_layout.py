@@ -43,3 +43,17 @@ def test_no_module_is_several_modules():
         for path in sorted((ROOT / folder).rglob("*.py")):
             lines = len(path.read_text().splitlines())
             assert lines <= 720, f"{path.relative_to(ROOT)} has {lines} lines: split it where its sections are"
+
+
+def test_every_package_is_installed():
+    """A package missing from pyproject's list works in an editable install and breaks every other one."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    roots = {Path(folder): name for name, folder in config["package-dir"].items()}
+    found = set()
+    for folder, name in roots.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((name, *parts)))
+    assert found == listed
