@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vlmzip.eval import fixtures, synthetic
 from vlmzip.eval.tiny import FAMILIES, random_inputs, tiny_model
 
 BACKENDS = ("sdpa", "eager")
+FIXTURE_FAMILIES = fixtures.FAMILIES  # not named ``family``: that name is parametrised over tiny.FAMILIES
 
 
 def pytest_generate_tests(metafunc):
@@ -41,3 +43,17 @@ def max_logit_diff(a, b) -> float:
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module", params=FIXTURE_FAMILIES)
+def built(request):
+    """A freshly built (untrained) fidelity fixture of each family: ``(family, model, processor)``."""
+    model, processor = fixtures.build(request.param)
+    return request.param, model, processor
+
+
+def image_inputs(processor, n: int = 2, seed: int = 0, mc: bool = True):
+    """A fixture's processor inputs for ``n`` synthetic validation images and their questions."""
+    batch = synthetic.image_batch(n, seed, synthetic.IMAGE_CURRICULUM[-1], split="validation")
+    texts = [fixtures.chat_prompt(processor, synthetic.mc_prompt(q) if mc else q.text) for q in batch.questions]
+    return fixtures.encode(processor, texts, batch.images)

@@ -9,23 +9,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURE_FAMILIES, image_inputs
 
 import vlmzip
 from vlmzip.eval import fixtures, processing, synthetic
-
-FIXTURE_FAMILIES = fixtures.FAMILIES  # not named ``family``: conftest parametrises that name over tiny.FAMILIES
-
-
-@pytest.fixture(scope="module", params=FIXTURE_FAMILIES)
-def built(request):
-    model, processor = fixtures.build(request.param)
-    return request.param, model, processor
-
-
-def _image_inputs(processor, n: int = 2, seed: int = 0, mc: bool = True):
-    batch = synthetic.image_batch(n, seed, synthetic.IMAGE_CURRICULUM[-1], split="validation")
-    texts = [fixtures.chat_prompt(processor, synthetic.mc_prompt(q) if mc else q.text) for q in batch.questions]
-    return fixtures.encode(processor, texts, batch.images)
 
 
 @pytest.mark.parametrize("fixture_family", FIXTURE_FAMILIES)
@@ -66,7 +53,7 @@ def test_special_ids_agree(built):
 
 def test_visual_token_counts_and_size(built):
     fam, model, processor = built
-    inputs = _image_inputs(processor)
+    inputs = image_inputs(processor)
     expected = fixtures.visual_tokens(fam, fixtures.SPECS[fam])
     assert ((inputs["input_ids"] == model.config.image_token_id).sum(1) == expected).all()
     assert 2_000_000 < fixtures.param_count(model) < 3_500_000
@@ -103,8 +90,8 @@ def test_save_load_round_trip(built, tmp_path):
     reference = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
     for name, value in loaded.state_dict().items():
         assert torch.equal(value, reference[name]), name
-    inputs = _image_inputs(loaded_processor, mc=False)
-    assert torch.equal(inputs["input_ids"], _image_inputs(processor, mc=False)["input_ids"])
+    inputs = image_inputs(loaded_processor, mc=False)
+    assert torch.equal(inputs["input_ids"], image_inputs(processor, mc=False)["input_ids"])
     out = loaded.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape[1] <= inputs["input_ids"].shape[1] + 3
 
@@ -130,7 +117,7 @@ def test_qwen_windows_are_whole_merged_tokens_of_a_fixed_size():
 def test_compress_runs_on_llava_with_gemma3s_decoder():
     spec = fixtures.spec_with("llava", fixtures.SMALL, ["decoder=gemma3_text"])
     model, processor = fixtures.build("llava", spec=spec)
-    inputs = _image_inputs(processor)  # a batch of 2, 64 visual tokens each
+    inputs = image_inputs(processor)  # a batch of 2, 64 visual tokens each
     untouched = model.eval().generate(**inputs, max_new_tokens=3, do_sample=False)
     for policy, stage in (("random:keep=0.25", "vision"), ("fastv:layer=1,keep=0.25", "prefill")):
         vlmzip.compress(model, policy)

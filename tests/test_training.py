@@ -15,24 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURE_FAMILIES, image_inputs
 
 from training import data, grow, loop
 from training.inputs import QwenIndex, training_inputs
 from vlmzip.eval import fixtures, synthetic
-
-FIXTURE_FAMILIES = fixtures.FAMILIES  # not named ``family``: conftest parametrises that name over tiny.FAMILIES
-
-
-@pytest.fixture(scope="module", params=FIXTURE_FAMILIES)
-def built(request):
-    model, processor = fixtures.build(request.param)
-    return request.param, model, processor
-
-
-def _image_inputs(processor, n: int = 2, seed: int = 0, mc: bool = True):
-    batch = synthetic.image_batch(n, seed, synthetic.IMAGE_CURRICULUM[-1], split="validation")
-    texts = [fixtures.chat_prompt(processor, synthetic.mc_prompt(q) if mc else q.text) for q in batch.questions]
-    return fixtures.encode(processor, texts, batch.images)
 
 
 @pytest.mark.parametrize("fixture_family", FIXTURE_FAMILIES)
@@ -359,7 +346,7 @@ def test_a_continued_qwen_can_read_larger_images(tmp_path):
     grown = {k: v.shape for k, v in larger.state_dict().items()}
     assert grown == {k: v.shape for k, v in model.state_dict().items()}  # the same weights, read at 48 x 48
     served, processor = fixtures.load(tmp_path / "b" / "model")
-    inputs = _image_inputs(processor)  # 64 x 64 validation scenes, which its processor resizes to 48 x 48
+    inputs = image_inputs(processor)  # 64 x 64 validation scenes, which its processor resizes to 48 x 48
     assert (inputs["input_ids"] == served.config.image_token_id).sum(1).tolist() == [36, 36]  # 16 at 32 x 32
     with torch.no_grad():
         assert served(**inputs).logits.isfinite().all()
@@ -395,7 +382,7 @@ def test_llava_on_gemma3s_decoder(tmp_path):
         fixtures.spec_with("gemma3", fixtures.SMALL, ["decoder=gemma3_text"])
     model, processor = fixtures.build("llava", spec=spec)
     assert type(model.model.language_model).__name__ == "Gemma3TextModel"
-    inputs = _image_inputs(processor)
+    inputs = image_inputs(processor)
     # its local layers see the whole prompt (the Gemma-3 fixture's window would hide most of the image)
     assert model.config.text_config.sliding_window >= inputs["input_ids"].shape[1]
     fixtures.save(model, processor, tmp_path, spec)
