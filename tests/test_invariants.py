@@ -7,6 +7,7 @@ import torch
 from conftest import greedy, max_logit_diff
 
 import vlmzip
+from vlmzip.eval.families import tiny_models
 from vlmzip.eval.tiny import random_inputs, split_batch, tiny_model, visual_token_count
 
 BUILTIN = [info for info in vlmzip.methods() if info.builtin]  # every method, from the registry
@@ -183,7 +184,8 @@ def test_manual_decode_loop_and_generate_without_cache(family):
     assert vlmzip.stats(model).visual_tokens_kept["vision"] == [n // 4 for n in visual_token_count(model, batch)]
 
 
-QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# the tiny families that take videos, from the family registry: those whose special ids name a video token
+QWEN = [name for name, tiny in tiny_models().items() if "video" in tiny.special_ids]
 
 
 @pytest.mark.parametrize("qwen", QWEN)
