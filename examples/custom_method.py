@@ -19,6 +19,7 @@ from vlmzip.stages import (
     Cut,
     DecodeMethod,
     LayerEntries,
+    ModelInfo,
     PrefillMethod,
     PromptRows,
     VisionMethod,
@@ -59,7 +60,7 @@ class TextMean(PrefillMethod):
     name = "text-mean"
     layer: int = 1
 
-    def schedule(self) -> tuple[Cut, ...]:
+    def schedule(self, info: ModelInfo) -> tuple[Cut, ...]:
         return (Cut(self.layer, self.keep, self.layer - 1), Cut(self.layer + 1, self.keep, self.layer))
 
     def query_rows(self, rows: PromptRows) -> torch.Tensor:

@@ -250,7 +250,7 @@ def test_a_schedule_must_cut_at_increasing_layers():
     class Backwards(PrefillMethod):
         name = "test-backwards"
 
-        def schedule(self):
+        def schedule(self, info):
             return (Cut(3, 0.5, 2), Cut(2, 0.5, 1))
 
     with pytest.raises(ValueError, match="increasing layers"):

@@ -1,7 +1,8 @@
 """A policy: at most one method per stage (vision, prefill, decode), with a one-line string form.
 
 ``"vtc-cls:keep=64+fastv:layer=2,keep=0.5+knorm:keep=0.5"``: stages joined by ``+``, each
-``method:param=value,param=value``; ``"none"`` keeps everything.
+``method:param=value,param=value`` (a schedule's values joined by ``/``: ``layers=8/16/24``); ``"none"`` keeps
+everything.
 """
 
 from __future__ import annotations

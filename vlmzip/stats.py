@@ -28,8 +28,15 @@ class Stats:
     kv_visual_entries: list[list[int]] = field(default_factory=list)
     kv_bytes: int = 0
 
+    def equivalent_visual_tokens(self) -> list[float]:
+        """Per sample, the mean over the prompt pass's layers of the visual tokens each processed: what a
+        schedule's budget is comparable by (equal to the kept count when every layer saw the same tokens)."""
+        if not self.visual_tokens_by_layer:
+            return [float(n) for n in self.visual_tokens_in]
+        return [sum(layers) / len(layers) for layers in zip(*self.visual_tokens_by_layer)]
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "equivalent_visual_tokens": self.equivalent_visual_tokens()}
 
     def __str__(self) -> str:
         lines = [f"policy: {self.policy}", f"visual tokens in:   {self.visual_tokens_in}"]
@@ -37,6 +44,8 @@ class Stats:
         if self.visual_tokens_by_layer:
             by_sample = [list(layers) for layers in zip(*self.visual_tokens_by_layer)]
             lines.append(f"visual tokens per layer, per sample: {by_sample}")
+            equivalent = ", ".join(f"{n:.1f}" for n in self.equivalent_visual_tokens())
+            lines.append(f"equivalent visual tokens (mean over layers): [{equivalent}]")
         for sample in range(len(self.visual_tokens_in) if self.kv_entries else 0):
             entries = [layer[sample] for layer in self.kv_entries if layer]
             visual = [layer[sample] for layer in self.kv_visual_entries if layer]

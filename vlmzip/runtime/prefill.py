@@ -10,6 +10,7 @@ rows' attention while the model's own backend (or the method's ``attend``) compu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ from vlmzip.runtime.attention import AttentionFunctions, query_attention
 from vlmzip.runtime.masks import cut_mask
 from vlmzip.runtime.request import Request
 from vlmzip.selection import gather_positions, gather_rows, pack_left
-from vlmzip.stages import Cut, DecodeMethod, PrefillMethod, PromptRows
+from vlmzip.stages import Cut, DecodeMethod, ModelInfo, PrefillMethod
 
 _CUT_INPUTS = ("attention_mask", "position_embeddings", "position_ids")
 
@@ -31,13 +32,14 @@ class PrefillStage:
         self,
         method: PrefillMethod | None,
         decode: DecodeMethod | None,
+        info: ModelInfo,
         text_config: Any,
         backend: str,
         current: Callable[[], Request | None],
     ) -> None:
         self.method, self.text_config, self.backend = method, text_config, backend
         self.current = current  # the request in flight
-        self.cuts: dict[int, Cut] = {cut.layer: cut for cut in method.schedule()} if method is not None else {}
+        self.cuts: dict[int, Cut] = {cut.layer: cut for cut in method.schedule(info)} if method is not None else {}
         self.score_layers = {cut.score_layer: cut for cut in self.cuts.values() if cut.score_layer is not None}
         self.decode = decode if decode is not None and _overrides(decode, DecodeMethod, "query_rows") else None
         self.functions: AttentionFunctions | None = None
@@ -80,7 +82,7 @@ class PrefillStage:
     def _cut(self, cut: Cut, request: Request, hidden: torch.Tensor) -> torch.Tensor:
         attention = request.attention.get(("prefill", cut.score_layer))
         rows = request.rows()
-        rows = PromptRows(rows.valid, rows.visual, rows.position, rows.visual_count, hidden)
+        rows = dataclasses.replace(rows, hidden=hidden)
         selection = self.method.select(cut, rows, self.method.score(cut, attention, rows))
         counts = selection.counts
         if counts is None:

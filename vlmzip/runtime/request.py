@@ -59,7 +59,9 @@ class Request:
     def rows(self) -> PromptRows:
         """The rows held now, as methods see them."""
         if self._rows is None:
-            self._rows = PromptRows(self.rows_valid, self.rows_visual, self.rows_prompt, list(self.visual_count))
+            self._rows = PromptRows(
+                self.rows_valid, self.rows_visual, self.rows_prompt, list(self.visual_count), self.visual_entering
+            )
         return self._rows
 
     def record(self, stage: str, visual_count: list[int]) -> None:
@@ -69,6 +71,11 @@ class Request:
         self.visual_count = self.kept[stage] = list(visual_count)
         self.kept_rows[stage] = (self.rows_prompt, self.rows_visual & self.rows_valid)
         self._rows = None
+
+    @property
+    def visual_entering(self) -> list[int]:
+        """Visual rows per sample the language model received (after the vision stage)."""
+        return list(self.kept.get("vision", self.visual_in))
 
     def width_after(self, visual_count: list[int]) -> int:
         """Rows of the packed batch once each sample holds ``visual_count`` visual rows."""

@@ -58,7 +58,9 @@ class Session:
         self.request: Request | None = None
         self.last_request: Request | None = None  # the last request that ran to the end of a forward
         self.vision = VisionStage(adapter, policy.vision, info, backend)
-        self.prefill = PrefillStage(policy.prefill, policy.decode, self.text_config, backend, lambda: self.request)
+        self.prefill = PrefillStage(
+            policy.prefill, policy.decode, info, self.text_config, backend, lambda: self.request
+        )
         self.decode = DecodeStage(policy.decode, self.text_config, backend)
         self.functions = AttentionFunctions(model, f"vlmzip{next(_SESSION_IDS)}")
         self._handles: list[Any] = []

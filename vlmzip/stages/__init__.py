@@ -7,7 +7,17 @@ back. Methods import from here, never from ``vlmzip.runtime``.
 
 from vlmzip.stages.decode import DecodeMethod, DenseKV, KVStore, LayerEntries, StoredEntries
 from vlmzip.stages.method import Method, ModelInfo, Stage
-from vlmzip.stages.prefill import AttentionFunction, Cut, PrefillMethod, PromptRows, QueryAttention, RowSelection
+from vlmzip.stages.prefill import (
+    AttentionFunction,
+    Cut,
+    PrefillMethod,
+    PromptRows,
+    QueryAttention,
+    RowSelection,
+    equivalent_budgets,
+    scale_layers,
+    validate_layers,
+)
 from vlmzip.stages.vision import SIGNALS, VisionMethod, VisualItem, VisualSelection
 
 __all__ = [
@@ -29,4 +39,7 @@ __all__ = [
     "VisionMethod",
     "VisualItem",
     "VisualSelection",
+    "equivalent_budgets",
+    "scale_layers",
+    "validate_layers",
 ]

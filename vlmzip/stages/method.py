@@ -85,6 +85,9 @@ class ModelInfo:
 
 
 def _matches(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(_matches(v, item) for v in value)
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
@@ -104,12 +107,16 @@ def _parse_value(method: str, key: str, text: str, hint: Any) -> Any:
             return text.lower() in ("true", "1")
         if hint in (int, float, str):
             return hint(text)
+        if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] in (int, float):
+            return tuple(typing.get_args(hint)[0](part) for part in text.split("/"))
     except ValueError:
         raise PolicyError(f"{method}: {key}={text!r} is not a valid {getattr(hint, '__name__', hint)}") from None
     raise PolicyError(f"{method}: parameter {key!r} cannot be set from a policy string")
 
 
 def _format_value(value: Any) -> str:
+    if isinstance(value, tuple):  # a schedule: "layers=8/16/24"
+        return "/".join(_format_value(v) for v in value)
     if isinstance(value, bool):
         return str(value).lower()
     return repr(value) if isinstance(value, float) else str(value)

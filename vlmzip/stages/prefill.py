@@ -41,7 +41,8 @@ class PromptRows:
     """The rows the hidden states hold at one point of the prompt pass, ``[B, L]`` each; left-padded.
 
     ``valid`` marks real rows, ``visual`` visual-token rows (valid ones only), ``position`` each row's column in
-    the original prompt (``input_ids``); ``visual_count`` is the visual rows per sample. At a cut, ``hidden``
+    the original prompt (``input_ids``); ``visual_count`` is the visual rows per sample held now, ``visual_in``
+    those the language model received (a schedule's budgets are often shares of these). At a cut, ``hidden``
     holds the hidden states ``[B, L, D]`` entering the layer.
     """
 
@@ -49,6 +50,7 @@ class PromptRows:
     visual: torch.Tensor
     position: torch.Tensor
     visual_count: list[int]
+    visual_in: list[int]
     hidden: torch.Tensor | None = None
 
     @property
@@ -108,7 +110,8 @@ class PrefillMethod(Method):
 
     By default: one cut before layer ``layer``, keeping the ``keep`` visual rows (a fraction of each sample's,
     or a count) that the last prompt token attended to most at layer ``layer - 1``, averaged over heads.
-    Steps to override: ``schedule`` (several cuts), ``query_rows`` (which rows' attention scores), ``score``,
+    Steps to override: ``schedule`` (several cuts; ``scale_layers`` maps a paper's layers to the model's depth),
+    ``query_rows`` (which rows' attention scores), ``score``,
     ``budget`` (per-sample, possibly data-dependent), ``select`` (any other choice, merging) and ``attend``
     (the attention of the prompt pass).
     """
@@ -123,7 +126,8 @@ class PrefillMethod(Method):
 
     def check_model(self, info: ModelInfo) -> None:
         previous = 0
-        for cut in self.schedule():
+        schedule = self.schedule(info)
+        for cut in schedule:
             if cut.layer >= info.num_layers:
                 raise PolicyError(
                     f"{self.name}: layer={cut.layer} is beyond the language model's depth "
@@ -137,12 +141,13 @@ class PrefillMethod(Method):
             if cut.layer <= previous or (cut.score_layer is not None and not 0 <= cut.score_layer < cut.layer):
                 raise PolicyError(
                     f"{self.name}: its schedule must cut at increasing layers, each scored at an earlier layer "
-                    f"(got {self.schedule()})"
+                    f"(got {schedule})"
                 )
             previous = cut.layer
 
-    def schedule(self) -> tuple[Cut, ...]:
-        """The cuts, by increasing layer."""
+    def schedule(self, info: ModelInfo) -> tuple[Cut, ...]:
+        """The cuts on a model of ``info.num_layers`` decoder layers, by increasing layer. A method may return
+        ``Cut`` subclasses that carry what its own ``budget`` needs."""
         return (Cut(self.layer, self.keep, self.layer - 1),)
 
     def query_rows(self, rows: PromptRows) -> torch.Tensor:
@@ -178,3 +183,71 @@ class PrefillMethod(Method):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The attention of a prompt-pass layer (``module.layer_idx``): by default the model's own ``base``."""
         return base(module, query, key, value, attention_mask, **kwargs)
+
+
+def scale_layers(layers: tuple[int, ...], depth: int, info: ModelInfo) -> tuple[int, ...]:
+    """A schedule's layers given for a ``depth``-layer model, mapped to ``info.num_layers`` layers.
+
+    Each layer scales by ``info.num_layers / depth`` (rounded), no earlier than ``info.min_prefill_layer``;
+    layers that would collide move one layer later, and those pushed past the last layer are dropped (a
+    four-layer model has room for three cuts). With ``depth == info.num_layers`` the layers are kept as given.
+    """
+    scaled: list[int] = []
+    for layer in layers:
+        target = max(round(layer * info.num_layers / depth), info.min_prefill_layer, scaled[-1] + 1 if scaled else 0)
+        if target >= info.num_layers:
+            break
+        scaled.append(target)
+    return tuple(scaled)
+
+
+def equivalent_budgets(
+    shape: tuple[float, ...], layers: tuple[int, ...], depth: int, n: int, target: float
+) -> list[int]:
+    """Visual rows each cut of a schedule keeps so that the ``depth`` layers process ``target`` visual rows on
+    average (a schedule's "equivalent tokens"), out of ``n`` the language model received.
+
+    ``shape`` gives the cuts' budgets up to a common factor (a paper's counts, e.g. ``(66, 30, 17)``), ``layers``
+    the layers the cuts come before; layers before the first cut see all ``n``. The factor is found by bisection;
+    budgets are capped at ``n`` (and at the previous cut's), at least 1. Raises ``PolicyError`` when ``target``
+    is below what the layers before the first cut already process.
+    """
+    floor = layers[0] * n / depth
+    if target < floor + sum(b - a for a, b in zip(layers, (*layers[1:], depth))) / depth:  # one row per later layer
+        raise PolicyError(
+            f"an equivalent budget of {target:g} visual tokens is below this schedule's floor of {floor:.1f}: the "
+            f"first {layers[0]} of {depth} layers see all {n}; keep more, or cut earlier (the layers parameter)"
+        )
+    widths = [b - a for a, b in zip(layers, (*layers[1:], depth))]
+
+    def budgets(factor: float) -> list[float]:
+        return [min(float(n), factor * share) for share in shape]
+
+    low, high = 0.0, n / min(shape)
+    for _ in range(60):
+        middle = (low + high) / 2
+        if floor + sum(w * b for w, b in zip(widths, budgets(middle))) / depth < target:
+            low = middle
+        else:
+            high = middle
+    counts: list[int] = []
+    for budget in budgets(high):
+        counts.append(max(1, min(round(budget), counts[-1] if counts else n)))
+    return counts
+
+
+def validate_layers(method: str, layers: tuple[int, ...], depth: int) -> None:
+    """``layers`` must increase strictly and lie in ``1 .. depth - 1``: raise ``PolicyError`` naming the problem."""
+    if not layers:
+        raise PolicyError(f"{method}: layers must name at least one layer")
+    if any(b <= a for a, b in zip(layers, layers[1:])):
+        raise PolicyError(f"{method}: layers={_slashed(layers)} must increase strictly (e.g. layers=8/16/24)")
+    if layers[0] < 1 or layers[-1] >= depth:
+        raise PolicyError(
+            f"{method}: layers={_slashed(layers)} must lie in 1..{depth - 1} for depth={depth} "
+            "(the depth the layers are given for; the schedule is scaled to the model's own depth)"
+        )
+
+
+def _slashed(values: tuple) -> str:
+    return "/".join(str(v) for v in values)
