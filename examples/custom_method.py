@@ -20,7 +20,7 @@ from vlmzip.stages import (
     DecodeMethod,
     LayerEntries,
     ModelInfo,
-    PrefillMethod,
+    OneCutMethod,
     PromptRows,
     VisionMethod,
     VisualItem,
@@ -53,7 +53,7 @@ class PairMerge(VisionMethod):
 
 @vlmzip.register_method
 @dataclass(frozen=True)
-class TextMean(PrefillMethod):
+class TextMean(OneCutMethod):
     """Prefill: rank visual rows by the mean attention of all text tokens, and cut twice: before ``layer``
     (scored at ``layer - 1``) and before ``layer + 1`` (scored at ``layer``), keeping ``keep`` each time."""
 

@@ -18,7 +18,7 @@ from vlmzip.stages import (
     DecodeMethod,
     DenseKV,
     LayerEntries,
-    PrefillMethod,
+    OneCutMethod,
     PromptRows,
     StoredEntries,
     VisionMethod,
@@ -46,7 +46,7 @@ class FirstHalfMerged(VisionMethod):
 
 @vlmzip.register_method
 @dataclass(frozen=True)
-class TextMeanOnce(PrefillMethod):
+class TextMeanOnce(OneCutMethod):
     """One cut, scored by the mean attention of every text token."""
 
     name = "test-text-mean"
@@ -57,7 +57,7 @@ class TextMeanOnce(PrefillMethod):
 
 @vlmzip.register_method
 @dataclass(frozen=True)
-class AboveMean(PrefillMethod):
+class AboveMean(OneCutMethod):
     """A data-dependent budget: each sample keeps its visual rows scoring above their mean (ZipVL-like)."""
 
     name = "test-above-mean"
@@ -70,7 +70,7 @@ class AboveMean(PrefillMethod):
 
 @vlmzip.register_method
 @dataclass(frozen=True)
-class CountingAttention(PrefillMethod):
+class CountingAttention(OneCutMethod):
     """Keeps everything, and counts the prompt-pass attention calls it runs itself."""
 
     name = "test-counting-attention"
@@ -247,7 +247,7 @@ def test_a_method_may_run_the_prompt_pass_attention_itself(family):
 
 def test_a_schedule_must_cut_at_increasing_layers():
     @dataclass(frozen=True)
-    class Backwards(PrefillMethod):
+    class Backwards(OneCutMethod):
         name = "test-backwards"
 
         def schedule(self, info):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlmzip.registry import register_method
-from vlmzip.stages import PrefillMethod
+from vlmzip.stages import OneCutMethod
 
 
 @register_method
 @dataclass(frozen=True)
-class FastV(PrefillMethod):
+class FastV(OneCutMethod):
     """ "An Image is Worth 1/2 Tokens After Layer 2" (FastV; pkunlp-icler/FastV).
 
     At layer ``layer - 1`` the last prompt token's attention, averaged over heads, scores every visual

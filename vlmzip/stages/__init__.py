@@ -10,6 +10,7 @@ from vlmzip.stages.method import Method, ModelInfo, Stage
 from vlmzip.stages.prefill import (
     AttentionFunction,
     Cut,
+    OneCutMethod,
     PrefillMethod,
     PromptRows,
     QueryAttention,
@@ -30,6 +31,7 @@ __all__ = [
     "LayerEntries",
     "Method",
     "ModelInfo",
+    "OneCutMethod",
     "PrefillMethod",
     "PromptRows",
     "QueryAttention",

@@ -108,21 +108,15 @@ class RowSelection:
 class PrefillMethod(Method):
     """Drops visual rows inside the language model during the prompt pass.
 
-    By default: one cut before layer ``layer``, keeping the ``keep`` visual rows (a fraction of each sample's,
-    or a count) that the last prompt token attended to most at layer ``layer - 1``, averaged over heads.
-    Steps to override: ``schedule`` (several cuts; ``scale_layers`` maps a paper's layers to the model's depth),
-    ``query_rows`` (which rows' attention scores), ``score``,
-    ``budget`` (per-sample, possibly data-dependent), ``select`` (any other choice, merging) and ``attend``
-    (the attention of the prompt pass).
+    A method defines its ``schedule`` (``OneCutMethod`` gives the common one: a single cut before ``layer``) and
+    may override: ``query_rows`` (which rows' attention scores; default the last prompt token), ``score``
+    (default: the query rows' mean attention, averaged over heads), ``budget`` (per-sample, possibly
+    data-dependent), ``select`` (any other choice, merging) and ``attend`` (the attention of the prompt pass).
+    Parameters are the subclass's fields; a budget is ``keep``, a fraction of each sample's visual rows or a
+    count (what it counts, e.g. rows after the last cut or "equivalent tokens", the method's docstring says).
     """
 
     stage: ClassVar[Stage] = "prefill"
-    layer: int = 2
-    keep: Keep = 0.5
-
-    def validate(self) -> None:
-        if self.layer < 1:
-            raise PolicyError(f"{self.name}: layer={self.layer} must be >= 1 (scores come from layer - 1)")
 
     def check_model(self, info: ModelInfo) -> None:
         previous = 0
@@ -146,9 +140,10 @@ class PrefillMethod(Method):
             previous = cut.layer
 
     def schedule(self, info: ModelInfo) -> tuple[Cut, ...]:
-        """The cuts on a model of ``info.num_layers`` decoder layers, by increasing layer. A method may return
-        ``Cut`` subclasses that carry what its own ``budget`` needs."""
-        return (Cut(self.layer, self.keep, self.layer - 1),)
+        """The cuts on a model of ``info.num_layers`` decoder layers, by increasing layer (``scale_layers`` maps a
+        paper's layers to that depth). A method may return ``Cut`` subclasses that carry what its own
+        ``budget`` needs."""
+        raise NotImplementedError(f"{type(self).__name__} must define schedule(info), or derive from OneCutMethod")
 
     def query_rows(self, rows: PromptRows) -> torch.Tensor:
         """Which rows' attention scores the visual rows, ``[B, L]`` bool (default: the last prompt token)."""
@@ -183,6 +178,22 @@ class PrefillMethod(Method):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The attention of a prompt-pass layer (``module.layer_idx``): by default the model's own ``base``."""
         return base(module, query, key, value, attention_mask, **kwargs)
+
+
+@dataclass(frozen=True)
+class OneCutMethod(PrefillMethod):
+    """A prefill method with one cut: before layer ``layer``, keep ``keep`` of each sample's visual rows (a
+    fraction, or a count), ranked by the attention captured at layer ``layer - 1``."""
+
+    layer: int = 2
+    keep: Keep = 0.5
+
+    def validate(self) -> None:
+        if self.layer < 1:
+            raise PolicyError(f"{self.name}: layer={self.layer} must be >= 1 (scores come from layer - 1)")
+
+    def schedule(self, info: ModelInfo) -> tuple[Cut, ...]:
+        return (Cut(self.layer, self.keep, self.layer - 1),)
 
 
 def scale_layers(layers: tuple[int, ...], depth: int, info: ModelInfo) -> tuple[int, ...]:
