@@ -151,9 +151,9 @@ def _methods(args: argparse.Namespace) -> int:
     if args.markdown:
         print(method_table(methods()))
         return 0
-    print(f"{'method':<10} {'stage':<8} {'paper':<18} parameters (defaults)")
+    print(f"{'method':<12} {'stage':<8} {'paper':<18} parameters (defaults)")
     for info in methods():
-        print(f"{info.name:<10} {info.stage:<8} {info.paper:<18} {_params(info)}")
+        print(f"{info.name:<12} {info.stage:<8} {info.paper:<18} {', '.join(info.param_strings())}")
     return 0
 
 
@@ -174,7 +174,7 @@ def method_table(infos: Sequence[MethodInfo]) -> str:
     for info in infos:
         arxiv = info.paper.removeprefix("arXiv:")
         paper = f"{info.title} ([{info.paper}](https://arxiv.org/abs/{arxiv}))" if arxiv != info.paper else info.title
-        params = ", ".join(f"`{name}={value}`" for name, value in info.params.items())
+        params = ", ".join(f"`{param}`" for param in info.param_strings())
         rows.append(f"| `{info.name}` | {info.stage} | {paper} | {params} | {info.deviation} |")
     return "\n".join(rows)
 
@@ -186,10 +186,6 @@ def family_table(infos: Sequence[FamilyInfo]) -> str:
         types = ", ".join(f"`{t}`" for t in info.model_types)
         rows.append(f"| {info.family} | {types} | {info.notes} |")
     return "\n".join(rows)
-
-
-def _params(info: MethodInfo) -> str:
-    return ", ".join(f"{name}={value}" for name, value in info.params.items())
 
 
 def _demo(args: argparse.Namespace) -> int:

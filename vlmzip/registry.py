@@ -63,9 +63,14 @@ class MethodInfo:
     def builtin(self) -> bool:
         return self.module.startswith("vlmzip.methods.")
 
+    def param_strings(self) -> list[str]:
+        """Each parameter with its default, as a policy string writes it (``layers=8/16/24``)."""
+        from vlmzip.stages.method import format_value
+
+        return [f"{name}={format_value(value)}" for name, value in self.params.items()]
+
     def __str__(self) -> str:
-        params = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.name:<10} {self.stage:<8} {params}"
+        return f"{self.name:<12} {self.stage:<8} {', '.join(self.param_strings())}"
 
 
 def methods() -> list[MethodInfo]:

@@ -4,4 +4,4 @@
 never imports a method.
 """
 
-from vlmzip.methods import fastv, knorm, random, uniform, vtc_cls  # noqa: F401
+from vlmzip.methods import dart, fastv, knorm, mustdrop, pyramiddrop, random, uniform, vtc_cls, zipvl  # noqa: F401

@@ -66,7 +66,7 @@ class Method:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def __str__(self) -> str:
-        params = ",".join(f"{key}={_format_value(value)}" for key, value in self.params().items())
+        params = ",".join(f"{key}={format_value(value)}" for key, value in self.params().items())
         return f"{self.name}:{params}" if params else self.name
 
     @classmethod
@@ -114,9 +114,10 @@ def _parse_value(method: str, key: str, text: str, hint: Any) -> Any:
     raise PolicyError(f"{method}: parameter {key!r} cannot be set from a policy string")
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, tuple):  # a schedule: "layers=8/16/24"
-        return "/".join(_format_value(v) for v in value)
+def format_value(value: Any) -> str:
+    """A parameter value as a policy string writes it (a schedule's tuple as ``8/16/24``)."""
+    if isinstance(value, tuple):
+        return "/".join(format_value(v) for v in value)
     if isinstance(value, bool):
         return str(value).lower()
     return repr(value) if isinstance(value, float) else str(value)
