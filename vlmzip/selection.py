@@ -70,3 +70,28 @@ def merge_rows(rows: torch.Tensor, target: torch.Tensor, count: int) -> torch.Te
         0, index, torch.ones_like(index, dtype=rows.dtype)
     )
     return sums / sizes.clamp(min=1).view(count, *([1] * (rows.dim() - 1)))
+
+
+def density_peaks(points: torch.Tensor, count: int, neighbours: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster ``points [n, D]`` into ``count`` clusters by density peaks over k nearest neighbours (DPC-kNN).
+
+    Distances are Euclidean over ``sqrt(D)``; a point's density is ``exp(-mean squared distance)`` to its
+    ``neighbours`` nearest points (itself included); its separation is its distance to the nearest denser point
+    (the densest: the largest distance). The ``count`` points with the highest density x separation are the
+    centres, and every point joins its nearest centre. Ties (mutual nearest neighbours are equally dense when
+    ``neighbours`` is 2) go to the earlier point: pass the points in order of preference. Returns
+    ``(centres [count], assignment [n])``: the centres' indices, and each point's cluster (``centres[c]`` is in
+    cluster ``c``). ``1 <= count <= n``.
+    """
+    x = points.float()
+    distance = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist") / x.shape[1] ** 0.5
+    nearest = distance.topk(min(neighbours, len(x)), dim=1, largest=False).values
+    density = (-(nearest**2).mean(dim=1)).exp()
+    order = density.argsort(descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(len(x), device=x.device))
+    denser = rank[None, :] < rank[:, None]  # [i, j]: j is denser than i
+    separation = torch.where(denser, distance, distance.max()).amin(dim=1)
+    centres = (separation * density).argsort(descending=True, stable=True)[:count]
+    assignment = distance[:, centres].argmin(dim=1)
+    assignment[centres] = torch.arange(count, device=x.device)
+    return centres, assignment

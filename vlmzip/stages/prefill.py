@@ -10,6 +10,7 @@ of the prompt pass itself (``attend``; block-sparse prefill).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -194,6 +195,73 @@ class OneCutMethod(PrefillMethod):
 
     def schedule(self, info: ModelInfo) -> tuple[Cut, ...]:
         return (Cut(self.layer, self.keep, self.layer - 1),)
+
+
+@dataclass(frozen=True)
+class ScheduleCut(Cut):
+    """Cut ``index`` of a schedule cutting before ``layers`` of a ``depth``-layer model, whose budgets are
+    ``shape`` (a paper's per-cut counts) scaled to an equivalent-token target."""
+
+    layers: tuple[int, ...] = ()
+    depth: int = 0
+    index: int = 0
+    shape: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class EquivalentSchedule(PrefillMethod):
+    """Cuts before a paper's ``layers`` (given for a ``depth``-layer model, scaled to the model's), each scored at
+    the layer before it, keeping ``keep`` *equivalent* visual tokens: the mean over the language model's layers of
+    the visual rows each processes (a fraction of each sample's visual tokens, or a count).
+
+    The cuts' budgets have the shape of the paper's published budgets nearest ``keep`` (``budgets``: per-cut counts
+    by the equivalent tokens they stand for out of ``reference_tokens``; a fraction counts as that share of them),
+    scaled so that each sample's mean is its target (``equivalent_budgets``). A fraction below the schedule's floor
+    (the share of layers before the first cut, which see every visual token) is rejected; a count below a sample's
+    floor keeps the least the schedule can (one visual row after each cut), and ``stats`` reports what it was.
+    """
+
+    budgets: ClassVar[dict[int, tuple[int, ...]]] = {}
+    reference_tokens: ClassVar[int] = 576  # LLaVA-1.5's visual tokens, which papers' budgets are given for
+    layers: tuple[int, ...] = (2, 6, 15)
+    depth: int = 32
+    keep: Keep = 64
+
+    def validate(self) -> None:
+        validate_layers(self.name, self.layers, self.depth)
+        stages = min(len(shape) for shape in self.budgets.values())
+        if len(self.layers) > stages:
+            raise PolicyError(
+                f"{self.name}: layers={_slashed(self.layers)} names {len(self.layers)} cuts; the published budgets "
+                f"have {stages} (name at most {stages} layers)"
+            )
+
+    def check_model(self, info: ModelInfo) -> None:
+        super().check_model(info)
+        cuts = self.schedule(info)
+        if cuts and isinstance(self.keep, float) and self.keep < cuts[0].layer / info.num_layers:
+            raise PolicyError(
+                f"{self.name}: keep={self.keep} is below this schedule's floor of {cuts[0].layer / info.num_layers:.4g}"
+                f": the first {cuts[0].layer} of the model's {info.num_layers} layers see every visual token "
+                f"(layers={_slashed(self.layers)} for depth={self.depth}); keep more, or cut earlier (layers)"
+            )
+
+    def schedule(self, info: ModelInfo) -> tuple[Cut, ...]:
+        layers = scale_layers(self.layers, self.depth, info)
+        wanted = self.keep * self.reference_tokens if isinstance(self.keep, float) else self.keep
+        shape = self.budgets[min(self.budgets, key=lambda tokens: (abs(tokens - wanted), tokens))][: len(layers)]
+        cut = ScheduleCut(0, self.keep, None, layers, info.num_layers, 0, shape)
+        return tuple(dataclasses.replace(cut, layer=at, score_layer=at - 1, index=i) for i, at in enumerate(layers))
+
+    def budget(self, cut: ScheduleCut, rows: PromptRows, scores: torch.Tensor) -> list[int]:
+        counts, first = [], cut.layers[0]
+        for n, held in zip(rows.visual_in, rows.visual_count):
+            target = kept_count(self.keep, n) if isinstance(self.keep, int) else self.keep * n
+            if target <= (first * n + cut.depth - first) / cut.depth:  # the least: one row after each cut
+                counts.append(min(held, 1))
+            else:
+                counts.append(min(held, equivalent_budgets(cut.shape, cut.layers, cut.depth, n, target)[cut.index]))
+        return counts
 
 
 def scale_layers(layers: tuple[int, ...], depth: int, info: ModelInfo) -> tuple[int, ...]:
