@@ -4,4 +4,16 @@
 never imports a method.
 """
 
-from vlmzip.methods import dart, fastv, knorm, mustdrop, pyramiddrop, random, uniform, vtc_cls, zipvl  # noqa: F401
+from vlmzip.methods import (  # noqa: F401
+    adaptinfer,
+    dart,
+    fastv,
+    knorm,
+    mustdrop,
+    pyramiddrop,
+    random,
+    sparsevlm,
+    uniform,
+    vtc_cls,
+    zipvl,
+)

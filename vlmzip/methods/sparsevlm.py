@@ -1,0 +1,80 @@
+"""SparseVLM: visual tokens ranked by the attention of the text tokens most relevant to them, dropped in stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlmzip.registry import register_method
+from vlmzip.selection import density_peaks, gather_rows, merge_rows, pack_left, top_k_mask
+from vlmzip.stages import EquivalentSchedule, PromptRows, QueryAttention, RowSelection, ScheduleCut
+
+
+@register_method
+@dataclass(frozen=True)
+class SparseVLM(EquivalentSchedule):
+    """ "SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model Inference" (Gumpest/SparseVLMs).
+
+    Text raters are the instruction tokens whose relevance to the visual tokens (a softmax over the instruction of
+    visual x text hidden-state products, averaged over the visual tokens) is above the mean; a visual token's score
+    is the raters' head-averaged attention to it, averaged over raters, at the layer before each cut. With
+    ``recycle`` the top 30% (+1) of the dropped tokens by score are clustered (DPC-kNN on their hidden states, one
+    cluster per 10 of them, + 1) and each cluster is averaged into one token at its centre's row. Published: cuts
+    at layers 2/6/15 of 32 with budgets [66, 30, 17] for 64 equivalent tokens of 576, [238, 48, 26] for 96,
+    [303, 110, 36] for 128, [300, 200, 110] for 192; ``keep`` is the equivalent tokens (default 64).
+    """
+
+    name = "sparsevlm"
+    paper = "arXiv:2410.04417"
+    title = "SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model Inference"
+    deviation = (
+        "raters are chosen at every cut from the hidden states entering it (the reference: once, from the language "
+        "model's input); cuts come before layers 2/6/15 scored by the layer before (the reference scores layer 2 and "
+        "cuts after it); the published budgets nearest `keep` are scaled so the mean over layers is exactly `keep`; "
+        "recycled tokens count within a cut's budget and keep their centre's position (the reference adds them "
+        "after the kept ones, renumbering positions); layers for 32 layers scaled to the model's depth"
+    )
+    budgets = {64: (66, 30, 17), 96: (238, 48, 26), 128: (303, 110, 36), 192: (300, 200, 110)}
+    recycle: bool = True
+
+    def query_rows(self, rows: PromptRows) -> torch.Tensor:
+        return rows.instruction  # the raters among them are chosen at the cut, from its hidden states
+
+    def score(self, cut: ScheduleCut, attention: QueryAttention, rows: PromptRows) -> torch.Tensor:
+        raters = (self.raters(rows).gather(1, attention.rows) & attention.valid).float()
+        return (raters[:, :, None] * attention.probs).sum(dim=1) / raters.sum(dim=1, keepdim=True).clamp(min=1)
+
+    def raters(self, rows: PromptRows) -> torch.Tensor:
+        """Instruction rows whose relevance to the visual rows is above the sample's mean (all, if none is), [B, L]."""
+        index, valid = pack_left(rows.instruction)
+        hidden = rows.hidden.float()
+        logits = hidden @ gather_rows(hidden, index, dim=1).transpose(1, 2)  # [B, L, T]
+        relevance = logits.masked_fill(~valid[:, None, :], float("-inf")).softmax(dim=-1)
+        visual = rows.visual[:, :, None].float()
+        relevance = (relevance * visual).sum(dim=1) / visual.sum(dim=1).clamp(min=1)  # [B, T]
+        mean = (relevance * valid).sum(dim=1, keepdim=True) / valid.sum(dim=1, keepdim=True).clamp(min=1)
+        above = valid & (relevance > mean)
+        above |= valid & ~above.any(dim=1, keepdim=True)
+        return torch.zeros_like(rows.valid).scatter(1, index, above)
+
+    def select(self, cut: ScheduleCut, rows: PromptRows, scores: torch.Tensor) -> RowSelection:
+        counts = self.budget(cut, rows, scores)
+        dropped = [held - count for held, count in zip(rows.visual_count, counts)]
+        if not self.recycle or not any(dropped):
+            return RowSelection(top_k_mask(scores, rows.visual, torch.tensor(counts)), counts=counts)
+        recycled = [int(0.3 * d) + 1 if d else 0 for d in dropped]  # the reference's top 30% (+1) of the dropped
+        clusters = [min(count, r // 10 + 1) if r else 0 for count, r in zip(counts, recycled)]
+        by_score = torch.tensor([count - c for count, c in zip(counts, clusters)])
+        keep = top_k_mask(scores, rows.visual, by_score)
+        pool = top_k_mask(scores, rows.visual, by_score + torch.tensor(recycled)) & ~keep
+        hidden = rows.hidden.clone()
+        for b, c in enumerate(clusters):
+            if c:
+                members = pool[b].nonzero().squeeze(1)
+                members = members[scores[b, members].argsort(descending=True, stable=True)]  # ties: the best first
+                points = rows.hidden[b, members].float()
+                centres, assignment = density_peaks(points, c, neighbours=c)  # the reference's k: the clusters
+                hidden[b, members[centres]] = merge_rows(points, assignment, c).to(hidden.dtype)
+                keep[b, members[centres]] = True
+        return RowSelection(keep, hidden, counts)
