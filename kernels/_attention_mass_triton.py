@@ -318,4 +318,3 @@ def _to_blocks(lo: torch.Tensor, hi: torch.Tensor, block: int) -> tuple[torch.Te
     first = lo.clamp(min=0) // block
     last = torch.where(hi > lo, torch.div(hi + block - 1, block, rounding_mode="floor"), first)
     return first.int().contiguous(), torch.maximum(last, first).int().contiguous()
-

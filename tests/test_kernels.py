@@ -17,6 +17,7 @@ from vlmzip.registry import adapter_for
 # Triton 3.6's interpreter converts loop bounds with int(array), which numpy 2.3 only warns about
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 
+
 @pytest.fixture(scope="module")
 def kernel():
     """``attention_mass_triton``, run by Triton's interpreter (tests/conftest.py sets ``TRITON_INTERPRET=1``)."""
@@ -43,8 +44,17 @@ CASES = {
     "dense_bool_per_head": (2, 4, 2, 9, 70, 32, torch.float32, ("bool_mask",), 0.18),
     "dense_additive_fp16": (2, 4, 4, 9, 37, 16, torch.float16, ("float_mask",), 0.25),
     "softcap_bf16": (2, 4, 2, 17, 70, 64, torch.bfloat16, ("softcap",), 0.5),
-    "everything": (2, 4, 2, 40, 70, 16, torch.float32, ("causal", "window", "key_valid", "sorted_segments",
-                                                        "shared_bool_mask", "softcap"), 0.25),  # fmt: skip
+    "everything": (
+        2,
+        4,
+        2,
+        40,
+        70,
+        16,
+        torch.float32,
+        ("causal", "window", "key_valid", "sorted_segments", "shared_bool_mask", "softcap"),
+        0.25,
+    ),  # fmt: skip
     "peaked_logits": (1, 2, 1, 33, 150, 16, torch.float32, (), 4.0),  # the row maximum moves between key blocks
 }
 

@@ -187,9 +187,7 @@ def _grouped_masses(pending: list[tuple]) -> list[torch.Tensor]:
         mask = pending[members[0]][4]
         if mask is not None:
             mask = torch.cat([pending[i][4].expand(pending[i][1].shape[0], *mask.shape[1:]) for i in members])
-        parts = attention_mass(rows, key, pending[members[0]][3], mask).split(
-            [pending[i][1].shape[0] for i in members]
-        )
+        parts = attention_mass(rows, key, pending[members[0]][3], mask).split([pending[i][1].shape[0] for i in members])
         for i, part in zip(members, parts):
             masses[i] = part
     return masses
