@@ -175,36 +175,46 @@ def test_empty_calls_give_what_the_reference_gives(kernel):
 
 @pytest.mark.parametrize("layout", ["causal", "causal_window", "windows", "unsorted"])
 def test_block_ranges_visit_every_visible_tile_and_for_sorted_layouts_no_other(layout):
-    triton_side = importlib.import_module("vlmzip.kernels._attention_mass_triton")
-    batch, n_q, n_k, block_q, block_k, window = 2, 150, 200, 16, 32, None
     gen = torch.Generator().manual_seed(7)
-    positions = segments = None
-    if layout.startswith("causal"):
-        positions = torch.arange(n_k - n_q, n_k).expand(batch, n_q)
-        window = 37 if layout == "causal_window" else None
-    elif layout == "windows":  # self-attention within chunks of 1-60 rows
-        ids = torch.repeat_interleave(torch.arange(n_k), torch.randint(1, 61, (n_k,), generator=gen))[:n_k]
-        segments, n_q = (ids.expand(batch, -1), ids.expand(batch, -1)), n_k
-    else:
-        positions = torch.randint(-1, n_k, (batch, n_q), generator=gen)
-        segments = (torch.randint(0, 4, (batch, n_q), generator=gen), torch.randint(0, 4, (batch, n_k), generator=gen))
-    args = {"query_positions": positions, "window": window}
-    if segments is not None:
-        args["query_segments"], args["key_segments"] = segments
+    batch, n_k = 2, 200
+    if layout == "windows":  # self-attention within chunks of 1-60 rows
+        for _ in range(5):
+            ids = torch.repeat_interleave(torch.arange(n_k), torch.randint(1, 61, (n_k,), generator=gen))[:n_k]
+            _check_ranges(n_k, n_k, query_segments=ids.expand(batch, -1), key_segments=ids.expand(batch, -1))
+    elif layout == "unsorted":
+        positions = torch.randint(-1, n_k, (batch, 150), generator=gen)
+        segments = torch.randint(0, 4, (batch, 150), generator=gen), torch.randint(0, 4, (batch, n_k), generator=gen)
+        _check_ranges(150, n_k, exact=False, query_positions=positions, window=50, query_segments=segments[0],
+                      key_segments=segments[1])  # fmt: skip
+    else:  # every window size and query count up to the blocks' sizes: each block edge meets each row's
+        for n_q, window in (
+            [(n_q, None) for n_q in range(130, 162)]
+            if layout == "causal"
+            else [(150, window) for window in range(1, 34)]
+        ):
+            _check_ranges(n_q, n_k, query_positions=torch.arange(n_k - n_q, n_k).expand(batch, n_q), window=window)
+
+
+def _check_ranges(n_q: int, n_k: int, exact: bool = True, **args) -> None:
+    """The kernel's block ranges (16 queries by 32 keys) against the tiles the masks ``args`` leave visible."""
+    triton_side = importlib.import_module("vlmzip.kernels._attention_mass_triton")
+    batch, block_q, block_k = 2, 16, 32
     visible = _dense(torch.zeros(batch, 1, n_q, 1), torch.zeros(batch, 1, n_k, 1), 1.0, **args) > 0
     padded = torch.nn.functional.pad(visible, (0, -n_k % block_k, 0, -n_q % block_q))
     tiles = padded.view(batch, -(-n_q // block_q), block_q, -(-n_k // block_k), block_k).any(dim=(2, 4))
+    positions, window = args.get("query_positions"), args.get("window")
+    segments = (args["query_segments"], args["key_segments"]) if "query_segments" in args else None
+    ranges = (positions, window, segments, batch, "cpu")
+    lo, hi = triton_side._key_block_ranges(n_q, n_k, block_q, block_k, *ranges)
     key_blocks = torch.arange(tiles.shape[2])
-    lo, hi = triton_side._key_block_ranges(n_q, n_k, block_q, block_k, positions, window, segments, batch, "cpu")
     by_query_block = (key_blocks >= lo[..., None]) & (key_blocks < hi[..., None])
+    lo, hi = triton_side._query_block_ranges(n_q, n_k, block_q, block_k, *ranges)
     query_blocks = torch.arange(tiles.shape[1])[:, None]
-    lo, hi = triton_side._query_block_ranges(n_q, n_k, block_q, block_k, positions, window, segments, batch, "cpu")
     by_key_block = (query_blocks >= lo[:, None, :]) & (query_blocks < hi[:, None, :])
     assert tiles.any() and not tiles.all()
     for visited in (by_query_block, by_key_block):
         assert (visited | ~tiles).all()  # every visible tile is visited
-        if layout != "unsorted":
-            assert torch.equal(visited, tiles)  # and no other
+        assert torch.equal(visited, tiles) or not exact  # and, for sorted layouts, no other
 
 
 @pytest.mark.parametrize(
@@ -270,24 +280,35 @@ def _vision_signals(family: str, backend: str) -> tuple[list[torch.Tensor], list
     return signals, calls, sum(layers)
 
 
+def _through_kernel(monkeypatch) -> list[int]:
+    """Make scoring run the kernel on CPU tensors (as on CUDA ones); returns the list its runs append to."""
+    runs, kernel = [], am.attention_mass_triton
+    monkeypatch.setattr("vlmzip.scoring.uses_kernel", lambda tensor: True)
+    monkeypatch.setattr("vlmzip.scoring.attention_mass_triton", lambda *a, **k: runs.append(1) or kernel(*a, **k))
+    return runs
+
+
 # not named family/backend: conftest parametrises those over every family and backend
 @pytest.mark.parametrize(("tower", "attention"), [("qwen2_5_vl", "sdpa"), ("qwen2_5_vl", "packed"),
                                                   ("gemma3", "sdpa"), ("llava", "sdpa")])  # fmt: skip
 def test_vision_scores_through_the_kernel_match_the_cpu_path(kernel, tower, attention, monkeypatch):
     expected, _, _ = _vision_signals(tower, attention)
-    monkeypatch.setattr("vlmzip.scoring.uses_kernel", lambda tensor: True)
+    runs = _through_kernel(monkeypatch)
     monkeypatch.setattr("vlmzip.runtime.vision.uses_kernel", lambda tensor: True)
     got, calls, layers = _vision_signals(tower, attention)
     assert len(got) == len(expected) > 0
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert len(calls) == layers  # one kernel call per scored layer of each tower forward, however many chunks
-    if tower.startswith("qwen"):  # whose frames or windows it tells apart by segment ids
+    assert len(runs) == len(calls) == layers  # one kernel run per scored layer of each tower forward
+    if tower.startswith("qwen"):  # however many frames or windows, told apart by segment ids
         assert all("query_segments" in call for call in calls)
 
 
-@pytest.mark.parametrize("language_model", ["llava", "gemma3", "qwen2_5_vl"])
-def test_prefill_scores_through_the_kernel_match_the_cpu_path(kernel, language_model, monkeypatch):
+# the mask each language model's first layers get under sdpa for one unpadded prompt: none (causal: passed as
+# positions) or Gemma-3's 4D mask with bidirectional image blocks (passed dense)
+@pytest.mark.parametrize(("language_model", "mask"), [("llava", "query_positions"), ("qwen2_5_vl", "query_positions"),
+                                                      ("gemma3", "mask")])  # fmt: skip
+def test_prefill_scores_through_the_kernel_match_the_cpu_path(kernel, language_model, mask, monkeypatch):
     import vlmzip.runtime.attention as attention
     import vlmzip.runtime.prefill as prefill
 
@@ -304,15 +325,17 @@ def test_prefill_scores_through_the_kernel_match_the_cpu_path(kernel, language_m
             probs.append(result.probs)
             return result
 
-        monkeypatch.setattr(attention, "attention_probs", recording)
-        monkeypatch.setattr(prefill, "query_attention", spy)
-        vlmzip.compress(model, "fastv:layer=2,keep=0.5")
-        with torch.no_grad():
-            model(**random_inputs(model, [1], text_lengths=[6]))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(attention, "attention_probs", recording)
+            patch.setattr(prefill, "query_attention", spy)
+            vlmzip.compress(model, "fastv:layer=2,keep=0.5")
+            with torch.no_grad():
+                model(**random_inputs(model, [1], text_lengths=[6]))
         return probs, masks
 
     expected, masks = captured()
-    assert len(expected) == 1 and masks & {"query_positions", "mask"}
-    monkeypatch.setattr("vlmzip.scoring.uses_kernel", lambda tensor: True)
+    assert len(expected) == 1 and mask in masks
+    runs = _through_kernel(monkeypatch)
     got, _ = captured()
+    assert len(got) == len(runs) == 1
     torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-6)
