@@ -1,2 +1,9 @@
-"""GPU kernels (Triton), each beside a plain-torch reference with the same signature. None yet: the
-references live in ``vlmzip.scoring`` and ``vlmzip.selection`` until their fused versions land."""
+"""GPU kernels (Triton), each beside a plain-torch reference with the same signature.
+
+* ``attention_mass``: the softmax attention a set of query rows puts on every key, head-averaged, without the
+  ``[Q, K]`` matrix (``attention_mass_triton``; ``attention_mass_reference``). ``vlmzip.scoring`` runs the kernel
+  on CUDA tensors and the reference elsewhere. ``python -m vlmzip.kernels.bench`` times both on a GPU.
+
+The other kernels the design names (block-sparse prefill attention, KV quantisation) are still to come; the
+references of the selection helpers live in ``vlmzip.selection``. This package imports nothing of vlmzip.
+"""

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-from vlmzip.eval import fixtures, synthetic
-from vlmzip.eval.tiny import FAMILIES, random_inputs, tiny_model
+# Triton reads TRITON_INTERPRET whenever @triton.jit decorates, its own standard library included (tl.cdiv, tl.max:
+# decorated when triton.language is first imported, which importing vlmzip's dependencies already does). Set here,
+# before any import, the kernel tests (tests/test_kernels.py) run Triton's interpreter on CPU tensors; nothing else
+# in the suite launches Triton.
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from vlmzip.eval import fixtures, synthetic  # noqa: E402
+from vlmzip.eval.tiny import FAMILIES, random_inputs, tiny_model  # noqa: E402
 
 BACKENDS = ("sdpa", "eager")
 FIXTURE_FAMILIES = fixtures.FAMILIES  # not named ``family``: that name is parametrised over tiny.FAMILIES

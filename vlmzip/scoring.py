@@ -1,11 +1,14 @@
 """Attention-derived token scores, computed without materialising the full attention matrix.
 
-Plain-torch reference implementations; fused kernels (``vlmzip.kernels``) must match them.
+Both functions run the fused Triton kernel (``vlmzip.kernels.attention_mass``) on CUDA tensors where Triton is
+installed, and its plain-torch reference elsewhere: CPU results are the reference's, bit for bit.
 """
 
 from __future__ import annotations
 
 import torch
+
+from vlmzip.kernels.attention_mass import attention_mass_reference, attention_mass_triton, triton_available
 
 
 def attention_mass(
@@ -15,18 +18,29 @@ def attention_mass(
     mask: torch.Tensor | None = None,
     softcap: float | None = None,
     chunk_size: int = 1024,
+    *,
+    query_positions: torch.Tensor | None = None,
+    window: int | None = None,
+    key_valid: torch.Tensor | None = None,
+    query_segments: torch.Tensor | None = None,
+    key_segments: torch.Tensor | None = None,
+    reduce: str = "mean",
 ) -> torch.Tensor:
-    """Mean softmax attention each key receives from a set of queries, averaged over heads and queries.
+    """Softmax attention each key receives from a set of queries, averaged over heads, then averaged
+    (``reduce="mean"``) or summed (``"sum"``) over queries: ``[B, K]`` float32.
 
-    query: ``[B, H, Q, d]`` (post-RoPE); key: ``[B, Hkv, K, d]`` with ``H % Hkv == 0`` (grouped-query
-    attention is expanded here); mask: broadcastable to ``[B, 1|H, Q, K]``, bool (True = may attend) or
-    additive float, or None. Returns ``[B, K]`` float32 whose rows sum to 1 (for queries with at least one
-    visible key). Memory is ``O(B * H * chunk_size * K)``: queries are processed in chunks.
+    query: ``[B, H, Q, d]`` (post-RoPE); key: ``[B, Hkv, K, d]`` with ``H % Hkv == 0``; mask: broadcastable to
+    ``[B, 1|H, Q, K]``, bool (True = may attend) or additive float, or None. The keyword masks are cheaper
+    stand-ins for dense ones (causal ``query_positions`` and ``window``, padding ``key_valid``, equal-id
+    ``query_segments``/``key_segments``; see ``vlmzip.kernels.attention_mass``). With ``"mean"``, rows sum to 1
+    when every query sees a key. The CPU reference processes ``chunk_size`` queries at a time
+    (``O(B * H * chunk_size * K)`` memory); the kernel needs ``O(B * H * Q + B * K)``.
     """
-    total = torch.zeros(query.shape[0], key.shape[2], dtype=torch.float32, device=query.device)
-    for probs in _probs(query, key, scaling, mask, softcap, chunk_size):
-        total += probs.sum(dim=(1, 2))
-    return total / (query.shape[1] * query.shape[2])
+    return _implementation(query)(
+        query, key, scaling, softcap=softcap, mask=mask, query_positions=query_positions, window=window,
+        key_valid=key_valid, query_segments=query_segments, key_segments=key_segments, reduce=reduce,
+        chunk_size=chunk_size,
+    )  # fmt: skip
 
 
 def attention_probs(
@@ -36,34 +50,30 @@ def attention_probs(
     mask: torch.Tensor | None = None,
     softcap: float | None = None,
     chunk_size: int = 1024,
+    *,
+    query_positions: torch.Tensor | None = None,
+    window: int | None = None,
+    key_valid: torch.Tensor | None = None,
+    query_segments: torch.Tensor | None = None,
+    key_segments: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Head-averaged softmax attention of every query over every key, ``[B, Q, K]`` float32.
 
     Same arguments as ``attention_mass``; for a few query rows (a prompt's text tokens), where each row's own
-    distribution matters (maxima, per-query thresholds), not only their mean.
+    distribution matters (maxima, per-query thresholds), not only their mean. One query's row is bit-identical
+    to its ``attention_mass``.
     """
-    # summed then divided, as attention_mass does, so one query's row is bit-identical to its mass
-    parts = [probs.sum(dim=1) / query.shape[1] for probs in _probs(query, key, scaling, mask, softcap, chunk_size)]
-    if not parts:
-        return torch.zeros(query.shape[0], 0, key.shape[2], dtype=torch.float32, device=query.device)
-    return torch.cat(parts, dim=1)
+    return _implementation(query)(
+        query, key, scaling, softcap=softcap, mask=mask, query_positions=query_positions, window=window,
+        key_valid=key_valid, query_segments=query_segments, key_segments=key_segments, per_query=True,
+        chunk_size=chunk_size,
+    )  # fmt: skip
 
 
-def _probs(query, key, scaling, mask, softcap, chunk_size):
-    """Yield the softmax probabilities ``[B, H, q, K]`` of each chunk of the queries (rows with no visible
-    key all zero)."""
-    heads, queries = query.shape[1], query.shape[2]
-    groups = heads // key.shape[1]
-    key = key.float().repeat_interleave(groups, dim=1) if groups > 1 else key.float()
-    for start in range(0, queries, chunk_size):
-        stop = min(start + chunk_size, queries)
-        logits = torch.matmul(query[:, :, start:stop].float(), key.transpose(-1, -2)) * scaling
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
-        if mask is not None:
-            part = mask[..., start:stop, :] if mask.shape[-2] == queries else mask
-            if part.dtype == torch.bool:
-                logits = logits.masked_fill(~part, float("-inf"))
-            else:
-                logits = logits + part.float()
-        yield torch.softmax(logits, dim=-1).nan_to_num(0.0)
+def uses_kernel(tensor: torch.Tensor) -> bool:
+    """Whether scores of tensors on ``tensor``'s device come from the Triton kernel (else the reference)."""
+    return tensor.is_cuda and triton_available()
+
+
+def _implementation(tensor: torch.Tensor):
+    return attention_mass_triton if uses_kernel(tensor) else attention_mass_reference

@@ -76,22 +76,20 @@ def query_attention(
     """Head-averaged attention of query rows ``rows [B, Q]`` (``valid [B, Q]``) over every key of a prompt-pass
     attention call, under the mask the call itself got (the prompt pass starts from an empty cache, so a row's
     index is its key's index)."""
-    mask = _query_mask(attention_mask, rows, key.shape[2], getattr(module, "sliding_window", None))
+    masks = _query_masks(attention_mask, rows, getattr(module, "sliding_window", None))
     probs = attention_probs(
-        gather_rows(query, rows, dim=2), key, scaling(module, query, kwargs), mask, softcap=kwargs.get("softcap")
+        gather_rows(query, rows, dim=2), key, scaling(module, query, kwargs), softcap=kwargs.get("softcap"), **masks
     )
     return QueryAttention(probs * valid.to(probs.device)[..., None], rows, valid)
 
 
-def _query_mask(mask: Any, rows: torch.Tensor, keys: int, window: int | None) -> torch.Tensor:
-    """The rows ``rows [B, Q]`` of an attention call's mask, ``[B, 1|H, Q, K]``; a ``None`` (plain causal) or
-    2D (flash attention's padding) mask becomes the causal, windowed and padded mask it stands for."""
+def _query_masks(mask: Any, rows: torch.Tensor, window: int | None) -> dict[str, Any]:
+    """The mask of query rows ``rows [B, Q]`` as ``attention_probs`` arguments: the rows of a 4D mask, or, for a
+    ``None`` (plain causal) or 2D (flash attention's padding) mask, the causal, windowed and padded mask it
+    stands for as positions, window and key padding (no ``[Q, K]`` tensor built)."""
     if isinstance(mask, torch.Tensor) and mask.dim() == 4:
-        return gather_rows(mask, rows.to(mask.device), dim=2)
-    columns = torch.arange(keys, device=rows.device)
-    visible = columns <= rows[..., None]
-    if window is not None:
-        visible &= columns > rows[..., None] - window
+        return {"mask": gather_rows(mask, rows.to(mask.device), dim=2)}
+    masks: dict[str, Any] = {"query_positions": rows, "window": window}
     if isinstance(mask, torch.Tensor):  # [B, K] padding
-        visible &= mask.bool().to(rows.device)[:, None, :]
-    return visible[:, None]
+        masks["key_valid"] = mask.bool().to(rows.device)
+    return masks

@@ -19,7 +19,7 @@ from vlmzip.adapter import Adapter, VisionRun
 from vlmzip.runtime.attention import AttentionFunctions, scaling
 from vlmzip.runtime.masks import cut_mask
 from vlmzip.runtime.request import Request
-from vlmzip.scoring import attention_mass
+from vlmzip.scoring import attention_mass, uses_kernel
 from vlmzip.selection import gather_positions, gather_rows, pack_left
 from vlmzip.stages import ModelInfo, VisionMethod
 
@@ -37,7 +37,8 @@ class VisionStage:
         self._layer_of: dict[int, int] = {}
         self._backend = ""
         # vision attention calls of the current layer (one per chunk: frame or window) awaiting their mass
-        self._pending: list[tuple[int, torch.Tensor, torch.Tensor, float, torch.Tensor | None]] = []
+        # (layer, query rows, keys, scaling, dense mask, cu_seqlens of a packed call)
+        self._pending: list[tuple] = []
         self._functions: AttentionFunctions | None = None
 
     def install(self, functions: AttentionFunctions) -> list[Any]:
@@ -154,32 +155,90 @@ class VisionStage:
             cls_only = self.adapter.vision_query == "cls"
             rows = query[:, :, :1] if cls_only else query
             cu_seqlens = None if cls_only else kwargs.get("cu_seq_lens_q")
-            for part_rows, part_key, part_mask in _segments(rows, key, attention_mask, cu_seqlens):
-                self._pending.append((layer, part_rows, part_key, scaling(module, query, kwargs), part_mask))
+            scale = scaling(module, query, kwargs)
+            if uses_kernel(query):  # packed with the layer's other calls in _flush: the call stays whole
+                mask = attention_mask if cu_seqlens is None else None
+                self._pending.append((layer, rows, key, scale, mask, cu_seqlens))
+            else:
+                for part_rows, part_key, part_mask in _segments(rows, key, attention_mask, cu_seqlens):
+                    self._pending.append((layer, part_rows, part_key, scale, part_mask, None))
         return output
 
     def _flush(self) -> None:
-        """Attention mass of the pending calls of one layer, computed in one batch per chunk shape (a video's
-        windows number in the thousands: one small computation each would cost more than the tower)."""
+        """Attention mass of the pending calls of one layer, one tensor per chunk (frame or window) in call order,
+        computed in one batch per chunk shape (a video's windows number in the thousands: one small computation
+        each would cost more than the tower), or, where the kernel runs, in one call per layer."""
         pending, self._pending = self._pending, []
         if not pending:
             return
-        masses: list[torch.Tensor | None] = [None] * len(pending)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for order, (_, rows, key, scale, mask) in enumerate(pending):
-            groups[(rows.shape[1:], key.shape[1:], scale, None if mask is None else mask.shape[1:])].append(order)
-        for members in groups.values():
-            rows = torch.cat([pending[i][1] for i in members])
-            key = torch.cat([pending[i][2] for i in members])
-            mask = pending[members[0]][4]
-            if mask is not None:
-                mask = torch.cat([pending[i][4].expand(pending[i][1].shape[0], *mask.shape[1:]) for i in members])
-            parts = attention_mass(rows, key, pending[members[0]][3], mask).split(
-                [pending[i][1].shape[0] for i in members]
-            )
-            for i, part in zip(members, parts):
-                masses[i] = part
+        masses = _packed_masses(pending) if uses_kernel(pending[0][1]) else _grouped_masses(pending)
         self.runs[-1].attention.setdefault(pending[0][0], []).extend(masses)
+
+
+def _grouped_masses(pending: list[tuple]) -> list[torch.Tensor]:
+    """Each pending chunk's mass, chunks of one shape concatenated along the batch (the reference's layout)."""
+    masses: list[torch.Tensor | None] = [None] * len(pending)
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for order, (_, rows, key, scale, mask, _) in enumerate(pending):
+        groups[(rows.shape[1:], key.shape[1:], scale, None if mask is None else mask.shape[1:])].append(order)
+    for members in groups.values():
+        rows = torch.cat([pending[i][1] for i in members])
+        key = torch.cat([pending[i][2] for i in members])
+        mask = pending[members[0]][4]
+        if mask is not None:
+            mask = torch.cat([pending[i][4].expand(pending[i][1].shape[0], *mask.shape[1:]) for i in members])
+        parts = attention_mass(rows, key, pending[members[0]][3], mask).split([pending[i][1].shape[0] for i in members])
+        for i, part in zip(members, parts):
+            masses[i] = part
+    return masses
+
+
+def _packed_masses(pending: list[tuple]) -> list[torch.Tensor]:
+    """Each chunk's mass (a separate call's, or one of a packed call's ``cu_seqlens`` chunks), in order, from one
+    kernel call per batch layout: the chunks are packed along the sequence, told apart by segment ids."""
+    masses: list[list[torch.Tensor]] = [[] for _ in pending]
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for order, (_, rows, key, scale, mask, _) in enumerate(pending):
+        if mask is not None:  # a dense mask of its own: alone
+            masses[order] = [attention_mass(rows, key, scale, mask)]
+        else:
+            groups[(rows.shape[0], rows.shape[1], key.shape[1], rows.shape[3], rows.dtype, scale)].append(order)
+    for members in groups.values():
+        query_lengths, key_lengths, counts = [], [], []
+        for i in members:
+            _, rows, key, _, _, cu_seqlens = pending[i]
+            chunks = [rows.shape[2]] if cu_seqlens is None else cu_seqlens.diff().tolist()
+            query_lengths += chunks
+            key_lengths += [key.shape[2]] if cu_seqlens is None else chunks
+            counts.append(len(chunks))
+        rows = _cat([pending[i][1] for i in members], dim=2)
+        key = _cat([pending[i][2] for i in members], dim=2)
+        scale = pending[members[0]][3]
+        if len(query_lengths) == 1:
+            parts = [attention_mass(rows, key, scale)]
+        else:
+            query_segments = _segment_ids(query_lengths, rows.device)
+            key_segments = _segment_ids(key_lengths, rows.device)
+            summed = attention_mass(
+                rows, key, scale, query_segments=query_segments, key_segments=key_segments, reduce="sum"
+            )
+            # each chunk's mean over its own queries, as a call of that chunk alone gives
+            queries = torch.tensor(query_lengths, device=rows.device).clamp(min=1)
+            parts = list((summed / queries[key_segments]).split(key_lengths, dim=-1))
+        chunks = iter(parts)
+        for i, count in zip(members, counts):
+            masses[i] = [next(chunks) for _ in range(count)]
+    return [mass for chunks in masses for mass in chunks]
+
+
+def _cat(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
+
+
+def _segment_ids(lengths: list[int], device: torch.device) -> torch.Tensor:
+    """``[1, sum(lengths)]``: chunk ``i``'s ``lengths[i]`` elements get id ``i``."""
+    ids = torch.arange(len(lengths), device=device)
+    return ids.repeat_interleave(torch.tensor(lengths, device=device), output_size=sum(lengths))[None]
 
 
 def _segments(rows, key, mask, cu_seqlens):
