@@ -57,6 +57,8 @@ class DenseKV:
         return self.keys, self.values
 
     def append(self, keys: torch.Tensor, values: torch.Tensor) -> DenseKV:
+        if not self.keys.shape[-2]:  # the prompt pass: no copy of the first entries
+            return DenseKV(keys, values)
         return DenseKV(torch.cat([self.keys, keys], dim=-2), torch.cat([self.values, values], dim=-2))
 
     def gather(self, index: torch.Tensor) -> DenseKV:
