@@ -205,7 +205,8 @@ def test_fidelity_sweep_of_one_model_keeps_the_other_tables(tmp_path):
 
 
 def test_accuracy_batches_only_samples_of_one_length():
-    """Padding clips of different lengths into one batch costs more than batching saves (``fidelity.accuracy``)."""
+    """Padding clips of different lengths into one batch costs more than batching saves (``fidelity.accuracy``):
+    clips of one length go together, wherever they are in the set."""
     from types import SimpleNamespace
 
     question = Question("1-1", "1", "v", "short", "d", "s", "t", "q?", ("A. a", "B. b", "C. c", "D. d"), "A")
@@ -217,4 +218,4 @@ def test_accuracy_batches_only_samples_of_one_length():
         return [SimpleNamespace(response="A" if len(s.frames) == 2 else "B") for s in batch]
 
     assert fidelity.accuracy(SimpleNamespace(predict=predict), "none", samples, batch_size=2) == 4 / 5
-    assert lengths == [[2, 2], [2], [3], [2]]
+    assert lengths == [[2, 2], [2, 2], [3]]
