@@ -14,7 +14,8 @@ different layers compares with a fixed budget.
 ``--ideal N`` adds the best any method keeping N visual tokens per sample could do, measured in the same run: the
 unwrapped model's prompt pass with its language model fed the prompt's text and only the first N visual tokens of
 each sample, under a plain causal mask (the vision tower still encodes every image). No vlmzip code runs in it:
-a hook on the language model shortens its inputs.
+a hook on the language model shortens its inputs. ``--ideal-at-eq`` adds, after each policy, the ideal at the
+equivalent visual tokens it measured: the figure a prefill method's speed compares with.
 """
 
 from __future__ import annotations
@@ -294,19 +295,30 @@ def run(
     repeats: int,
     report: Callable[[Result], None] = lambda result: None,
     ideal: Sequence[int] = (),
+    ideal_at_equivalent: bool = False,
 ) -> list[Result]:
-    """Per batch size: the unwrapped model, the ideal of each ``ideal`` token count, ``none``, then ``policies``."""
+    """Per batch size: the unwrapped model, the ideal of each ``ideal`` token count, ``none``, then ``policies``;
+    with ``ideal_at_equivalent``, each policy that processed fewer visual tokens than it was given is followed by
+    the ideal at its equivalent tokens (rounded), unless that one was measured already."""
     results = []
     for batch in batches:
         inputs = workload.inputs(model, batch)
-        results.append(measure(model, inputs, UNWRAPPED, new_tokens, repeats))
-        report(results[-1])
+        done: set[int] = set()
+
+        def add(result: Result) -> None:
+            results.append(result)
+            report(result)
+
+        add(measure(model, inputs, UNWRAPPED, new_tokens, repeats))
         for tokens in ideal:
-            results.append(measure_ideal(model, inputs, tokens, repeats))
-            report(results[-1])
+            add(measure_ideal(model, inputs, tokens, repeats))
+            done.add(tokens)
         for policy in ["none", *policies]:
-            results.append(measure(model, inputs, policy, new_tokens, repeats))
-            report(results[-1])
+            add(measure(model, inputs, policy, new_tokens, repeats))
+            tokens = round(results[-1].equivalent_visual_tokens)
+            if ideal_at_equivalent and tokens < min(results[-1].visual_tokens_in) and tokens not in done:
+                add(measure_ideal(model, inputs, tokens, repeats))
+                done.add(tokens)
     return results
 
 
@@ -348,7 +360,9 @@ def main(args: argparse.Namespace) -> int:
         print(row(result, baseline), flush=True)
 
     batches = args.batch_size or [1]
-    results = run(model, args.policy, batches, workload, args.new_tokens, args.repeats, report, args.ideal or ())
+    results = run(
+        model, args.policy, batches, workload, args.new_tokens, args.repeats, report, args.ideal or (), args.ideal_at_eq
+    )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         config = {key: str(value) for key, value in vars(args).items() if key != "run"}

@@ -325,6 +325,9 @@ def _quiet_worker(threads: int) -> None:
 
     torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
+    # float32 as on the CPU: TF32 (cuDNN's default for convolutions) would round the patch embeddings to 10 bits
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     transformers.utils.logging.disable_progress_bar()
 
 

@@ -107,6 +107,11 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="repeatable; the unwrapped model's prompt pass with only N visual tokens per sample in its language model",
     )
+    parser.add_argument(
+        "--ideal-at-eq",
+        action="store_true",
+        help="after each policy, the ideal at the equivalent visual tokens it measured (rounded)",
+    )
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
