@@ -193,13 +193,8 @@ def measure(
         kv_bytes=stats.kv_bytes if stats else 0,
         visual_tokens_in=stats.visual_tokens_in if stats else visual,
         visual_tokens_kept=stats.visual_tokens_kept if stats else {},
-        equivalent_visual_tokens=_equivalent(stats.visual_tokens_by_layer) if stats else statistics.mean(visual),
+        equivalent_visual_tokens=statistics.mean(stats.equivalent_visual_tokens() if stats else visual),
     )
-
-
-def _equivalent(by_layer: list[list[int]]) -> float:
-    """Visual tokens a sample's language model processed, averaged over its layers and then over the samples."""
-    return statistics.mean(statistics.mean(sample) for sample in zip(*by_layer)) if by_layer else 0.0
 
 
 def visual_mask(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

@@ -66,6 +66,7 @@ __all__ = [
     "image_samples",
     "main",
     "measure",
+    "own_budget",
     "plan",
     "policy",
     "section",
@@ -80,11 +81,17 @@ PREFILL_LAYER = 2  # a method that takes one ``layer`` acts at this one (of 4 in
 def policy(method: vlmzip.MethodInfo, keep: float) -> str | None:
     """The policy that keeps ``keep`` of the visual tokens with ``method``: at layer ``PREFILL_LAYER`` when the
     method acts at one layer; a method with a schedule (``layers``) scales it to the model itself and gets only
-    the budget. ``None`` for a method without a ``keep`` budget (a threshold): it is measured at its defaults."""
+    the budget. ``None`` for a method without a ``keep`` budget."""
     if "keep" not in method.params:
         return None
     layer = f"layer={PREFILL_LAYER}," if "layer" in method.params else ""
     return f"{method.name}:{layer}keep={keep:g}"
+
+
+def own_budget(method: vlmzip.MethodInfo) -> bool:
+    """Whether ``method`` sets its budget itself by default (a threshold): it has no ``keep``, or one that keeps
+    everything unless given (a cap). It is then also measured at its defaults, beside its ``keep`` sweep."""
+    return method.params.get("keep", 1.0) == 1.0
 
 
 # ----------------------------------------------------------------------------------------------- questions
@@ -258,7 +265,7 @@ def _table_jobs(model: str, medium: str, source: str, methods: Sequence[vlmzip.M
     base = Job(model, medium, source, "none", "", "", "1", "none", device)
     jobs = [base, replace(base, label="blank", blank=True)]
     for method in methods:
-        keeps = KEEPS if policy(method, KEEPS[0]) else (DEFAULT,)
+        keeps = (KEEPS if policy(method, KEEPS[0]) else ()) + ((DEFAULT,) if own_budget(method) else ())
         jobs += [_method_job(base, method, keep) for keep in keeps]
     return jobs
 
@@ -296,8 +303,7 @@ def measure(job: Job, questions: Questions, batch_size: int = 50) -> Cell:
     def count() -> None:
         stats = vlmzip.stats(answering.model)
         tokens[0] += sum(stats.visual_tokens_in)
-        by_layer = stats.visual_tokens_by_layer or [stats.visual_tokens_in]  # nothing cut: every layer saw all
-        tokens[1] += sum(map(sum, by_layer)) / len(by_layer)
+        tokens[1] += sum(stats.equivalent_visual_tokens())
 
     started = time.time()
     right = answers(answering, job.policy, samples, batch_size, count)

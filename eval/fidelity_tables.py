@@ -140,8 +140,8 @@ def _rows(table: Mapping[str, Cell]) -> list[str]:
     ]
     whole = _value(table.get("none"))
     for method, stage in _methods(table):
-        if label(method, DEFAULT) in table:
-            continue  # no keep budget: listed under the table
+        if not any(label(method, k) in table for k in KEEPS):
+            continue  # measured at its own budget only: listed under the table
         cells = [_cell(table.get(label(method, k)), table.get(label("random", k))) for k in KEEPS]
         name = f"{method} (baseline)" if method == "random" else method
         lines.append(f"| {name} | {stage} | {whole} | " + " | ".join(cells) + " |")
@@ -160,7 +160,8 @@ def _cell(cell: Cell | None, random: Cell | None) -> str:
     text = _value(cell)
     if cell is None:
         return text
-    if cell.method != "random" and better(cell, random):
+    # a decode-stage cell is the uncompressed model's answer (given before the method acts): no pruning to compare
+    if cell.method != "random" and cell.stage != "decode" and better(cell, random):
         text = f"**{text}**"
     return f"{text} (eq {cell.equivalent:.0%})" if cell.stage == "prefill" else text
 
@@ -178,12 +179,13 @@ def _difference(cell: Cell, baseline: Cell) -> Difference:
 
 
 def _defaults(table: Mapping[str, Cell]) -> str:
-    """The methods without a keep budget, each at its own (its default parameters)."""
-    cells = [c for c in table.values() if c.keep == DEFAULT]
+    """The methods that set their own budget (a threshold), each at its default parameters, with the visual
+    tokens that budget came to."""
+    cells = sorted((c for c in table.values() if c.keep == DEFAULT), key=lambda c: c.method)
     if not cells:
         return ""
-    listed = ", ".join(f"{c.method} ({c.stage}) {_value(c)} (eq {c.equivalent:.0%})" for c in cells)
-    return f"Methods without a `keep` budget, at their published defaults: {listed}."
+    listed = ", ".join(f"`{c.policy}` {_value(c)} (eq {c.equivalent:.0%})" for c in cells)
+    return f"At their own budget (their defaults: a threshold, no cap): {listed}."
 
 
 def _notes(table: Mapping[str, Cell]) -> str:
@@ -195,7 +197,7 @@ def _notes(table: Mapping[str, Cell]) -> str:
         "of the visual tokens each processed, as a share of those in (a schedule or a per-sample threshold compares "
         f"at that figure, not at its nominal keep). Image blanked, nothing pruned: {_value(table.get('blank'))}. "
         "Chance: 25%. Decode-stage methods evict cache entries after the prompt pass, which already produced the "
-        "one-letter answer."
+        "one-letter answer (never bold)."
     )
 
 

@@ -96,8 +96,10 @@ def test_bold_needs_the_paired_interval_above_zero():
     cells += [_cell("random@0.25", base, "random", "vision")]
     cells += [_cell("fastv@0.5", clean, "fastv", "prefill", seen=0.75 * 256 * 100)]
     cells += [_cell("fastv@0.25", noisy, "fastv", "prefill", seen=0.625 * 256 * 100)]
-    row = next(line for line in section(cells, "cmd").splitlines() if line.startswith("| fastv "))
-    assert "| **56.0 ±9.8** (eq 75%) | 56.0 ±9.8 (eq 62%) | – | – |" in row
+    cells += [_cell("knorm@0.5", "1" * 100, "knorm", "decode")]  # the uncompressed answers: nothing was pruned
+    text = section(cells, "cmd")
+    assert "| **56.0 ±9.8** (eq 75%) | 56.0 ±9.8 (eq 62%) | – | – |" in text
+    assert "| knorm | decode | 100.0 ±3.7 | 100.0 ±3.7 | – |" in text
 
 
 def test_tables_record_the_bundled_questions_for_the_test_suite(tmp_path):
@@ -130,12 +132,15 @@ def test_policy_is_generic_over_parameters():
 
 def test_plan_measures_random_and_adds_the_cpu_checks_where_needed():
     methods = [_info("sched", "prefill", layers=(1, 2), keep=64), _info("thresh", "prefill", tau=0.97)]
+    methods += [_info("capped", "prefill", layer=2, keep=1.0, tau=0.9)]  # a threshold, keep only caps it
     fresh = fidelity.Questions(image_root="/x", image_source="seed=3")
     jobs = fidelity.plan(["llava", "qwen2_5_vl"], methods, fresh, "cuda")
     labels = [(j.model, j.medium, j.label) for j in jobs if not j.check]
     assert labels[0][1] == "video" and ("qwen2_5_vl", "video", "random@0.05") in labels  # slowest first
     assert ("llava", "video", "none") not in labels  # LLaVA reads no clips
-    assert ("llava", "image", "sched@0.1") in labels and ("llava", "image", "thresh@default") in labels
+    assert ("llava", "image", "sched@0.1") in labels and ("llava", "image", "sched@default") not in labels
+    assert ("llava", "image", "thresh@default") in labels and ("llava", "image", "thresh@0.1") not in labels
+    assert ("llava", "image", "capped@0.1") in labels and ("llava", "image", "capped@default") in labels
     assert {j.device for j in jobs if not j.check} == {"cuda"}
     checks = [(j.model, j.label, j.device, j.source) for j in jobs if j.check]
     assert checks == [(m, lab, "cpu", "bundled") for m in ("llava", "qwen2_5_vl") for lab in ("none", "fastv@0.1")]
