@@ -6,16 +6,26 @@ measured first, then ``none`` (vlmzip installed with nothing to do: the hooks' o
 all on the same inputs. Times are medians over ``--repeats`` after a warm-up, with the spread (max - min).
 
 Time to first token is split where it goes: the vision encoder (every forward of the vision tower), the
-language model's prompt pass, and its first decode step (hooks on those modules, synchronised).
+language model's prompt pass, and its first decode step (hooks on those modules, synchronised). Every row also
+gives the equivalent visual tokens per sample its language model processed (the mean over its layers, as
+``vlmzip.Stats.visual_tokens_by_layer`` counts them), so a prefill method that keeps different counts at
+different layers compares with a fixed budget.
+
+``--ideal N`` adds the best any method keeping N visual tokens per sample could do, measured in the same run: the
+unwrapped model's prompt pass with its language model fed the prompt's text and only the first N visual tokens of
+each sample, under a plain causal mask (the vision tower still encodes every image). No vlmzip code runs in it:
+a hook on the language model shortens its inputs. ``--ideal-at-eq`` adds, after each policy, the ideal at the
+equivalent visual tokens it measured: the figure a prefill method's speed compares with.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +39,10 @@ from vlmzip.eval.tiny import FAMILIES, random_inputs, tiny_model
 from vlmzip.registry import adapter_for
 
 UNWRAPPED = "(unwrapped)"
+
+
+def ideal_label(tokens: int) -> str:
+    return f"(ideal: {tokens} visual tokens)"
 
 
 # Every family's real-size architectures (vlmzip.eval.families: their configs live there), by --arch name.
@@ -75,19 +89,24 @@ class Workload:
 
 @dataclass
 class Result:
+    """One row. ``equivalent_visual_tokens``: per sample, the mean over the language model's layers of the visual
+    tokens each processed in the prompt pass. An ideal row times the prompt pass only (no ``generate``): its
+    time to first token, first decode step and decode speed are ``None``."""
+
     batch: int
     policy: str
     prefill_ms: float
     prefill_spread_ms: float
-    first_token_ms: float
+    first_token_ms: float | None
     vision_ms: float
     lm_prefill_ms: float
-    first_decode_ms: float
-    decode_tokens_per_s: float
+    first_decode_ms: float | None
+    decode_tokens_per_s: float | None
     peak_gib: float
     kv_bytes: int
     visual_tokens_in: list[int] = field(default_factory=list)
     visual_tokens_kept: dict[str, list[int]] = field(default_factory=dict)
+    equivalent_visual_tokens: float = 0.0
 
 
 class _Phases:
@@ -160,6 +179,7 @@ def measure(
     finally:
         vlmzip.restore(model)
     batch = inputs["input_ids"].shape[0]
+    visual = visual_mask(model, inputs["input_ids"]).sum(dim=1).tolist()
     decode_s = max(all_ms - first_ms, 1e-6) / 1e3  # generate(n) - generate(1): the prompt pass cancels
     return Result(
         batch,
@@ -171,8 +191,86 @@ def measure(
         decode_tokens_per_s=(new_tokens - 1) * batch / decode_s,
         peak_gib=peak,
         kv_bytes=stats.kv_bytes if stats else 0,
-        visual_tokens_in=stats.visual_tokens_in if stats else [],
+        visual_tokens_in=stats.visual_tokens_in if stats else visual,
         visual_tokens_kept=stats.visual_tokens_kept if stats else {},
+        equivalent_visual_tokens=statistics.mean(stats.equivalent_visual_tokens() if stats else visual),
+    )
+
+
+def visual_mask(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, L]``: where the prompt holds visual placeholders (images and videos)."""
+    ids = torch.tensor(list(adapter_for(model).placeholder_ids().values()), device=input_ids.device)
+    return torch.isin(input_ids, ids)
+
+
+def shortened_positions(visual: torch.Tensor, tokens: int) -> torch.Tensor:
+    """``[B, L']``: the positions an ideal prompt of ``tokens`` visual tokens per sample keeps: every text token
+    and each sample's first ``tokens`` visual ones (which ones does not matter to speed)."""
+    counts = visual.sum(dim=1)
+    if not 0 <= tokens <= int(counts.min()):
+        raise vlmzip.VlmzipError(f"--ideal {tokens}: the samples have {int(counts.min())} visual tokens each")
+    keep = ~visual | (visual.cumsum(dim=1) <= tokens)
+    return keep.nonzero()[:, 1].view(visual.shape[0], -1)  # every sample keeps as many: rows of one length
+
+
+class _Shortened:
+    """Feeds the language model the kept positions of the prompt (its decode steps untouched), as if the prompt
+    had been that short: a plain causal mask of the new length, positions counted from 0."""
+
+    def __init__(self, model: nn.Module, positions: torch.Tensor, length: int) -> None:
+        self.module, self.positions, self.length = adapter_for(model).language_model, positions, length
+
+    def __enter__(self) -> _Shortened:
+        # prepended: the shortening happens before the timing hooks of _Phases start the language model's clock
+        self._handle = self.module.register_forward_pre_hook(self._shorten, with_kwargs=True, prepend=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    def _shorten(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None or embeds.shape[1] != self.length:
+            return None
+        index = self.positions.to(embeds.device)[..., None].expand(-1, -1, embeds.shape[-1])
+        kwargs = {key: value for key, value in kwargs.items() if key not in ("position_ids", "cache_position")}
+        kwargs["inputs_embeds"] = embeds.gather(1, index)
+        kwargs["attention_mask"] = torch.ones(index.shape[:2], dtype=torch.long, device=embeds.device)
+        return args, kwargs
+
+
+@torch.no_grad()
+def measure_ideal(model: nn.Module, inputs: dict[str, torch.Tensor], tokens: int, repeats: int = 5) -> Result:
+    """The unwrapped model's prompt pass with its language model fed ``tokens`` visual tokens per sample."""
+    input_ids = inputs["input_ids"]
+    visual = visual_mask(model, input_ids)
+    positions = shortened_positions(visual, tokens)
+
+    def forward() -> Any:
+        return model(**inputs, use_cache=True)
+
+    with _Shortened(model, positions, input_ids.shape[1]):
+        forward()  # warm-up
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        prefill_ms, spread = _timed(forward, repeats)
+        phases = [_phase_times(model, forward) for _ in range(repeats)]
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    return Result(
+        batch=input_ids.shape[0],
+        policy=ideal_label(tokens),
+        prefill_ms=prefill_ms,
+        prefill_spread_ms=spread,
+        first_token_ms=None,
+        vision_ms=statistics.median(p[0] for p in phases),
+        lm_prefill_ms=statistics.median(p[1] for p in phases),
+        first_decode_ms=None,
+        decode_tokens_per_s=None,
+        peak_gib=peak,
+        kv_bytes=0,
+        visual_tokens_in=visual.sum(dim=1).tolist(),
+        visual_tokens_kept={"ideal": [tokens] * input_ids.shape[0]},
+        equivalent_visual_tokens=float(tokens),
     )
 
 
@@ -191,30 +289,55 @@ def run(
     new_tokens: int,
     repeats: int,
     report: Callable[[Result], None] = lambda result: None,
+    ideal: Sequence[int] = (),
+    ideal_at_equivalent: bool = False,
 ) -> list[Result]:
+    """Per batch size: the unwrapped model, the ideal of each ``ideal`` token count, ``none``, then ``policies``;
+    with ``ideal_at_equivalent``, each policy that processed fewer visual tokens than it was given is followed by
+    the ideal at its equivalent tokens (rounded), unless that one was measured already."""
     results = []
     for batch in batches:
         inputs = workload.inputs(model, batch)
-        for policy in [UNWRAPPED, "none", *policies]:
-            results.append(measure(model, inputs, policy, new_tokens, repeats))
-            report(results[-1])
+        done: set[int] = set()
+
+        def add(result: Result) -> None:
+            results.append(result)
+            report(result)
+
+        add(measure(model, inputs, UNWRAPPED, new_tokens, repeats))
+        for tokens in ideal:
+            add(measure_ideal(model, inputs, tokens, repeats))
+            done.add(tokens)
+        for policy in ["none", *policies]:
+            add(measure(model, inputs, policy, new_tokens, repeats))
+            tokens = round(results[-1].equivalent_visual_tokens)
+            if ideal_at_equivalent and tokens < min(results[-1].visual_tokens_in) and tokens not in done:
+                add(measure_ideal(model, inputs, tokens, repeats))
+                done.add(tokens)
     return results
 
 
 HEADER = (
     f"{'batch':>5} {'policy':<38} {'prefill ms':>13} {'speed-up':>8} {'TTFT ms':>8} {'vision':>7} "
-    f"{'LM pre':>7} {'1st dec':>7} {'tok/s':>7} {'peak GiB':>8} {'KV MiB':>8}"
+    f"{'LM pre':>7} {'LM x':>6} {'1st dec':>7} {'tok/s':>7} {'peak GiB':>8} {'KV MiB':>8} {'eq vis':>7}"
 )
 
 
 def row(result: Result, baseline: Result) -> str:
+    """A line of the table; ``speed-up`` and ``LM x`` (the language model's prompt pass alone) against
+    ``baseline``, the unwrapped model on the same inputs."""
     speedup = baseline.prefill_ms / result.prefill_ms
+    lm_speedup = baseline.lm_prefill_ms / result.lm_prefill_ms
     return (
         f"{result.batch:>5} {result.policy:<38} {result.prefill_ms:>8.1f}±{result.prefill_spread_ms:<4.1f} "
-        f"{speedup:>7.2f}x {result.first_token_ms:>8.1f} {result.vision_ms:>7.1f} {result.lm_prefill_ms:>7.1f} "
-        f"{result.first_decode_ms:>7.1f} {result.decode_tokens_per_s:>7.0f} {result.peak_gib:>8.1f} "
-        f"{result.kv_bytes / 2**20:>8.1f}"
+        f"{speedup:>7.2f}x {_ms(result.first_token_ms, 8)} {result.vision_ms:>7.1f} {result.lm_prefill_ms:>7.1f} "
+        f"{lm_speedup:>5.2f}x {_ms(result.first_decode_ms, 7)} {_ms(result.decode_tokens_per_s, 7, '.0f')} "
+        f"{result.peak_gib:>8.1f} {result.kv_bytes / 2**20:>8.1f} {result.equivalent_visual_tokens:>7.1f}"
     )
+
+
+def _ms(value: float | None, width: int, spec: str = ".1f") -> str:
+    return f"{'–':>{width}}" if value is None or math.isnan(value) else f"{value:>{width}{spec}}"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -231,7 +354,10 @@ def main(args: argparse.Namespace) -> int:
         baseline = baselines.setdefault(result.batch, result)
         print(row(result, baseline), flush=True)
 
-    results = run(model, args.policy, args.batch_size or [1], workload, args.new_tokens, args.repeats, report)
+    batches = args.batch_size or [1]
+    results = run(
+        model, args.policy, batches, workload, args.new_tokens, args.repeats, report, args.ideal or (), args.ideal_at_eq
+    )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         config = {key: str(value) for key, value in vars(args).items() if key != "run"}

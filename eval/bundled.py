@@ -29,6 +29,8 @@ __all__ = [
     "models",
     "resolve",
     "write_datasets",
+    "write_image_questions",
+    "write_video_questions",
 ]
 
 MODELS: tuple[str, ...] = tuple(fixture_families())  # every family's fixture ships: llava, qwen2_5_vl, gemma3
@@ -101,15 +103,26 @@ def models() -> list[dict]:
     return rows
 
 
+def write_image_questions(root: Path, n: int, seed: int) -> Path:
+    """``n`` image questions of the test split drawn with ``seed`` as the shipped ones are (``SEED``, 400 of
+    them): ``root/test.jsonl`` and ``root/images/test/*.png``."""
+    return synthetic.write_image_set(root, n, "test", seed, difficulty=IMAGE_DIFFICULTY)
+
+
+def write_video_questions(root: Path, clips: int, seed: int) -> Path:
+    """``clips`` clips of the test split (3 questions each) drawn with ``seed`` as the shipped ones are, in the
+    Video-MME layout under ``root``, without subtitles (they narrate the answers)."""
+    return synthetic.write_video_set(
+        root, clips, "test", seed, fps=VIDEO_FPS, difficulty=VIDEO_DIFFICULTY, subtitles=False
+    )
+
+
 def write_datasets(root: Path = ROOT) -> None:
-    """(Re)write the shipped test sets under ``root``: ``image/`` and ``video/`` (no subtitles: they narrate
-    the answers)."""
+    """(Re)write the shipped test sets under ``root``: ``image/`` and ``video/``."""
     for kind in DATASETS:
         shutil.rmtree(root / kind, ignore_errors=True)
-    synthetic.write_image_set(root / "image", IMAGE_QUESTIONS, "test", SEED, difficulty=IMAGE_DIFFICULTY)
-    synthetic.write_video_set(
-        root / "video", VIDEO_CLIPS, "test", SEED, fps=VIDEO_FPS, difficulty=VIDEO_DIFFICULTY, subtitles=False
-    )
+    write_image_questions(root / "image", IMAGE_QUESTIONS, SEED)
+    write_video_questions(root / "video", VIDEO_CLIPS, SEED)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,23 +9,58 @@ import torch
 
 import vlmzip
 from vlmzip.cli import main
-from vlmzip.eval.bench import UNWRAPPED, Workload, build, run
+from vlmzip.eval import bench
+from vlmzip.eval.bench import UNWRAPPED, Workload, build, ideal_label, run
+from vlmzip.registry import adapter_for
 
 
 def test_bench_measures_every_policy_and_reports_what_was_kept():
     model = build("tiny-qwen2_5_vl", device="cpu", dtype=torch.float32)
     workload = Workload(images=1, frames=4, frame_patches=8, text_tokens=6)
-    results = run(model, ["uniform:keep=0.25", "fastv:layer=2,keep=0.5"], [2], workload, new_tokens=3, repeats=1)
-    assert [r.policy for r in results] == [UNWRAPPED, "none", "uniform:keep=0.25", "fastv:layer=2,keep=0.5"]
-    unwrapped, none, uniform, fastv = results
+    policies = ["uniform:keep=0.25", "fastv:layer=2,keep=0.5"]
+    results = run(model, policies, [2], workload, new_tokens=3, repeats=1, ideal=[12], ideal_at_equivalent=True)
+    # the ideal at 12 tokens stands for uniform's too; FastV's 36 equivalent tokens get their own
+    assert [r.policy for r in results] == [UNWRAPPED, ideal_label(12), "none", *policies, ideal_label(36)]
+    unwrapped, ideal, none, uniform, fastv, fastv_ideal = results
     assert none.visual_tokens_in == [48, 48]  # an image (16) and a 4-frame video (2 x 16) per sample
     assert uniform.visual_tokens_kept == {"vision": [12, 12]}
     assert fastv.visual_tokens_kept == {"prefill": [24, 24]}
     assert uniform.kv_bytes < none.kv_bytes and unwrapped.kv_bytes == 0
-    for result in results:
+    # the mean over the 4 layers: all 48 in layers 0-1, 24 from layer 2 on
+    assert [r.equivalent_visual_tokens for r in results] == [48, 12, 48, 12, 36, 36]
+    for result in [unwrapped, none, uniform, fastv]:
         assert result.vision_ms > 0 and result.lm_prefill_ms > 0 and result.first_decode_ms > 0
         assert result.prefill_ms > 0 and result.decode_tokens_per_s > 0
+    assert ideal.prefill_ms > 0 and ideal.vision_ms > 0 and ideal.lm_prefill_ms > 0 and ideal.first_token_ms is None
+    assert fastv_ideal.visual_tokens_kept == {"ideal": [36, 36]}
     assert vlmzip.policy_of(model) is None  # every measurement restores the model
+
+
+@pytest.mark.parametrize("arch", ["tiny-llava", "tiny-qwen2_5_vl", "tiny-gemma3"])
+def test_ideal_is_the_language_model_on_the_shortened_prompt(arch):
+    """The ideal row's prompt pass equals the unwrapped language model called on the text and first N visual
+    embeddings alone, with no mask but the causal one (Gemma-3's bidirectional image blocks are gone too)."""
+    model = build(arch, device="cpu", dtype=torch.float32)
+    inputs = Workload(images=1, frame_patches=8, text_tokens=6).inputs(model, 2)
+    language_model, seen = adapter_for(model).language_model, {}
+
+    def capture(module, args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"]
+
+    handle = language_model.register_forward_pre_hook(capture, with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)  # the merged embeddings the language model receives
+        handle.remove()
+        positions = bench.shortened_positions(bench.visual_mask(model, inputs["input_ids"]), 5)
+        assert positions.shape == (2, inputs["input_ids"].shape[1] - 16 + 5)  # 16 visual tokens an image
+        with bench._Shortened(model, positions, inputs["input_ids"].shape[1]):
+            ideal = model(**inputs, use_cache=True, output_hidden_states=True)
+        short = seen["embeds"].gather(1, positions[..., None].expand(-1, -1, seen["embeds"].shape[-1]))
+        expected = language_model(inputs_embeds=short).last_hidden_state
+    assert ideal.past_key_values.get_seq_length() == positions.shape[1]
+    torch.testing.assert_close(ideal.hidden_states[-1], expected)
+    with pytest.raises(vlmzip.VlmzipError, match="--ideal 17: the samples have 16 visual tokens each"):
+        bench.shortened_positions(bench.visual_mask(model, inputs["input_ids"]), 17)
 
 
 def test_bench_command_writes_results(tmp_path, capsys):

@@ -15,6 +15,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 import vlmzip
 from vlmzip.cli import main as cli
 from vlmzip.eval import bundled, fidelity, fixtures, synthetic, videomme
+from vlmzip.eval.fidelity_tables import Cell
 from vlmzip.eval.questions import Question
 from vlmzip.eval.samples import Sample
 
@@ -138,70 +139,74 @@ def test_video_fixture_meets_the_video_bar():
     assert fidelity.accuracy(model, "none", fidelity.video_samples()) >= 0.75
 
 
-def _recorded(name: str, method: str) -> dict[str, str]:
-    """The row of ``method`` in docs/fidelity.md's table of ``name``'s image questions, by column."""
-    text = (Path(__file__).parents[1] / "docs" / "fidelity.md").read_text(encoding="utf-8")
-    table = fidelity.sections(text.split(fidelity.BEGIN, 1)[1].split(fidelity.END, 1)[0])[(name, "image")]
-    lines = [line for line in table.splitlines() if line.startswith("|")]
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    row = next(line for line in lines if line.startswith(f"| {method} "))
-    return dict(zip(header, (cell.strip().strip("*") for cell in row.strip("|").split("|")), strict=True))
-
-
 @pytest.mark.parametrize("name", bundled.MODELS)
 def test_shipped_models_answer_as_docs_fidelity_records(name):
     """The fixtures issue's promise: a fresh install answers the bundled questions with the accuracy recorded in
     docs/fidelity.md, uncompressed and compressed (FastV at 10%). Fails when weights ship without the table."""
     model, samples = fidelity.predictor(name), fidelity.image_samples()
     fastv = next(m for m in vlmzip.methods() if m.name == "fastv")
-    recorded = _recorded(name, "fastv")
-    assert f"{fidelity.accuracy(model, 'none', samples):.1%}" == recorded["100%"]
-    assert f"{fidelity.accuracy(model, fidelity.policy(fastv, 0.1), samples):.1%}" == recorded["10%"]
+    text = (Path(__file__).parents[1] / "docs" / "fidelity.md").read_text(encoding="utf-8")
+    recorded, compressed = fidelity.bundled_record(text, name), fidelity.policy(fastv, 0.1)
+    assert f"{fidelity.accuracy(model, 'none', samples):.1%}" == recorded["none"]
+    assert f"{fidelity.accuracy(model, compressed, samples):.1%}" == recorded[compressed]
 
 
-def _sweep_result(model: str, medium: str, fastv: float) -> dict:
-    return {
-        "model": model,
-        "medium": medium,
-        "questions": 4,
-        "all": 0.5,
-        "blank": 0.25,
-        "seconds": 1.0,
-        "methods": {
-            name: {"stage": stage, "accuracy": {f"{k:g}": v for k in fidelity.KEEPS}}
-            for name, stage, v in (("random", "vision", 0.25), ("fastv", "prefill", fastv))
-        },
-    }
+def _sweep_cells(model: str, medium: str, fastv: float) -> list[Cell]:
+    """The cells of a sweep of 4 questions: uncompressed 2 right, blanked 1, random 1 and FastV ``4 * fastv``."""
+    answers = {"none": "1100", "blank": "1000"}
+    answers |= {f"random@{k:g}": "1000" for k in fidelity.KEEPS}
+    answers |= {f"fastv@{k:g}": "1" * round(4 * fastv) + "0" * (4 - round(4 * fastv)) for k in fidelity.KEEPS}
+    return [
+        Cell(
+            model=model,
+            medium=medium,
+            source="bundled",
+            label=label,
+            method=label.split("@")[0] if "@" in label else "",
+            stage={"random": "vision", "fastv": "prefill"}.get(label.split("@")[0], ""),
+            keep=label.split("@")[1] if "@" in label else "1",
+            policy=label,
+            correct=correct,
+            visual_in=4,
+            visual_seen=3.0,
+            seconds=1.0,
+            device="cpu",
+        )
+        for label, correct in answers.items()
+    ]
 
 
 def test_fidelity_table_keeps_hand_written_text(tmp_path):
     path = tmp_path / "fidelity.md"
     path.write_text(f"# Title\n\nintro\n\n{fidelity.BEGIN}\nstale table\n{fidelity.END}\n\n## Findings\n\nmine\n")
-    result = _sweep_result("gemma3", "image", 0.5)
-    fidelity.write(path, [result], "cmd")
+    cells = _sweep_cells("gemma3", "image", 0.75)
+    fidelity.write(path, cells, "cmd")
     text = path.read_text()
     assert text.startswith("# Title\n\nintro\n\n") and text.endswith("\n\n## Findings\n\nmine\n")
-    assert "stale table" not in text and "| random (baseline) | vision | 50.0% | 25.0% |" in text
-    assert "| fastv | prefill | 50.0% | **50.0%** |" in text
+    assert "stale table" not in text and "| random (baseline) | vision | 50.0 ±35.0 | 25.0 ±44.9 |" in text
+    assert "| fastv | prefill | 50.0 ±35.0 | 75.0 ±44.9 (eq 75%) |" in text  # 2 more right of 4: within chance
     assert "Written by `cmd`" in text
-    assert json.dumps(result)  # the record is plain JSON
+    assert all(json.dumps(cell.to_json()) for cell in cells)  # the records are plain JSON
 
 
 def test_fidelity_sweep_of_one_model_keeps_the_other_tables(tmp_path):
     path = tmp_path / "fidelity.md"
-    everything = [_sweep_result("qwen2_5_vl", "video", 0.3), _sweep_result("gemma3", "image", 0.3)]
-    fidelity.write(path, [*everything, _sweep_result("llava", "image", 0.3)], "all")
-    fidelity.write(path, [_sweep_result("llava", "image", 0.75)], "llava only")
+    everything = _sweep_cells("qwen2_5_vl", "video", 0.25) + _sweep_cells("gemma3", "image", 0.25)
+    fidelity.write(path, everything + _sweep_cells("llava", "image", 0.25), "all")
+    fidelity.write(path, _sweep_cells("llava", "image", 0.75), "llava only")
     text = path.read_text()
     headings = re.findall(r"^### (\S+) — (\w+)", text, re.MULTILINE)
     assert headings == [("llava", "image"), ("qwen2_5_vl", "video"), ("gemma3", "image")]  # bundled.MODELS order
-    assert text.count("| fastv | prefill | 50.0% | **75.0%** |") == 1 and "Written by `llava only`" in text
-    assert text.count("| fastv | prefill | 50.0% | **30.0%** |") == 2 and text.count("Written by `all`") == 2
+    assert text.count("| fastv | prefill | 50.0 ±35.0 | 75.0 ±44.9 (eq 75%) |") == 1
+    assert "Written by `llava only`" in text
+    assert text.count("| fastv | prefill | 50.0 ±35.0 | 25.0 ±44.9 (eq 75%) |") == 2
+    assert text.count("Written by `all`") == 2
     assert text.count(fidelity.BEGIN) == 1 and text.count(fidelity.END) == 1
 
 
 def test_accuracy_batches_only_samples_of_one_length():
-    """Padding clips of different lengths into one batch costs more than batching saves (``fidelity.accuracy``)."""
+    """Padding clips of different lengths into one batch costs more than batching saves (``fidelity.accuracy``):
+    clips of one length go together, wherever they are in the set."""
     from types import SimpleNamespace
 
     question = Question("1-1", "1", "v", "short", "d", "s", "t", "q?", ("A. a", "B. b", "C. c", "D. d"), "A")
@@ -213,4 +218,4 @@ def test_accuracy_batches_only_samples_of_one_length():
         return [SimpleNamespace(response="A" if len(s.frames) == 2 else "B") for s in batch]
 
     assert fidelity.accuracy(SimpleNamespace(predict=predict), "none", samples, batch_size=2) == 4 / 5
-    assert lengths == [[2, 2], [2], [3], [2]]
+    assert lengths == [[2, 2], [2, 2], [3]]

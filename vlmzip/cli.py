@@ -100,6 +100,18 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=0, help="video frames per sample (Qwen)")
     parser.add_argument("--frame-size", type=int, default=336, help="Qwen image/frame side in pixels")
     parser.add_argument("--text-tokens", type=int, default=40)
+    parser.add_argument(
+        "--ideal",
+        type=int,
+        action="append",
+        metavar="N",
+        help="repeatable; the unwrapped model's prompt pass with only N visual tokens per sample in its language model",
+    )
+    parser.add_argument(
+        "--ideal-at-eq",
+        action="store_true",
+        help="after each policy, the ideal at the equivalent visual tokens it measured (rounded)",
+    )
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
