@@ -35,7 +35,8 @@ def test_the_registry_imports_no_method_and_no_adapter():
 
 def test_a_method_file_is_short():
     for path in sorted((ROOT / "vlmzip" / "methods").glob("*.py")):
-        assert len(path.read_text().splitlines()) <= 60, f"{path.name}: a method is one short file"
+        # a method is its parameters and the steps it overrides; pure helpers go to scoring.py / selection.py
+        assert len(path.read_text().splitlines()) <= 70, f"{path.name}: a method is one short file"
 
 
 def test_no_module_is_several_modules():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from vlmzip.kernels.attention_mass import attention_mass_reference, attention_mass_triton, triton_available
+from vlmzip.selection import gather_rows, pack_left
 
 
 def attention_mass(
@@ -77,3 +78,22 @@ def uses_kernel(tensor: torch.Tensor) -> bool:
 
 def _implementation(tensor: torch.Tensor):
     return attention_mass_triton if uses_kernel(tensor) else attention_mass_reference
+
+
+def rater_rows(hidden: torch.Tensor, visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """SparseVLM's text raters: the ``text`` rows whose relevance to the ``visual`` rows is above the sample's
+    mean (all text rows where none is), ``[B, L]`` bool. hidden: ``[B, L, D]``; visual, text: ``[B, L]`` bool.
+
+    A text row's relevance is its share of a softmax over the text rows of visual x text hidden-state products,
+    averaged over the visual rows.
+    """
+    index, valid = pack_left(text)
+    hidden = hidden.float()
+    logits = hidden @ gather_rows(hidden, index, dim=1).transpose(1, 2)  # [B, L, T]
+    relevance = logits.masked_fill(~valid[:, None, :], float("-inf")).softmax(dim=-1)
+    weights = visual[:, :, None].float()
+    relevance = (relevance * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)  # [B, T]
+    mean = (relevance * valid).sum(dim=1, keepdim=True) / valid.sum(dim=1, keepdim=True).clamp(min=1)
+    above = valid & (relevance > mean)
+    above |= valid & ~above.any(dim=1, keepdim=True)
+    return torch.zeros_like(text).scatter(1, index, above)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from vlmzip.registry import register_method
-from vlmzip.selection import density_peaks, gather_rows, merge_rows, pack_left, top_k_mask
+from vlmzip.scoring import rater_rows
+from vlmzip.selection import density_peaks, merge_rows, top_k_mask
 from vlmzip.stages import EquivalentSchedule, PromptRows, QueryAttention, RowSelection, ScheduleCut
 
 
@@ -42,21 +43,9 @@ class SparseVLM(EquivalentSchedule):
         return rows.instruction  # the raters among them are chosen at the cut, from its hidden states
 
     def score(self, cut: ScheduleCut, attention: QueryAttention, rows: PromptRows) -> torch.Tensor:
-        raters = (self.raters(rows).gather(1, attention.rows) & attention.valid).float()
+        raters = rater_rows(rows.hidden, rows.visual, rows.instruction).gather(1, attention.rows)
+        raters = (raters & attention.valid).float()
         return (raters[:, :, None] * attention.probs).sum(dim=1) / raters.sum(dim=1, keepdim=True).clamp(min=1)
-
-    def raters(self, rows: PromptRows) -> torch.Tensor:
-        """Instruction rows whose relevance to the visual rows is above the sample's mean (all, if none is), [B, L]."""
-        index, valid = pack_left(rows.instruction)
-        hidden = rows.hidden.float()
-        logits = hidden @ gather_rows(hidden, index, dim=1).transpose(1, 2)  # [B, L, T]
-        relevance = logits.masked_fill(~valid[:, None, :], float("-inf")).softmax(dim=-1)
-        visual = rows.visual[:, :, None].float()
-        relevance = (relevance * visual).sum(dim=1) / visual.sum(dim=1).clamp(min=1)  # [B, T]
-        mean = (relevance * valid).sum(dim=1, keepdim=True) / valid.sum(dim=1, keepdim=True).clamp(min=1)
-        above = valid & (relevance > mean)
-        above |= valid & ~above.any(dim=1, keepdim=True)
-        return torch.zeros_like(rows.valid).scatter(1, index, above)
 
     def select(self, cut: ScheduleCut, rows: PromptRows, scores: torch.Tensor) -> RowSelection:
         counts = self.budget(cut, rows, scores)
