@@ -73,25 +73,62 @@ def merge_rows(rows: torch.Tensor, target: torch.Tensor, count: int) -> torch.Te
 
 
 def density_peaks(points: torch.Tensor, count: int, neighbours: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cluster ``points [n, D]`` into ``count`` clusters by density peaks over k nearest neighbours (DPC-kNN).
+    """Cluster ``points [n, D]`` into ``count`` clusters by density peaks over k nearest neighbours (DPC-kNN):
+    one sample of ``batched_density_peaks``. Returns ``(centres [count], assignment [n])``."""
+    one = torch.tensor([count])
+    centres, _, assignment = batched_density_peaks(
+        points[None], torch.ones(1, len(points), dtype=torch.bool), one, one.clone().fill_(neighbours)
+    )
+    return centres[0], assignment[0]
 
-    Distances are Euclidean over ``sqrt(D)``; a point's density is ``exp(-mean squared distance)`` to its
-    ``neighbours`` nearest points (itself included); its separation is its distance to the nearest denser point
-    (the densest: the largest distance). The ``count`` points with the highest density x separation are the
-    centres, and every point joins its nearest centre. Ties (mutual nearest neighbours are equally dense when
-    ``neighbours`` is 2) go to the earlier point: pass the points in order of preference. Returns
-    ``(centres [count], assignment [n])``: the centres' indices, and each point's cluster (``centres[c]`` is in
-    cluster ``c``). ``1 <= count <= n``.
+
+def batched_density_peaks(
+    points: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor, neighbours: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cluster each sample's valid ``points [B, n, D]`` (``valid [B, n]``) into ``counts[b]`` clusters by density
+    peaks over ``neighbours[b]`` nearest neighbours (DPC-kNN), all samples at once.
+
+    Distances are Euclidean over ``sqrt(D)``; a point's density is ``exp(-mean squared distance)`` to its nearest
+    valid points (itself included); its separation is its distance to the nearest denser point (the densest: the
+    sample's largest distance). The points with the highest density x separation are the centres, and every point
+    joins its nearest centre. Ties go to the earlier point: pass the points in order of preference. Returns
+    ``(centres [B, C], centre_valid [B, C], assignment [B, n])`` with ``C = max(counts)``: the centres' indices,
+    which are real, and each point's cluster (``centres[b, c]`` is in cluster ``c``; invalid points: ``-1``).
+    ``1 <= counts[b] <= valid[b].sum()`` for samples with points.
     """
+    batch, n, dim = points.shape
+    device = points.device
+    valid = valid.to(device)
     x = points.float()
-    distance = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist") / x.shape[1] ** 0.5
-    nearest = distance.topk(min(neighbours, len(x)), dim=1, largest=False).values
-    density = (-(nearest**2).mean(dim=1)).exp()
-    order = density.argsort(descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(0, order, torch.arange(len(x), device=x.device))
-    denser = rank[None, :] < rank[:, None]  # [i, j]: j is denser than i
-    separation = torch.where(denser, distance, distance.max()).amin(dim=1)
-    centres = (separation * density).argsort(descending=True, stable=True)[:count]
-    assignment = distance[:, centres].argmin(dim=1)
-    assignment[centres] = torch.arange(count, device=x.device)
-    return centres, assignment
+    distance = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist") / dim**0.5
+    pair = valid[:, :, None] & valid[:, None, :]
+    k = torch.minimum(neighbours.to(device), valid.sum(dim=1)).clamp(min=1)
+    nearest = distance.masked_fill(~valid[:, None, :], float("inf")).sort(dim=2).values
+    within = torch.arange(n, device=device) < k[:, None, None]
+    density = (-(torch.where(within, nearest, 0.0) ** 2).sum(dim=2) / k[:, None]).exp()
+    density = torch.where(valid, density, -1.0)
+    order = density.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=device).expand(batch, n))
+    farthest = torch.where(pair, distance, 0.0).amax(dim=(1, 2))[:, None, None]
+    denser = pair & (rank[:, None, :] < rank[:, :, None])  # [b, i, j]: j is denser than i
+    separation = torch.where(denser, distance, farthest).amin(dim=2)
+    peak = torch.where(valid, separation * density, float("-inf"))
+    width = int(counts.max()) if len(counts) else 0
+    centres = peak.argsort(dim=1, descending=True, stable=True)[:, :width]
+    centre_valid = torch.arange(width, device=device) < counts.to(device)[:, None]
+    to_centre = distance.gather(2, centres[:, None, :].expand(batch, n, width))
+    assignment = to_centre.masked_fill(~centre_valid[:, None, :], float("inf")).argmin(dim=2)
+    own = torch.arange(width, device=device).expand(batch, width)
+    assignment = assignment.scatter(1, centres, torch.where(centre_valid, own, assignment.gather(1, centres)))
+    return centres, centre_valid, torch.where(valid, assignment, -1)
+
+
+def cluster_means(points: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Merge each sample's valid ``points [B, n, D]`` into ``counts[b]`` tokens: DPC-kNN clusters (``counts[b]``
+    neighbours, as SparseVLM) averaged. Returns ``(centres [B, C], centre_valid [B, C], means [B, C, D] float)``."""
+    points = points.float()
+    centres, centre_valid, assignment = batched_density_peaks(points, valid, counts, counts)
+    offset = torch.arange(len(points), device=points.device)[:, None] * centres.shape[1]
+    target = torch.where(assignment >= 0, assignment + offset, -1)
+    means = merge_rows(points.flatten(0, 1), target.flatten(), centres.numel()).view(*centres.shape, -1)
+    return centres, centre_valid, means

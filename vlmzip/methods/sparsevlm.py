@@ -8,7 +8,7 @@ import torch
 
 from vlmzip.registry import register_method
 from vlmzip.scoring import rater_rows
-from vlmzip.selection import density_peaks, merge_rows, top_k_mask
+from vlmzip.selection import cluster_means, gather_rows, top_k_mask
 from vlmzip.stages import EquivalentSchedule, PromptRows, QueryAttention, RowSelection, ScheduleCut
 
 
@@ -57,13 +57,13 @@ class SparseVLM(EquivalentSchedule):
         by_score = torch.tensor([count - c for count, c in zip(counts, clusters)])
         keep = top_k_mask(scores, rows.visual, by_score)
         pool = top_k_mask(scores, rows.visual, by_score + torch.tensor(recycled)) & ~keep
-        hidden = rows.hidden.clone()
-        for b, c in enumerate(clusters):
-            if c:
-                members = pool[b].nonzero().squeeze(1)
-                members = members[scores[b, members].argsort(descending=True, stable=True)]  # ties: the best first
-                points = rows.hidden[b, members].float()
-                centres, assignment = density_peaks(points, c, neighbours=c)  # the reference's k: the clusters
-                hidden[b, members[centres]] = merge_rows(points, assignment, c).to(hidden.dtype)
-                keep[b, members[centres]] = True
+        # each sample's pool, best score first (ties: the earlier row, as the reference's topk)
+        members = torch.where(pool, scores.float(), float("-inf")).argsort(dim=1, descending=True, stable=True)
+        members, recycled = members[:, : max(recycled)], torch.tensor(recycled, device=scores.device)
+        in_pool = torch.arange(members.shape[1], device=scores.device) < recycled[:, None]
+        centres, real, merged = cluster_means(gather_rows(rows.hidden, members, dim=1), in_pool, torch.tensor(clusters))
+        sample, slot = real.nonzero(as_tuple=True)
+        rows_of_centres = members.gather(1, centres)[sample, slot]
+        hidden = rows.hidden.index_put((sample, rows_of_centres), merged[sample, slot].to(rows.hidden.dtype))
+        keep[sample, rows_of_centres] = True
         return RowSelection(keep, hidden, counts)
