@@ -294,7 +294,11 @@ def _samples(medium: str, root: Path, limit: int | None, blank: bool) -> list[Sa
 def measure(job: Job, questions: Questions, batch_size: int = 50) -> Cell:
     """Answer the job's questions under its policy: which were right, and the visual tokens the language model
     processed (``vlmzip.Stats.visual_tokens_by_layer``, averaged over layers)."""
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # scoped: measure also runs in the caller's own process (workers=1, tests)
+        return _measure(job, questions, batch_size)
+
+
+def _measure(job: Job, questions: Questions, batch_size: int) -> Cell:
     answering = _predictor(job.model, job.device)
     root = bundled.dataset_path("image") if job.check else questions.root(job.medium)
     samples = _samples(job.medium, root, None if job.check else questions.limit, job.blank)

@@ -19,6 +19,8 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import torch
+
 from vlmzip.errors import VlmzipError
 from vlmzip.eval.fidelity_tables import Cell
 
@@ -99,6 +101,22 @@ def worker_threads(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // max(1, workers))
 
 
+def _torch_state() -> tuple:
+    return (
+        torch.is_grad_enabled(),
+        torch.get_num_threads(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+
+
+def _restore_torch_state(state: tuple) -> None:
+    grad, threads, matmul_tf32, cudnn_tf32 = state
+    torch.set_grad_enabled(grad)
+    torch.set_num_threads(threads)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul_tf32, cudnn_tf32
+
+
 def run(
     jobs: Sequence[J],
     measure: Callable[[J], Cell],
@@ -110,10 +128,14 @@ def run(
     """Measure every job (``measure`` must be picklable when ``workers > 1``), appending each cell to ``path``
     as it finishes; a job that fails is reported and skipped. Returns the failed jobs with their errors."""
     threads = worker_threads(workers)
-    if workers <= 1:
-        if initializer is not None:
-            initializer(threads)
-        return _serially(jobs, measure, path, report)
+    if workers <= 1:  # in this process: the worker set-up must not outlive the run
+        state = _torch_state()
+        try:
+            if initializer is not None:
+                initializer(threads)
+            return _serially(jobs, measure, path, report)
+        finally:
+            _restore_torch_state(state)
     # spawn: a forked child cannot use CUDA, and the parent must not load models it does not use
     context = multiprocessing.get_context("spawn")
     init = (initializer, (threads,)) if initializer is not None else (None, ())
