@@ -11,6 +11,7 @@ of the prompt pass itself (``attend``; block-sparse prefill).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -283,6 +284,15 @@ def scale_layers(layers: tuple[int, ...], depth: int, info: ModelInfo) -> tuple[
 def equivalent_budgets(
     shape: tuple[float, ...], layers: tuple[int, ...], depth: int, n: int, target: float
 ) -> list[int]:
+    """Visual rows each cut of a schedule keeps (``_equivalent_budgets``), memoised: a batch's samples mostly
+    share ``n`` and every cut asks again, and the bisection is host work in the middle of the prompt pass."""
+    return list(_equivalent_budgets(tuple(shape), tuple(layers), depth, n, target))
+
+
+@functools.lru_cache(maxsize=4096)
+def _equivalent_budgets(
+    shape: tuple[float, ...], layers: tuple[int, ...], depth: int, n: int, target: float
+) -> tuple[int, ...]:
     """Visual rows each cut of a schedule keeps so that the ``depth`` layers process ``target`` visual rows on
     average (a schedule's "equivalent tokens"), out of ``n`` the language model received.
 
@@ -312,7 +322,7 @@ def equivalent_budgets(
     counts: list[int] = []
     for budget in budgets(high):
         counts.append(max(1, min(round(budget), counts[-1] if counts else n)))
-    return counts
+    return tuple(counts)
 
 
 def validate_layers(method: str, layers: tuple[int, ...], depth: int) -> None:
