@@ -17,6 +17,8 @@ the square of the sequence.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -138,7 +140,8 @@ def _mass(
     dims = tl.arange(0, BLOCK_D)
     n_blocks = tl.cdiv(n_k, BLOCK_K)
     lo, hi = tl.load(lo_ptr + b * n_blocks + block), tl.load(hi_ptr + b * n_blocks + block)
-    total = tl.zeros([BLOCK_K], tl.float32)
+    # summed over rows once at the end: a reduction across the tile's rows per step would cost more than the step
+    total = tl.zeros([BLOCK_Q, BLOCK_K], tl.float32)
     for kv_head in range(0, heads // groups):
         # one key tile serves every query head of its group
         k = _load_rows(k_ptr + b * k_sb + kv_head * k_sh, cols, n_k, k_sk, dims, head_dim, UPCAST)
@@ -152,8 +155,8 @@ def _mass(
                     mask_ptr, mask_sb, mask_sh, mask_sq, mask_sk,
                     SOFTCAP, POSITIONS, WINDOW, VALID, SEGMENTS, MASK, PRECISION,
                 )  # fmt: skip
-                total += tl.sum(_probabilities(s, max_ptr, sum_ptr, (b * heads + h) * n_q, rows, n_q), axis=0)
-    tl.store(out_ptr + b * n_k + cols, total * out_scale, mask=cols < n_k)
+                total += _probabilities(s, max_ptr, sum_ptr, (b * heads + h) * n_q, rows, n_q)
+    tl.store(out_ptr + b * n_k + cols, tl.sum(total, axis=0) * out_scale, mask=cols < n_k)
 
 
 @triton.jit
@@ -189,6 +192,25 @@ def _probs(
     tl.store(out, total * out_scale, mask=(rows[:, None] < n_q) & (cols[None, :] < n_k))
 
 
+@dataclass(frozen=True)
+class Tiles:
+    """Tile shape and launch parameters of one pass."""
+
+    block_q: int
+    block_k: int
+    warps: int = 4
+    stages: int = 2
+
+
+def default_tiles(n_q: int, n_k: int, per_query: bool) -> tuple[Tiles, Tiles]:
+    """Tiles of the row-statistics pass and of the output pass: wide tiles for the all-rows mass, where the
+    work is ``Q * K`` logits twice; narrow query tiles for a few rows, where it is reading the keys."""
+    block_q = min(64, max(16, triton.next_power_of_2(n_q)))
+    if per_query or n_q < 512:
+        return Tiles(block_q, 64), Tiles(block_q, 64)
+    return Tiles(128, 64, warps=8, stages=2), Tiles(128, 64, warps=8, stages=2)
+
+
 def launch(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -203,13 +225,15 @@ def launch(
     mask: torch.Tensor | None,
     per_query: bool,
     reduce: str,
+    log_normalizer: torch.Tensor | None = None,
+    tiles: tuple[Tiles, Tiles] | None = None,
 ) -> torch.Tensor:
-    """Run both passes on checked, non-empty arguments (see ``attention_mass.attention_mass_reference``)."""
+    """Run both passes on checked, non-empty arguments (see ``attention_mass.attention_mass_reference``); with
+    ``log_normalizer`` (each row's natural log-sum-exp, ``[B, H, Q]``) only the second."""
     batch, heads, n_q, head_dim = query.shape
     n_k, groups = key.shape[2], heads // key.shape[1]
     query, key = _unit_stride(query), _unit_stride(key)
-    block_q = min(64, max(16, triton.next_power_of_2(n_q)))
-    block_k, block_d = 64, max(16, triton.next_power_of_2(head_dim))
+    stats_tiles, out_tiles = tiles or default_tiles(n_q, n_k, per_query)
     upcast = INTERPRETED and query.dtype == torch.bfloat16  # the interpreter's dot reads bf16 as raw integers
     precision = "ieee" if query.dtype == torch.float32 or upcast else "tf32"  # no TF32 rounding of fp32 inputs
     unused = query.new_zeros(1, dtype=torch.int32)
@@ -226,24 +250,36 @@ def launch(
         "SOFTCAP": softcap is not None, "POSITIONS": positions is not None, "WINDOW": bool(window),
         "VALID": key_valid is not None, "SEGMENTS": segments is not None,
         "MASK": 0 if mask is None else 1 if mask.dtype == torch.bool else 2,
-        "PRECISION": precision, "UPCAST": upcast, "BLOCK_Q": block_q, "BLOCK_K": block_k, "BLOCK_D": block_d,
+        "PRECISION": precision, "UPCAST": upcast, "BLOCK_D": max(16, triton.next_power_of_2(head_dim)),
     }  # fmt: skip
     tensors = (query, *query.stride()[:3], key, *key.stride()[:3])
     sizes = (n_q, n_k, heads, groups, head_dim, float(scaling), float(softcap or 1.0))
-    row_max = torch.empty(batch, heads, n_q, dtype=torch.float32, device=query.device)
-    row_sum = torch.empty_like(row_max)
-    lo, hi = _key_block_ranges(n_q, n_k, block_q, block_k, positions, window, segments, batch, query.device)
-    grid = (triton.cdiv(n_q, block_q), batch * heads)
-    _row_stats[grid](*tensors, row_max, row_sum, lo, hi, *sizes, *masks, **flags)
+    ranges = (n_q, n_k, positions, window, segments, batch, query.device)
+
+    def run(kernel, grid, pass_tiles: Tiles, *args) -> None:
+        shape = {"BLOCK_Q": pass_tiles.block_q, "BLOCK_K": pass_tiles.block_k}
+        launch_args = {"num_warps": pass_tiles.warps, "num_stages": pass_tiles.stages}
+        kernel[grid](*tensors, *args, *sizes, *masks, **flags, **shape, **launch_args)
+
+    if log_normalizer is None:
+        row_max = torch.empty(batch, heads, n_q, dtype=torch.float32, device=query.device)
+        row_sum = torch.empty_like(row_max)
+        lo, hi = _key_block_ranges(*ranges, stats_tiles.block_q, stats_tiles.block_k)
+        grid = (triton.cdiv(n_q, stats_tiles.block_q), batch * heads)
+        run(_row_stats, grid, stats_tiles, row_max, row_sum, lo, hi)
+    else:  # exp(logit - lse) = exp2(logit * log2(e) - lse * log2(e)): the maximum is the lse, the sum 1
+        row_max = (log_normalizer.float() * 1.4426950408889634).contiguous()
+        row_sum = torch.ones_like(row_max)
     if per_query:
         out = torch.empty(batch, n_q, n_k, dtype=torch.float32, device=query.device)
-        grid = (triton.cdiv(n_k, block_k), triton.cdiv(n_q, block_q), batch)
-        _probs[grid](*tensors, row_max, row_sum, lo, hi, out, 1.0 / heads, *sizes, *masks, **flags)
+        lo, hi = _key_block_ranges(*ranges, out_tiles.block_q, out_tiles.block_k)
+        grid = (triton.cdiv(n_k, out_tiles.block_k), triton.cdiv(n_q, out_tiles.block_q), batch)
+        run(_probs, grid, out_tiles, row_max, row_sum, lo, hi, out, 1.0 / heads)
         return out
-    lo, hi = _query_block_ranges(n_q, n_k, block_q, block_k, positions, window, segments, batch, query.device)
+    lo, hi = _query_block_ranges(*ranges, out_tiles.block_q, out_tiles.block_k)
     out = torch.empty(batch, n_k, dtype=torch.float32, device=query.device)
     scale = 1.0 / (heads * n_q) if reduce == "mean" else 1.0 / heads
-    _mass[(triton.cdiv(n_k, block_k), batch)](*tensors, row_max, row_sum, lo, hi, out, scale, *sizes, *masks, **flags)
+    run(_mass, (triton.cdiv(n_k, out_tiles.block_k), batch), out_tiles, row_max, row_sum, lo, hi, out, scale)
     return out
 
 
@@ -273,7 +309,7 @@ def _blocks(values: torch.Tensor, block: int, pad: int) -> torch.Tensor:
     return torch.nn.functional.pad(values.long(), (0, count * block - n), value=pad).view(batch, count, block)
 
 
-def _key_block_ranges(n_q, n_k, block_q, block_k, positions, window, segments, batch, device):
+def _key_block_ranges(n_q, n_k, positions, window, segments, batch, device, block_q, block_k):
     """Per (batch, query block): the key blocks ``[lo, hi)`` any of its rows can see."""
     count = triton.cdiv(n_q, block_q)
     lo = torch.zeros(batch, count, dtype=torch.long, device=device)
@@ -288,7 +324,7 @@ def _key_block_ranges(n_q, n_k, block_q, block_k, positions, window, segments, b
     return _to_blocks(lo, hi, block_k)
 
 
-def _query_block_ranges(n_q, n_k, block_q, block_k, positions, window, segments, batch, device):
+def _query_block_ranges(n_q, n_k, positions, window, segments, batch, device, block_q, block_k):
     """Per (batch, key block): the query blocks ``[lo, hi)`` holding every row that can see one of its keys."""
     count = triton.cdiv(n_k, block_k)
     lo = torch.zeros(batch, count, dtype=torch.long, device=device)

@@ -51,6 +51,7 @@ def attention_mass_reference(
     mask: torch.Tensor | None = None,
     per_query: bool = False,
     reduce: str = "mean",
+    log_normalizer: torch.Tensor | None = None,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
     """Softmax attention of the queries over the keys, head-averaged; computed in fp32.
@@ -59,9 +60,11 @@ def attention_mass_reference(
     logits are ``query @ key * scaling``, then ``tanh(logits / softcap) * softcap`` when ``softcap`` is given
     (Gemma), then the masks (module docstring). Returns ``[B, Q, K]`` float32 when ``per_query``; otherwise
     ``[B, K]`` float32, the sum over queries (``reduce="sum"``) or its mean over the ``Q`` queries (``"mean"``:
-    rows sum to 1 when every query sees a key). ``chunk_size`` queries are computed at a time.
+    rows sum to 1 when every query sees a key). ``log_normalizer [B, H, Q]``, when the attention call already
+    computed it (its log-sum-exp over the same visible keys, natural log), replaces the softmax's own
+    normaliser: ``exp(logit - log_normalizer)``. ``chunk_size`` queries are computed at a time.
     """
-    _check(query, key, query_positions, window, key_valid, query_segments, key_segments, mask, reduce)
+    _check(query, key, query_positions, window, key_valid, query_segments, key_segments, mask, reduce, log_normalizer)
     batch, heads, n_q = query.shape[:3]
     groups = heads // key.shape[1]
     # the float copy expanded over each group is what scoring always multiplied: the CPU results stay the bits
@@ -80,7 +83,10 @@ def attention_mass_reference(
         visible = _visible(start, stop, key.shape[2], query_positions, window, key_valid, query_segments, key_segments)
         if visible is not None:
             logits = logits.masked_fill(~visible.to(logits.device), float("-inf"))
-        probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a row with no visible key is all NaN: zeros
+        if log_normalizer is None:
+            probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a row with no visible key is all NaN: zeros
+        else:  # such a row has log-sum-exp -inf, and -inf - -inf is NaN: zeros too
+            probs = torch.exp(logits - log_normalizer[:, :, start:stop, None].float()).nan_to_num(0.0)
         if per_query:
             rows.append(probs.sum(dim=1) / heads)  # summed then divided, as the mass is: one row equals its mass
         else:
@@ -104,12 +110,14 @@ def attention_mass_triton(
     mask: torch.Tensor | None = None,
     per_query: bool = False,
     reduce: str = "mean",
+    log_normalizer: torch.Tensor | None = None,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
     """``attention_mass_reference`` as two Triton passes over key blocks (``O(B * H * Q + B * K)`` extra memory;
-    deterministic). Needs tensors on a Triton device (or ``TRITON_INTERPRET=1`` set before the first call);
-    ``chunk_size`` is the reference's and is ignored: the kernel tiles by itself."""
-    _check(query, key, query_positions, window, key_valid, query_segments, key_segments, mask, reduce)
+    deterministic); one pass when ``log_normalizer`` is given. Needs tensors on a Triton device (or
+    ``TRITON_INTERPRET=1`` set before the first call); ``chunk_size`` is the reference's and is ignored: the
+    kernel tiles by itself."""
+    _check(query, key, query_positions, window, key_valid, query_segments, key_segments, mask, reduce, log_normalizer)
     if query.shape[2] == 0 or key.shape[2] == 0:  # nothing to launch; the reference says what empty gives
         return attention_mass_reference(
             query, key, scaling, softcap=softcap, mask=mask, per_query=per_query, reduce=reduce
@@ -117,7 +125,7 @@ def attention_mass_triton(
     return _triton_module().launch(
         query, key, scaling, softcap=softcap, query_positions=query_positions, window=window,
         key_valid=key_valid, query_segments=query_segments, key_segments=key_segments, mask=mask,
-        per_query=per_query, reduce=reduce,
+        per_query=per_query, reduce=reduce, log_normalizer=log_normalizer,
     )  # fmt: skip
 
 
@@ -150,7 +158,7 @@ def _visible(start, stop, n_k, positions, window, key_valid, query_segments, key
     return None if visible is None else visible[:, None]
 
 
-def _check(query, key, positions, window, key_valid, query_segments, key_segments, mask, reduce) -> None:
+def _check(query, key, positions, window, key_valid, query_segments, key_segments, mask, reduce, lse) -> None:
     """Raise ``ValueError`` naming the first argument whose shape or type does not fit."""
     if query.dim() != 4 or key.dim() != 4:
         raise ValueError(f"query and key must be [B, H, Q, d] and [B, Hkv, K, d], got {tuple(query.shape)} and "
@@ -183,6 +191,10 @@ def _check(query, key, positions, window, key_valid, query_segments, key_segment
             raise ValueError(f"mask must be bool (True = visible) or additive float, got {mask.dtype}")
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    if lse is not None and (tuple(lse.shape) != (batch, heads, n_q) or not lse.is_floating_point()):
+        raise ValueError(
+            f"log_normalizer must be a float [{batch}, {heads}, {n_q}], got {tuple(lse.shape)} {lse.dtype}"
+        )
 
 
 def _broadcasts(shape: torch.Size, target: tuple[int, ...]) -> bool:

@@ -96,12 +96,31 @@ def _inputs(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, float, di
 def _dense(query, key, scaling, softcap=None, query_positions=None, window=None, key_valid=None,
            query_segments=None, key_segments=None, mask=None) -> torch.Tensor:  # fmt: skip
     """Head-averaged probabilities ``[B, Q, K]`` in float64 from the whole visibility matrix at once."""
+    logits = _masked_logits(query, key, scaling, softcap, query_positions, window, key_valid, query_segments,
+                            key_segments, mask)  # fmt: skip
+    return logits.softmax(-1).nan_to_num(0.0).mean(dim=1)
+
+
+def _log_normalizer(query, key, scaling, softcap=None, query_positions=None, window=None, key_valid=None,
+                    query_segments=None, key_segments=None, mask=None) -> torch.Tensor:  # fmt: skip
+    """Each row's log-sum-exp over its visible keys, per head ``[B, H, Q]``, as an attention call reports it."""
+    logits = _masked_logits(query, key, scaling, softcap, query_positions, window, key_valid, query_segments,
+                            key_segments, mask)  # fmt: skip
+    return logits.logsumexp(-1).float()
+
+
+def _masked_logits(query, key, scaling, softcap, query_positions, window, key_valid, query_segments, key_segments,
+                   mask) -> torch.Tensor:  # fmt: skip
+    """``[B, H, Q, K]`` float64 logits, ``-inf`` where a key is not visible."""
     groups = query.shape[1] // key.shape[1]
     logits = torch.einsum("bhqd,bhkd->bhqk", query.double(), key.double().repeat_interleave(groups, 1)) * scaling
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
-    visible = torch.ones(logits.shape, dtype=torch.bool)
+    if mask is not None and mask.dtype != torch.bool:
+        logits = logits + mask.double()
+    batch, heads, n_q = query.shape[:3]
     columns = torch.arange(key.shape[2])
+    visible = torch.ones(batch, heads, n_q, key.shape[2], dtype=torch.bool)
     if query_positions is not None:
         visible &= (columns <= query_positions[..., None])[:, None]
         if window is not None:
@@ -112,9 +131,7 @@ def _dense(query, key, scaling, softcap=None, query_positions=None, window=None,
         visible &= (query_segments[..., None] == key_segments[:, None, :])[:, None]
     if mask is not None and mask.dtype == torch.bool:
         visible &= mask
-    elif mask is not None:
-        logits = logits + mask.double()
-    return logits.masked_fill(~visible, float("-inf")).softmax(-1).nan_to_num(0.0).mean(dim=1)
+    return logits.masked_fill(~visible, float("-inf"))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -141,6 +158,32 @@ def test_kernel_matches_reference(kernel, name, seed):
         expected = am.attention_mass_reference(query, key, scale, per_query=per_query, reduce=reduce, **args)
         assert got.shape == expected.shape and got.dtype == torch.float32
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["plain", "causal_window", "softcap_bf16", "dense_additive_fp16", "everything"])
+def test_a_given_log_normalizer_replaces_the_first_pass(kernel, name):
+    query, key, scale, args = _inputs(name, 3)
+    lse = _log_normalizer(query, key, scale, **args)
+    for per_query in (False, True):
+        expected = am.attention_mass_reference(query, key, scale, per_query=per_query, **args)
+        for function in (kernel, am.attention_mass_reference):
+            got = function(query, key, scale, per_query=per_query, log_normalizer=lse, **args)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["plain", "windows_as_segments_bf16", "everything"])
+def test_every_tile_shape_gives_the_reference(kernel, name):
+    """The wide tiles chosen for thousands of rows, and uneven ones, on inputs small enough to interpret."""
+    triton_side = importlib.import_module("vlmzip.kernels._attention_mass_triton")
+    query, key, scale, args = _inputs(name, 4)
+    masks = {"softcap": None, "query_positions": None, "window": None, "key_valid": None, "query_segments": None,
+             "key_segments": None, "mask": None, **args}  # fmt: skip
+    wide = triton_side.Tiles(128, 64, warps=8, stages=2)
+    for tiles in ((wide, wide), (triton_side.Tiles(16, 32), triton_side.Tiles(32, 16))):
+        for per_query in (False, True):
+            got = triton_side.launch(query, key, scale, per_query=per_query, reduce="mean", tiles=tiles, **masks)
+            expected = am.attention_mass_reference(query, key, scale, per_query=per_query, **args)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_rows_that_see_no_key_contribute_zeros(kernel):
@@ -204,11 +247,11 @@ def _check_ranges(n_q: int, n_k: int, exact: bool = True, **args) -> None:
     tiles = padded.view(batch, -(-n_q // block_q), block_q, -(-n_k // block_k), block_k).any(dim=(2, 4))
     positions, window = args.get("query_positions"), args.get("window")
     segments = (args["query_segments"], args["key_segments"]) if "query_segments" in args else None
-    ranges = (positions, window, segments, batch, "cpu")
-    lo, hi = triton_side._key_block_ranges(n_q, n_k, block_q, block_k, *ranges)
+    ranges = (n_q, n_k, positions, window, segments, batch, "cpu", block_q, block_k)
+    lo, hi = triton_side._key_block_ranges(*ranges)
     key_blocks = torch.arange(tiles.shape[2])
     by_query_block = (key_blocks >= lo[..., None]) & (key_blocks < hi[..., None])
-    lo, hi = triton_side._query_block_ranges(n_q, n_k, block_q, block_k, *ranges)
+    lo, hi = triton_side._query_block_ranges(*ranges)
     query_blocks = torch.arange(tiles.shape[1])[:, None]
     by_key_block = (query_blocks >= lo[:, None, :]) & (query_blocks < hi[:, None, :])
     assert tiles.any() and not tiles.all()
@@ -230,6 +273,7 @@ def _check_ranges(n_q: int, n_k: int, exact: bool = True, **args) -> None:
         ({"mask": torch.ones(2, 3, 5, 9, dtype=torch.bool)}, "does not broadcast"),
         ({"mask": torch.ones(2, 1, 5, 9, dtype=torch.long)}, "additive float"),
         ({"reduce": "max"}, "reduce"),
+        ({"log_normalizer": torch.zeros(2, 4, 4)}, r"log_normalizer must be a float \[2, 4, 5\]"),
     ],
 )
 def test_arguments_that_do_not_fit_are_refused(change, message):
