@@ -4,7 +4,8 @@ Called only through ``attention_mass.attention_mass_triton``, which checks the a
 the key blocks, so the ``[Q, K]`` attention matrix never exists:
 
 1. ``_row_stats``, one program per (batch, head, query block): each row's running maximum and sum of
-   ``exp(logit - max)`` over its visible keys (online softmax), stored ``[B, H, Q]``.
+   ``exp(logit - max)`` over its visible keys (online softmax), stored ``[B, H, Q]`` as one offset, the
+   ``log2`` of the normaliser (or taken from the attention's own log-sum-exp, skipping this pass).
 2. ``_mass`` (one program per (batch, key block), looping over heads and query blocks, so each output element
    is written once, in a fixed order: deterministic, no atomics) or ``_probs`` (one program per (batch, query
    block, key block), looping over heads) recompute the logits and turn them into probabilities with the row
@@ -26,6 +27,7 @@ import triton.language as tl
 # @triton.jit reads TRITON_INTERPRET when it decorates, i.e. when this module executes (Triton 3.6).
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 _BIG = 2**62  # pads block minima and maxima of positions and segment ids
+_LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -34,15 +36,16 @@ def _logits(
     pos_ptr, pos_sb, window, valid_ptr, valid_sb, qseg_ptr, qseg_sb, kseg_ptr, kseg_sb,
     mask_ptr, mask_sb, mask_sh, mask_sq, mask_sk,
     SOFTCAP: tl.constexpr, POSITIONS: tl.constexpr, WINDOW: tl.constexpr, VALID: tl.constexpr,
-    SEGMENTS: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr,
+    SEGMENTS: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
-    """Logits of a ``[BQ, BK]`` tile in base-2 units (for ``exp2``), ``-inf`` where a key is not visible."""
+    """Logits of a ``[BQ, BK]`` tile in base-2 units (for ``exp2``); with ``MASKED``, ``-inf`` where a key is not
+    visible (keys past ``n_k`` included). Without it nothing is masked: the caller makes padding harmless."""
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     if SOFTCAP:
         # tanh through exp: exact enough in fp32 and available in the interpreter as on the GPU
-        s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * s * (scaling / softcap)) + 1.0))
+        s = (softcap * _LOG2E) * (1.0 - 2.0 / (tl.exp(2.0 * s * (scaling / softcap)) + 1.0))
     else:
-        s = s * scaling
+        s = s * (scaling * _LOG2E)
     visible = (rows[:, None] < n_q) & (cols[None, :] < n_k)
     if MASK != 0:
         offsets = b * mask_sb + h * mask_sh + rows[:, None] * mask_sq + cols[None, :] * mask_sk
@@ -50,7 +53,7 @@ def _logits(
         if MASK == 1:
             visible = visible & (dense != 0)
         else:  # additive, as the reference adds it: a row of huge negatives stays a softmax over them
-            s = s + dense.to(tl.float32)
+            s = s + dense.to(tl.float32) * _LOG2E
     if POSITIONS:
         pos = tl.load(pos_ptr + b * pos_sb + rows, mask=rows < n_q, other=-1)
         visible = visible & (cols[None, :] <= pos[:, None])
@@ -63,7 +66,9 @@ def _logits(
         qseg = tl.load(qseg_ptr + b * qseg_sb + rows, mask=rows < n_q, other=-1)
         kseg = tl.load(kseg_ptr + b * kseg_sb + cols, mask=cols < n_k, other=-2)
         visible = visible & (qseg[:, None] == kseg[None, :])
-    return tl.where(visible, s * 1.4426950408889634, float("-inf"))
+    if MASKED:
+        s = tl.where(visible, s, float("-inf"))
+    return s
 
 
 @triton.jit
@@ -76,12 +81,12 @@ def _load_rows(ptr, index, n, stride, dims, head_dim, UPCAST: tl.constexpr):
 
 @triton.jit
 def _row_stats(
-    q_ptr, q_sb, q_sh, q_sq, k_ptr, k_sb, k_sh, k_sk, max_ptr, sum_ptr, lo_ptr, hi_ptr,
+    q_ptr, q_sb, q_sh, q_sq, k_ptr, k_sb, k_sh, k_sk, offset_ptr, lo_ptr, hi_ptr,
     n_q, n_k, heads, groups, head_dim, scaling, softcap,
     pos_ptr, pos_sb, window, valid_ptr, valid_sb, qseg_ptr, qseg_sb, kseg_ptr, kseg_sb,
     mask_ptr, mask_sb, mask_sh, mask_sq, mask_sk,
     SOFTCAP: tl.constexpr, POSITIONS: tl.constexpr, WINDOW: tl.constexpr, VALID: tl.constexpr,
-    SEGMENTS: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    SEGMENTS: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     # int64 batch index: offsets past 2**31 elements must not wrap
@@ -102,37 +107,36 @@ def _row_stats(
             q, k, b, h, rows, cols, n_q, n_k, scaling, softcap,
             pos_ptr, pos_sb, window, valid_ptr, valid_sb, qseg_ptr, qseg_sb, kseg_ptr, kseg_sb,
             mask_ptr, mask_sb, mask_sh, mask_sq, mask_sk,
-            SOFTCAP, POSITIONS, WINDOW, VALID, SEGMENTS, MASK, PRECISION,
+            SOFTCAP, POSITIONS, WINDOW, VALID, SEGMENTS, MASK, PRECISION, MASKED,
         )  # fmt: skip
         new_max = tl.maximum(row_max, tl.max(s, axis=1))
         # a row with nothing visible yet keeps max -inf; subtracting 0 instead avoids inf - inf
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
         row_sum = row_sum * tl.exp2(row_max - shift) + tl.sum(tl.exp2(s - shift[:, None]), axis=1)
         row_max = new_max
-    out = bh * n_q + rows
-    tl.store(max_ptr + out, row_max, mask=rows < n_q)
-    tl.store(sum_ptr + out, row_sum, mask=rows < n_q)
+    # the second pass computes exp2(logit - offset): one subtraction per logit for the softmax. A row that sees no
+    # key gets +inf, so its (all -inf) logits, and those of padding rows, give exactly 0.
+    seen = row_sum > 0
+    offset = tl.where(seen, row_max + tl.log2(tl.where(seen, row_sum, 1.0)), float("inf"))
+    tl.store(offset_ptr + bh * n_q + rows, offset, mask=rows < n_q)
 
 
 @triton.jit
-def _probabilities(s, max_ptr, sum_ptr, stats_row, rows, n_q):
-    """Softmax probabilities of a tile from its rows' statistics; 0 for rows with no visible key."""
-    row_max = tl.load(max_ptr + stats_row + rows, mask=rows < n_q, other=0.0)
-    row_sum = tl.load(sum_ptr + stats_row + rows, mask=rows < n_q, other=0.0)
-    # such a row has max -inf and all its logits -inf: exp2(-inf - 0) is already 0, and nothing divides by 0
-    inverse = 1.0 / tl.where(row_sum > 0, row_sum, 1.0)
-    shift = tl.where(row_max == float("-inf"), 0.0, row_max)
-    return tl.exp2(s - shift[:, None]) * inverse[:, None]
+def _probabilities(s, offset_ptr, stats_row, rows, n_q):
+    """Softmax probabilities of a tile from its rows' offsets (``log2`` of the normaliser); 0 for rows with no
+    visible key and for rows past ``n_q``, whose offset is +inf."""
+    offset = tl.load(offset_ptr + stats_row + rows, mask=rows < n_q, other=float("inf"))
+    return tl.exp2(s - offset[:, None])
 
 
 @triton.jit
 def _mass(
-    q_ptr, q_sb, q_sh, q_sq, k_ptr, k_sb, k_sh, k_sk, max_ptr, sum_ptr, lo_ptr, hi_ptr, out_ptr, out_scale,
+    q_ptr, q_sb, q_sh, q_sq, k_ptr, k_sb, k_sh, k_sk, offset_ptr, lo_ptr, hi_ptr, out_ptr, out_scale,
     n_q, n_k, heads, groups, head_dim, scaling, softcap,
     pos_ptr, pos_sb, window, valid_ptr, valid_sb, qseg_ptr, qseg_sb, kseg_ptr, kseg_sb,
     mask_ptr, mask_sb, mask_sh, mask_sq, mask_sk,
     SOFTCAP: tl.constexpr, POSITIONS: tl.constexpr, WINDOW: tl.constexpr, VALID: tl.constexpr,
-    SEGMENTS: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    SEGMENTS: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     block, b = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -153,20 +157,20 @@ def _mass(
                     q, k, b, h, rows, cols, n_q, n_k, scaling, softcap,
                     pos_ptr, pos_sb, window, valid_ptr, valid_sb, qseg_ptr, qseg_sb, kseg_ptr, kseg_sb,
                     mask_ptr, mask_sb, mask_sh, mask_sq, mask_sk,
-                    SOFTCAP, POSITIONS, WINDOW, VALID, SEGMENTS, MASK, PRECISION,
+                    SOFTCAP, POSITIONS, WINDOW, VALID, SEGMENTS, MASK, PRECISION, MASKED,
                 )  # fmt: skip
-                total += _probabilities(s, max_ptr, sum_ptr, (b * heads + h) * n_q, rows, n_q)
+                total += _probabilities(s, offset_ptr, (b * heads + h) * n_q, rows, n_q)
     tl.store(out_ptr + b * n_k + cols, tl.sum(total, axis=0) * out_scale, mask=cols < n_k)
 
 
 @triton.jit
 def _probs(
-    q_ptr, q_sb, q_sh, q_sq, k_ptr, k_sb, k_sh, k_sk, max_ptr, sum_ptr, lo_ptr, hi_ptr, out_ptr, out_scale,
+    q_ptr, q_sb, q_sh, q_sq, k_ptr, k_sb, k_sh, k_sk, offset_ptr, lo_ptr, hi_ptr, out_ptr, out_scale,
     n_q, n_k, heads, groups, head_dim, scaling, softcap,
     pos_ptr, pos_sb, window, valid_ptr, valid_sb, qseg_ptr, qseg_sb, kseg_ptr, kseg_sb,
     mask_ptr, mask_sb, mask_sh, mask_sq, mask_sk,
     SOFTCAP: tl.constexpr, POSITIONS: tl.constexpr, WINDOW: tl.constexpr, VALID: tl.constexpr,
-    SEGMENTS: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    SEGMENTS: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     key_block, query_block, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
@@ -185,9 +189,9 @@ def _probs(
             q, k, b, h, rows, cols, n_q, n_k, scaling, softcap,
             pos_ptr, pos_sb, window, valid_ptr, valid_sb, qseg_ptr, qseg_sb, kseg_ptr, kseg_sb,
             mask_ptr, mask_sb, mask_sh, mask_sq, mask_sk,
-            SOFTCAP, POSITIONS, WINDOW, VALID, SEGMENTS, MASK, PRECISION,
+            SOFTCAP, POSITIONS, WINDOW, VALID, SEGMENTS, MASK, PRECISION, MASKED,
         )  # fmt: skip
-        total += _probabilities(s, max_ptr, sum_ptr, (b * heads + h) * n_q, rows, n_q)
+        total += _probabilities(s, offset_ptr, (b * heads + h) * n_q, rows, n_q)
     out = out_ptr + b * n_q * n_k + rows[:, None] * n_k + cols[None, :]
     tl.store(out, total * out_scale, mask=(rows[:, None] < n_q) & (cols[None, :] < n_k))
 
@@ -203,12 +207,13 @@ class Tiles:
 
 
 def default_tiles(n_q: int, n_k: int, per_query: bool) -> tuple[Tiles, Tiles]:
-    """Tiles of the row-statistics pass and of the output pass: wide tiles for the all-rows mass, where the
-    work is ``Q * K`` logits twice; narrow query tiles for a few rows, where it is reading the keys."""
+    """Tiles of the row-statistics pass and of the output pass. For the all-rows mass (``Q * K`` logits twice,
+    bound by the exponentials) the fastest of a sweep on an H200 over SigLIP at batch 32 and Qwen's window and
+    full-attention layers (docs/performance.md); for a few rows (reading the keys) narrow query tiles."""
     block_q = min(64, max(16, triton.next_power_of_2(n_q)))
     if per_query or n_q < 512:
         return Tiles(block_q, 64), Tiles(block_q, 64)
-    return Tiles(128, 64, warps=8, stages=2), Tiles(128, 64, warps=8, stages=2)
+    return Tiles(128, 64), Tiles(64, 128)
 
 
 def launch(
@@ -256,30 +261,32 @@ def launch(
     sizes = (n_q, n_k, heads, groups, head_dim, float(scaling), float(softcap or 1.0))
     ranges = (n_q, n_k, positions, window, segments, batch, query.device)
 
-    def run(kernel, grid, pass_tiles: Tiles, *args) -> None:
-        shape = {"BLOCK_Q": pass_tiles.block_q, "BLOCK_K": pass_tiles.block_k}
+    masked = any(flags[name] for name in ("POSITIONS", "VALID", "SEGMENTS")) or flags["MASK"] == 1
+
+    def run(kernel, grid, pass_tiles: Tiles, *args, bounds: bool = False) -> None:
+        shape = {"BLOCK_Q": pass_tiles.block_q, "BLOCK_K": pass_tiles.block_k, "MASKED": masked or bounds}
         launch_args = {"num_warps": pass_tiles.warps, "num_stages": pass_tiles.stages}
         kernel[grid](*tensors, *args, *sizes, *masks, **flags, **shape, **launch_args)
 
     if log_normalizer is None:
-        row_max = torch.empty(batch, heads, n_q, dtype=torch.float32, device=query.device)
-        row_sum = torch.empty_like(row_max)
+        offset = torch.empty(batch, heads, n_q, dtype=torch.float32, device=query.device)
         lo, hi = _key_block_ranges(*ranges, stats_tiles.block_q, stats_tiles.block_k)
         grid = (triton.cdiv(n_q, stats_tiles.block_q), batch * heads)
-        run(_row_stats, grid, stats_tiles, row_max, row_sum, lo, hi)
-    else:  # exp(logit - lse) = exp2(logit * log2(e) - lse * log2(e)): the maximum is the lse, the sum 1
-        row_max = (log_normalizer.float() * 1.4426950408889634).contiguous()
-        row_sum = torch.ones_like(row_max)
+        # keys past n_k would join the normaliser; the second pass never stores them, and needs no bounds
+        run(_row_stats, grid, stats_tiles, offset, lo, hi, bounds=n_k % stats_tiles.block_k != 0)
+    else:  # exp(logit - lse) = exp2(logit * log2(e) - lse * log2(e)); a row that sees nothing: +inf, as above
+        lse = log_normalizer.float()
+        offset = torch.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634).contiguous()
     if per_query:
         out = torch.empty(batch, n_q, n_k, dtype=torch.float32, device=query.device)
         lo, hi = _key_block_ranges(*ranges, out_tiles.block_q, out_tiles.block_k)
         grid = (triton.cdiv(n_k, out_tiles.block_k), triton.cdiv(n_q, out_tiles.block_q), batch)
-        run(_probs, grid, out_tiles, row_max, row_sum, lo, hi, out, 1.0 / heads)
+        run(_probs, grid, out_tiles, offset, lo, hi, out, 1.0 / heads)
         return out
     lo, hi = _query_block_ranges(*ranges, out_tiles.block_q, out_tiles.block_k)
     out = torch.empty(batch, n_k, dtype=torch.float32, device=query.device)
     scale = 1.0 / (heads * n_q) if reduce == "mean" else 1.0 / heads
-    run(_mass, (triton.cdiv(n_k, out_tiles.block_k), batch), out_tiles, row_max, row_sum, lo, hi, out, scale)
+    run(_mass, (triton.cdiv(n_k, out_tiles.block_k), batch), out_tiles, offset, lo, hi, out, scale)
     return out
 
 
