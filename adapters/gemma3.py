@@ -55,6 +55,30 @@ class Gemma3Adapter(Adapter):
         side = self.tokens_per_side
         return [(1, side, side)] * self.encoded_count(inputs, runs, side * side)
 
+    # a token is a square cell of patches: a kept token keeps its whole cell, so the projector's average
+    # pooling of a kept cell is exact and pruned cells (zeros) are dropped with their tokens
+    tower_cut = True
+
+    def tower_layers(self) -> nn.ModuleList:
+        return getattr(self.vision_tower, "vision_model", self.vision_tower).encoder.layers
+
+    def tower_grid(self) -> tuple[int, int, int]:
+        return (1, self.tokens_per_side, self.tokens_per_side)
+
+    def tower_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        images, _, dim = hidden.shape
+        grid = hidden.transpose(1, 2).reshape(images, dim, self.patches_per_side, self.patches_per_side)
+        kernel = self.patches_per_side // self.tokens_per_side
+        return F.avg_pool2d(grid.float(), kernel_size=kernel, stride=kernel).flatten(2).transpose(1, 2)
+
+    def tower_rows(self, keep: torch.Tensor) -> torch.Tensor:
+        kernel, side = self.patches_per_side // self.tokens_per_side, self.patches_per_side
+        rows, cols = keep // self.tokens_per_side * kernel, keep % self.tokens_per_side * kernel
+        offsets = torch.arange(kernel, device=keep.device)
+        patch_rows = (rows[..., None] + offsets)[..., :, None]  # [images, k, kernel, 1]
+        patch_cols = (cols[..., None] + offsets)[..., None, :]  # [images, k, 1, kernel]
+        return (patch_rows * side + patch_cols).flatten(1).sort(dim=1).values
+
     def vision_scores(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
         # per layer: [images, patches] from each attention call (one per layer for SigLIP); sum the layers
         per_patch = torch.cat([sum(torch.cat(chunks) for chunks in run.attention.values()) for run in runs])

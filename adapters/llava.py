@@ -46,9 +46,25 @@ class LlavaAdapter(Adapter):
         return {"image": self.model.config.image_token_id}
 
     def item_grids(self, kind: str, inputs: dict, runs: list[VisionRun]) -> list[tuple[int, int, int]]:
+        grid = self.tower_grid()
+        return [grid] * self.encoded_count(inputs, runs, grid[1] * grid[2])
+
+    # one token per patch, after the [CLS] row
+    tower_cut = True
+
+    def tower_layers(self) -> nn.ModuleList:
+        return _encoder_layers(self.vision_tower)
+
+    def tower_grid(self) -> tuple[int, int, int]:
         vision = self.model.config.vision_config
         side = vision.image_size // vision.patch_size
-        return [(1, side, side)] * self.encoded_count(inputs, runs, side * side)
+        return (1, side, side)
+
+    def tower_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden[:, 1:]
+
+    def tower_rows(self, keep: torch.Tensor) -> torch.Tensor:
+        return torch.cat([keep.new_zeros(len(keep), 1), keep + 1], dim=1)
 
     def vision_scores(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
         # [CLS]-row mass per layer: [images, 1 + patches]; sum the layers, drop the [CLS] column

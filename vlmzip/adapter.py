@@ -70,7 +70,31 @@ class Adapter:
         raise NotImplementedError
 
     def model_info(self) -> ModelInfo:
-        return ModelInfo(num_layers=len(self.decoder_layers), vision_layers=len(self.vision_attention_modules()))
+        return ModelInfo(
+            num_layers=len(self.decoder_layers),
+            vision_layers=len(self.vision_attention_modules()),
+            tower_cut=self.tower_cut,
+        )
+
+    # -- pruning inside the tower (``at_layer``; runtime.tower) -----------------------------------------
+    #: whether the tower can run its later layers on some patches (the four methods below)
+    tower_cut: bool = False
+
+    def tower_layers(self) -> nn.ModuleList:
+        """The vision tower's encoder layers, whose first argument is ``[images, rows, D]`` hidden states."""
+        raise NotImplementedError
+
+    def tower_grid(self) -> tuple[int, int, int]:
+        """``(frames, rows, cols)`` in language-model tokens of every image the tower encodes."""
+        raise NotImplementedError
+
+    def tower_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Tower hidden states ``[images, rows, D]`` pooled to language-model tokens ``[images, n, D]``."""
+        raise NotImplementedError
+
+    def tower_rows(self, keep: torch.Tensor) -> torch.Tensor:
+        """The tower rows ``[images, rows']`` (ascending) that kept tokens ``keep [images, k]`` need."""
+        raise NotImplementedError
 
     # -- requests ---------------------------------------------------------------------------------------
     def placeholder_ids(self) -> dict[str, int]:

@@ -38,7 +38,7 @@ class VtcCls(VisionMethod):
             raise PolicyError(f"vtc-cls: layers={self.layers} must be >= 1")
 
     def vision_layers(self, info: ModelInfo) -> list[int]:
-        last = info.vision_layers - 1
+        last = (self.at_layer or info.vision_layers) - 1
         return list(range(max(0, last - self.layers + 1), last + 1))
 
     def score(self, item: VisualItem) -> torch.Tensor:

@@ -16,12 +16,14 @@ import torch
 from torch import nn
 
 from vlmzip.adapter import Adapter, VisionRun
+from vlmzip.errors import UnsupportedModelError
 from vlmzip.runtime.attention import AttentionFunctions, scaling
 from vlmzip.runtime.masks import cut_mask
 from vlmzip.runtime.request import Request
+from vlmzip.runtime.tower import TowerCut
 from vlmzip.scoring import attention_mass, uses_kernel
 from vlmzip.selection import gather_positions, gather_rows, pack_left
-from vlmzip.stages import ModelInfo, VisionMethod
+from vlmzip.stages import ModelInfo, VisionMethod, VisualItem, VisualSelection
 
 
 class VisionStage:
@@ -40,6 +42,8 @@ class VisionStage:
         # (layer, query rows, keys, scaling, dense mask, cu_seqlens of a packed call)
         self._pending: list[tuple] = []
         self._functions: AttentionFunctions | None = None
+        at_layer = method.at_layer if method is not None else 0
+        self.tower_cut = TowerCut(adapter, method, lambda: self.runs, self._flush) if at_layer else None
 
     def install(self, functions: AttentionFunctions) -> list[Any]:
         """Register the tower hooks (and, where the method reads tower attention, its attention function)."""
@@ -54,6 +58,8 @@ class VisionStage:
             self._functions = functions
             functions.use(self.adapter.vision_config_key, self._backend, self._attention)
             handles.append(tower.register_forward_hook(lambda *_: self._flush()))
+        if self.tower_cut is not None:
+            handles += self.tower_cut.install()
         return handles
 
     def new_encoding(self) -> None:
@@ -86,7 +92,7 @@ class VisionStage:
         kept, merged = [0] * len(request.rows_count), []
         for item in request.items:
             item.features = embeds[item.sample, item.positions]
-            selection = self.method.select(item)
+            selection = self._selection(item)
             rows = item.positions[selection.keep.to(item.positions.device)]
             keep[item.sample, rows] = True
             kept[item.sample] += len(rows)
@@ -116,6 +122,19 @@ class VisionStage:
         request.record("vision", kept)
         return True
 
+    def _selection(self, item: VisualItem) -> VisualSelection:
+        """The method's choice for ``item``: made now, or inside the tower for the image it shows."""
+        if self.tower_cut is None:
+            return self.method.select(item)
+        choice = self.tower_cut.choices.get(item.kind_index)
+        if choice is None:
+            raise UnsupportedModelError(
+                f"{self.method.name}: at_layer={self.method.at_layer} chooses inside the vision tower, but this "
+                f"request's {item.kind} {item.kind_index} was not encoded by it (features passed precomputed?); "
+                "drop at_layer"
+            )
+        return VisualSelection(choice)
+
     def _cut_mask(self, mask: Any, index: torch.Tensor, valid: torch.Tensor) -> Any:
         """The language model's mask argument cut to rows ``index``: a 2D mask becomes the new padding; Gemma-3's
         per-layer-type dictionary of 4D masks (bidirectional image blocks) is sliced, keeping its pattern."""
@@ -143,6 +162,8 @@ class VisionStage:
     def _before_tower(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._runs_used:  # a new encoding: the previous images are done with
             self.runs, self._runs_used = [], False
+            if self.tower_cut is not None:
+                self.tower_cut.choices.clear()
         grids = self.adapter.tower_grids(args, kwargs)
         self.runs.append(VisionRun(grids, self.adapter.tower_count(args, kwargs)))
 

@@ -49,7 +49,8 @@ class Method:
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        return {f.name: f.default for f in dataclasses.fields(cls)}
+        """The method's own parameters with their defaults (a stage option is documented with its stage)."""
+        return {f.name: f.default for f in dataclasses.fields(cls) if not f.metadata.get("stage_option")}
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> Method:
@@ -63,7 +64,12 @@ class Method:
         return cls(**{key: _parse_value(cls.name, key, text, hints[key]) for key, text in params.items()})
 
     def params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Every parameter, but stage options left at their default: a policy string names them only when set."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if not (f.metadata.get("stage_option") and getattr(self, f.name) == f.default)
+        }
 
     def __str__(self) -> str:
         params = ",".join(f"{key}={format_value(value)}" for key, value in self.params().items())
@@ -82,6 +88,13 @@ class ModelInfo:
     num_layers: int  # decoder layers of the language model
     vision_layers: int  # encoder layers of the vision tower
     min_prefill_layer: int = 1  # first layer where the prefill stage may cut (Qwen3-VL: after DeepStack)
+    tower_cut: bool = False  # whether vision methods may prune inside the tower (``at_layer``)
+
+
+def stage_option(default: Any) -> Any:
+    """A parameter every method of a stage takes (the vision stage's ``at_layer``): omitted from policy strings
+    and method tables while it has its default."""
+    return dataclasses.field(default=default, metadata={"stage_option": True})
 
 
 def _matches(value: Any, hint: Any) -> bool:

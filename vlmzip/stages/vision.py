@@ -16,8 +16,8 @@ from typing import ClassVar, Literal
 import torch
 
 from vlmzip.budget import Keep, kept_count
-from vlmzip.errors import UnsupportedModelError
-from vlmzip.stages.method import Method, ModelInfo, Stage
+from vlmzip.errors import PolicyError, UnsupportedModelError
+from vlmzip.stages.method import Method, ModelInfo, Stage, stage_option
 
 #: signals the runtime can compute for a vision method, by the name a method lists in ``needs``
 SIGNALS = frozenset({"vision_attention", "text_embeddings"})
@@ -88,18 +88,29 @@ class VisionMethod(Method):
 
     ``keep`` is a fraction of each item's tokens or a token count per item. Steps to override: ``score``
     (most methods: the base class keeps the top ``keep``), or ``select`` (any other choice, merging).
+
+    ``at_layer=L`` (> 0) chooses before vision-tower layer ``L`` instead of after the tower: the remaining tower
+    layers run on the kept tokens' patches only. The item's ``features`` are then the tower's hidden states
+    pooled to language-model tokens, ``vision_attention`` sums layers before ``L``, ``positions`` are the token
+    indices within the item, and ``select`` may not merge.
     """
 
     stage: ClassVar[Stage] = "vision"
     #: signals the method reads from ``item.signals`` (a subset of ``SIGNALS``)
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: signals that exist inside the tower, where ``at_layer`` chooses
+    TOWER_SIGNALS: ClassVar[frozenset[str]] = frozenset({"vision_attention"})
     keep: Keep = 64
+    at_layer: int = stage_option(0)
 
     def vision_layers(self, info: ModelInfo) -> list[int]:
-        """Vision-tower layers whose attention the method reads (``needs`` has ``"vision_attention"``)."""
-        return list(range(info.vision_layers)) if "vision_attention" in self.needs else []
+        """Vision-tower layers whose attention the method reads (``needs`` has ``"vision_attention"``): every
+        layer before the choice."""
+        return list(range(self.at_layer or info.vision_layers)) if "vision_attention" in self.needs else []
 
     def check_model(self, info: ModelInfo) -> None:
+        if self.at_layer:
+            self._check_tower_layer(info)
         unknown = self.needs - SIGNALS
         if unknown:
             raise UnsupportedModelError(
@@ -110,6 +121,23 @@ class VisionMethod(Method):
                 f"{self.name}: this model's visual features come from before its vision tower's first attention "
                 "layer (e.g. a LLaVA vision_feature_layer naming the embeddings), so there is no attention to rank "
                 "tokens by; use a method that needs none (random, uniform, fastv)"
+            )
+
+    def _check_tower_layer(self, info: ModelInfo) -> None:
+        if not info.tower_cut:
+            raise UnsupportedModelError(
+                f"{self.name}: this family's vision tower cannot be pruned inside (at_layer={self.at_layer}); "
+                "use at_layer=0 (after the tower)"
+            )
+        if not 0 < self.at_layer < info.vision_layers:
+            raise PolicyError(
+                f"{self.name}: at_layer={self.at_layer} is not inside the vision tower; this model's features come "
+                f"from {info.vision_layers} tower layers: use 1..{info.vision_layers - 1}, or 0 for after the tower"
+            )
+        if self.needs - self.TOWER_SIGNALS:
+            raise PolicyError(
+                f"{self.name}: needs {sorted(self.needs - self.TOWER_SIGNALS)}, which exist only after the tower; "
+                "drop at_layer"
             )
 
     def budget(self, item: VisualItem) -> int:
