@@ -1,5 +1,9 @@
 """``vlmzip report RUN_DIR...``: one table of every policy of every run, and (with the ``plot`` extra) a
-picture of accuracy against time to first token and against KV memory, with the Pareto front marked."""
+picture of accuracy against time to first token and against KV memory, with the Pareto front marked.
+
+Runs scored differently (another answer extractor, or subtitles made in another style) are refused in one table
+unless ``--mixed-scoring`` is given: their accuracies differ by how the answers were read, not only by policy.
+Each row names its run's scoring (``scoring`` column)."""
 
 from __future__ import annotations
 
@@ -11,16 +15,54 @@ from vlmzip.errors import InputError
 from vlmzip.eval.runner import mib, number, percent, write_results
 
 
-def collect(run_dirs: list[Path]) -> list[dict[str, Any]]:
-    """One row per (run, policy): accuracy, retained, efficiency. Results are recomputed from each run's
-    samples so a report never shows a stale ``results.json``."""
-    rows = []
+def collect(run_dirs: list[Path], mixed_scoring: bool = False) -> list[dict[str, Any]]:
+    """One row per (run, policy): accuracy, retained, efficiency, and the run's ``scoring``. Results are
+    recomputed from each run's samples so a report never shows a stale ``results.json``. :class:`InputError`
+    when the runs were scored differently (:func:`check_scoring`), unless ``mixed_scoring``."""
+    rows, scorings = [], {}
     for run_dir in run_dirs:
         if not (run_dir / "samples.jsonl").exists():
             raise InputError(f"{run_dir} is not a vlmzip eval run (no samples.jsonl); pass the --out of `vlmzip eval`")
-        for policy, result in write_results(run_dir)["policies"].items():
-            rows.append({"run": run_dir.name, "policy": policy, **{k: v for k, v in result.items() if k != "summary"}})
+        results = write_results(run_dir)
+        scorings[run_dir.name] = results["scoring"]
+        for policy, result in results["policies"].items():
+            rows.append(
+                {
+                    "run": run_dir.name,
+                    "policy": policy,
+                    **{k: v for k, v in result.items() if k != "summary"},
+                    "scoring": label(results["scoring"]),
+                }
+            )
+    if not mixed_scoring:
+        check_scoring(scorings)
     return rows
+
+
+def label(scoring: dict[str, str | None]) -> str:
+    """A run's scoring in a few words: ``extractor lmms-eval, subtitles lmms-eval``."""
+    text = f"extractor {scoring.get('extractor')}"
+    return text + (f", subtitles {scoring['subtitles_style']}" if scoring.get("subtitles_style") else "")
+
+
+def check_scoring(scorings: dict[str, dict[str, str | None]]) -> None:
+    """:class:`InputError` naming the difference when runs (name -> ``results.json``'s ``scoring``) used
+    different answer extractors, or different subtitle styles among the runs with subtitles."""
+    differences = []
+    for key, what in (("extractor", "answer extractor"), ("subtitles_style", "subtitles style")):
+        by_value: dict[str, list[str]] = {}
+        for run, scoring in scorings.items():
+            if scoring.get(key) is not None:
+                by_value.setdefault(str(scoring[key]), []).append(run)
+        if len(by_value) > 1:
+            shown = " vs ".join(f"{value} ({', '.join(runs)})" for value, runs in by_value.items())
+            differences.append(f"{what}: {shown}")
+    if differences:
+        raise InputError(
+            f"these runs were scored differently ({'; '.join(differences)}): their accuracies differ by how the "
+            "answers were read, not only by policy. Report runs scored alike, or pass --mixed-scoring to put them "
+            "in one table anyway (its scoring column names each run's)"
+        )
 
 
 def pareto(rows: list[dict[str, Any]], cost: str) -> set[int]:
@@ -37,15 +79,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     front = pareto(rows, "first_token_ms")
     lines = [
         "| run | policy | accuracy | retained | visual tokens kept | KV MiB | TTFT ms | prefill ms | peak GiB "
-        "| Pareto |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Pareto | scoring |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rows):
         lines.append(
             f"| {r['run']} | {r['policy']} | {percent(r['accuracy'])} | {percent(r['retained'])} | "
             f"{number(r['visual_tokens_kept'])} | {number(mib(r.get('kv_bytes')), 2)} | "
             f"{number(r['first_token_ms'])} | {number(r['prefill_ms'])} | "
-            f"{number(r['peak_gib'], 2)} | {'*' if i in front else ''} |"
+            f"{number(r['peak_gib'], 2)} | {'*' if i in front else ''} | {r.get('scoring', '-')} |"
         )
     return "\n".join(lines)
 
@@ -89,7 +131,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def main(args) -> int:
-    rows = collect(args.runs)
+    rows = collect(args.runs, mixed_scoring=getattr(args, "mixed_scoring", False))
     text = markdown(rows)
     print(text)
     if args.out is not None:
@@ -101,4 +143,4 @@ def main(args) -> int:
     return 0
 
 
-__all__ = ["collect", "markdown", "pareto", "plot"]
+__all__ = ["check_scoring", "collect", "label", "markdown", "pareto", "plot"]

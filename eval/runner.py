@@ -24,9 +24,11 @@ from tqdm import tqdm
 from vlmzip.errors import InputError
 from vlmzip.eval import benches
 from vlmzip.eval.benches import Bench
+from vlmzip.eval.extractors import extract_answer
 from vlmzip.eval.samples import Sample
 from vlmzip.eval.scoring import score, summarize
 
+DEFAULTS = {"template": "official", "sampler": "linspace", "extractor": "vlmzip", "max_new_tokens": 16}
 SAMPLES = "samples.jsonl"
 RESULTS = "results.json"
 CONFIG = "config.json"
@@ -60,11 +62,14 @@ def run(
     batch_size: int = 1,
     resume: bool = False,
     total: int | None = None,
+    extractor: str = "vlmzip",
 ) -> dict[str, Any]:
-    """Score every sample under every policy into ``out_dir``; returns (and writes) the results. A progress
-    bar (on a terminal) counts samples, out of ``total`` when given."""
+    """Score every sample under every policy into ``out_dir`` (answers read by ``extractor``, see
+    :mod:`~vlmzip.eval.extractors`); returns (and writes) the results. A progress bar (on a terminal) counts
+    samples, out of ``total`` when given."""
     if not policies or len(set(policies)) != len(policies):
         raise InputError(f"give each policy once, at least one: got {policies}")
+    extract_answer("", extractor)  # an unknown extractor fails here, before any sample
     out_dir.mkdir(parents=True, exist_ok=True)
     done = _start(out_dir, config, resume)
     progress = tqdm(total=total, unit="sample", desc=out_dir.name, disable=None)  # disable=None: only on a tty
@@ -76,7 +81,7 @@ def run(
                 answerable = [s for s in todo if s.error is None]
                 predictions = _predict(predictor, policy, answerable)
                 for sample in todo:
-                    _append(log, _record(policy, sample, predictions.get(id(sample))))
+                    _append(log, _record(policy, sample, predictions.get(id(sample)), extractor))
                     done.add((policy, sample.question.question_id))
     return write_results(out_dir, policies)
 
@@ -129,9 +134,17 @@ def write_results(out_dir: Path, policies: list[str] | None = None) -> dict[str,
     for result in per_policy.values():
         accuracy = result["accuracy"]
         result["retained"] = accuracy / baseline if baseline and accuracy is not None else None
-    results = {"policies": per_policy}
+    results = {"scoring": scoring(rows), "policies": per_policy}
     (out_dir / RESULTS).write_text(json.dumps(results, indent=2))
     return results
+
+
+def scoring(rows: list[dict[str, Any]]) -> dict[str, str | None]:
+    """How a run's answers were scored, from its samples: the answer extractor and, where subtitles were used,
+    their style (rows from before styles were recorded used vlmzip's); several are joined with commas."""
+    extractors = sorted({str(r.get("extractor")) for r in rows})
+    styles = sorted({str(r.get("subtitles_style") or "vlmzip") for r in rows if r.get("subtitles")})
+    return {"extractor": ",".join(extractors) or None, "subtitles_style": ",".join(styles) or None}
 
 
 def _policy_result(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -185,8 +198,8 @@ def _predict(predictor: Predictor, policy: str, samples: list[Sample]) -> dict[i
     return dict(zip(map(id, samples), predictions))
 
 
-def _record(policy: str, sample: Sample, prediction: Prediction | None) -> dict[str, Any]:
-    record = score(sample, prediction.response if prediction else None).to_dict()
+def _record(policy: str, sample: Sample, prediction: Prediction | None, extractor: str) -> dict[str, Any]:
+    record = score(sample, prediction.response if prediction else None, extractor=extractor).to_dict()
     efficiency = asdict(prediction) if prediction else asdict(Prediction(None))
     efficiency.pop("response")
     return {"policy": policy, **record, **efficiency}
@@ -274,6 +287,9 @@ def plan(args) -> _Plan:
     else:
         policies = ["none"]
     bench.configure(args, notes)
+    for option, default in DEFAULTS.items():  # None until here, so that a preset (--compat) sees what was given
+        if getattr(args, option, None) is None:
+            setattr(args, option, default)
     if embedded:
         if args.device is None:
             args.device = "cpu"
@@ -351,6 +367,7 @@ def main(args) -> int:
         args.batch_size,
         args.resume,
         total=described["questions"],
+        extractor=args.extractor,
     )
     if world > 1:
         processes.wait_for_everyone()

@@ -35,7 +35,8 @@ class Sample:
 
     ``medium`` says what the frames are: ``"video"`` (frames of one clip, given to a model as a video where it
     takes videos), ``"image"`` (one picture) or ``"images"`` (several pictures, each its own image; frame
-    indices and timestamps are then empty)."""
+    indices and timestamps are then empty). ``subtitles_style`` names how the subtitle text was made
+    (:data:`~vlmzip.eval.subtitles.SUBTITLE_STYLES`; ``None`` without subtitles)."""
 
     question: Question
     prompt: str
@@ -47,6 +48,7 @@ class Sample:
     subtitles: str | None = None
     error: str | None = None
     medium: str = "video"
+    subtitles_style: str | None = None
 
 
 def clip_samples(

@@ -1,15 +1,15 @@
-"""Answers and scores: the letter in a model's response, a scored :class:`Record` per sample, and accuracies
-overall and by group with Wilson intervals. Accuracies are fractions in [0, 1]."""
+"""Answers and scores: a scored :class:`Record` per sample (its letter found by one of
+:mod:`~vlmzip.eval.extractors`' extractors), and accuracies overall and by group with Wilson intervals.
+Accuracies are fractions in [0, 1]."""
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vlmzip.errors import InputError
+from vlmzip.eval.extractors import EXTRACTORS, extract_answer
 from vlmzip.eval.samples import Sample
 
 # Video-MME's taxonomies give the groups of every summary their order: the question fields results are grouped by
@@ -18,87 +18,14 @@ from vlmzip.eval.videomme import DOMAINS, DURATIONS, SUB_CATEGORIES, TASK_TYPES
 
 __all__ = ["EXTRACTORS", "Record", "extract_answer", "score", "summarize", "wilson_interval"]
 
-_PREFIXES = (
-    "the best answer is",
-    "the correct answer is",
-    "the answer is",
-    "the answer",
-    "the best option is",
-    "the correct option is",
-    "best answer:",
-    "best option:",
-    "final answer:",
-    "answer:",
-    "option:",
-)
-_PREFIX_RE = re.compile("|".join(re.escape(p) for p in sorted(_PREFIXES, key=len, reverse=True)), re.IGNORECASE)
-_ONLY_LETTER = re.compile(r"[\s(\[{\"'*`]*([A-Da-d])[\s)\]}\"'*`.:,;!]*")
-_LEADING_OPTION = re.compile(r"[\s(\[{*`]*([A-Da-d])[.)\]:](?:\s|$)")
-_STANDALONE = re.compile(r"(?<![A-Za-z0-9])([A-D])(?!['’]?[A-Za-z0-9])")
-_ARTICLE_A = re.compile(r"A\s+[a-z]")
-_LONG = 10  # words: a longer response with no standalone letter is unparsed
-
-
-def extract_answer(response: str | None, extractor: str = "standalone") -> str | None:
-    """The answer letter in a model's response, or ``None`` when it cannot be told (unparsed).
-
-    ``standalone`` (default): remove answer prefixes ("The best answer is", "The answer is", "Answer:", ... any
-    case), then: a response that is only a letter in either case (``"b"``, ``"(C)."``) or starts like an option
-    (``"b. text"``, ``"A) text"``) gives that letter; otherwise the first standalone capital A-D (not inside a
-    word), skipping an article "A" (``"A man ..."``) when another letter follows; no such letter (long response
-    or not) is unparsed. ``videomme-authors``: the authors' ``extract_characters_regex`` (also lmms-eval's):
-    the first capital A-D anywhere, even inside a word.
-    """
-    if extractor not in EXTRACTORS:
-        raise InputError(f"unknown answer extractor {extractor!r}: expected one of {', '.join(EXTRACTORS)}")
-    return EXTRACTORS[extractor](response or "")
-
-
-def _extract_standalone(response: str) -> str | None:
-    text = " ".join(_PREFIX_RE.sub(" ", response).split())
-    for pattern in (_ONLY_LETTER.fullmatch, _LEADING_OPTION.match):
-        match = pattern(text)
-        if match:
-            return match.group(1).upper()
-    candidates = list(_STANDALONE.finditer(text))
-    if not candidates:
-        return None  # includes long responses without a standalone letter
-    first = candidates[0]
-    if first.group(1) == "A" and len(candidates) > 1 and _ARTICLE_A.match(text, first.start()):
-        first = candidates[1]
-    return first.group(1)
-
-
-def _extract_authors(response: str) -> str | None:
-    s = response.strip()
-    # The authors' list, with its two missing commas (two prefixes glued together) kept as they are.
-    for prefix in (
-        "The best answer is",
-        "The correct answer is",
-        "The answer is",
-        "The answer",
-        "The best option isThe correct option is",
-        "Best answer:Best option:",
-    ):
-        s = s.replace(prefix, "")
-    if len(s.split()) > _LONG and not re.search("[ABCD]", s):
-        return None
-    match = re.search(r"[ABCD]", s)
-    return match[0] if match else None
-
-
-EXTRACTORS: dict[str, Callable[[str], str | None]] = {
-    "standalone": _extract_standalone,
-    "videomme-authors": _extract_authors,
-}
-
 
 @dataclass(frozen=True)
 class Record:
     """One scored question, as written to a result file. ``response`` is the raw model output; ``prediction`` is
     None when it was unparsed or there was none (``error`` then says why); ``subtitles`` tells whether the prompt
     was a subtitle variant; ``frame_indices`` and ``timestamps`` are the frames the model saw; ``category`` is
-    the question's (empty for Video-MME)."""
+    the question's (empty for Video-MME); ``subtitles_style`` is how the subtitle text was made (``None``
+    without subtitles)."""
 
     question_id: str
     video_id: str
@@ -119,6 +46,7 @@ class Record:
     frame_indices: tuple[int, ...] = ()
     timestamps: tuple[float, ...] = ()
     category: str = ""
+    subtitles_style: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -126,7 +54,7 @@ class Record:
         return out
 
 
-def score(sample: Sample, response: str | None, *, extractor: str = "standalone") -> Record:
+def score(sample: Sample, response: str | None, *, extractor: str = "vlmzip") -> Record:
     """Score a model's raw ``response`` to ``sample`` (kept verbatim). A sample with an error scores as an error
     record whatever the response."""
     q = sample.question
@@ -154,6 +82,7 @@ def score(sample: Sample, response: str | None, *, extractor: str = "standalone"
         frame_indices=tuple(sample.frame_indices),
         timestamps=tuple(sample.timestamps),
         category=q.category,
+        subtitles_style=sample.subtitles_style if sample.subtitles is not None else None,
     )
 
 

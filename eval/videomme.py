@@ -24,7 +24,8 @@ scoring in :mod:`~vlmzip.eval.scoring`)::
         record = score(sample, response)       # -> write record.to_dict() as a JSON line
     summary = summarize(records)               # accuracy overall / by duration, domain, sub-category, task
 
-In subtitle runs every template gets the same subtitle text, the cues shown at the sampled frames' timestamps; a
+In subtitle runs every template gets the same subtitle text, the cues shown at the sampled frames' timestamps
+(``subtitles_style="lmms-eval"``: the cues lmms-eval 0.7.3 picks, see :mod:`~vlmzip.eval.subtitles`); a
 video without a subtitle file gets the official prompt without subtitles ("No subtitles available" in
 lmms-eval's, an empty list in VLMEvalKit's). Each video is decoded once for its three questions.
 """
@@ -49,7 +50,7 @@ from vlmzip.errors import InputError
 from vlmzip.eval.prompts import get_template
 from vlmzip.eval.questions import LETTERS, Question, manifest_hash, normalize_options
 from vlmzip.eval.samples import ClipRead, Sample, clip_samples
-from vlmzip.eval.subtitles import read_subtitles, subtitles_at
+from vlmzip.eval.subtitles import check_style, subtitle_text
 from vlmzip.eval.video import FileRef, Sampling, read_clip, require_av
 
 __all__ = [
@@ -518,6 +519,7 @@ def iter_samples(
     sampling: Sampling | None = None,
     *,
     subtitles: bool = False,
+    subtitles_style: str = "vlmzip",
     template: str = "official",
     max_side: int | None = None,
     seek: bool | None = None,
@@ -529,9 +531,12 @@ def iter_samples(
     Questions are grouped by video in first-appearance order. A missing or undecodable video yields samples
     with ``error`` set (``missing="record"``) or raises :class:`InputError` (``missing="fail"``). ``workers`` > 0
     decodes up to that many upcoming videos in background threads (results still come in order).
+    ``subtitles_style`` says how the subtitle text is made (:mod:`~vlmzip.eval.subtitles`: ``"vlmzip"``, the cues
+    at the frames the model sees; ``"lmms-eval"``, lmms-eval 0.7.3's way).
     """
     sampling = sampling or Sampling()
     tmpl = get_template(template)
+    check_style(subtitles_style)
     if missing not in ("record", "fail"):
         raise InputError(f"missing={missing!r}: expected 'record' (an error per question) or 'fail'")
     require_av()  # a missing PyAV is a setup problem, not a per-video error
@@ -551,9 +556,12 @@ def iter_samples(
         if srt is None:
             return clip, tmpl.no_subtitle_file, None
         try:
-            return clip, subtitles_at(read_subtitles(srt), clip.timestamps), None
+            return clip, subtitle_text(srt, clip, subtitles_style), None
         except Exception as error:
             return None, None, f"cannot read subtitles {srt}: {type(error).__name__}: {error}"
 
     chosen = data.questions if questions is None else questions
-    yield from clip_samples(chosen, read, sampling, tmpl, missing=missing, workers=workers)
+    for sample in clip_samples(chosen, read, sampling, tmpl, missing=missing, workers=workers):
+        if sample.subtitles is not None:
+            sample.subtitles_style = subtitles_style
+        yield sample

@@ -74,7 +74,7 @@ def test_no_arguments_run_the_bundled_qwen_on_the_bundled_videos(tmp_path, capsy
         (["--bench", "images", "--data", "x.jsonl"], "--bench images runs the bundled image test set: drop --data"),
         (["--bench", "videos", "--model", "llava-7b"], "--model llava-7b: no such directory, and not a bundled"),
         (["--data", "a.jsonl", "--data-root", "b"], "give --data-root (a Video-MME copy) or --data"),
-        (["--bench", "images", "--subtitles"], "--subtitles and --duration are Video-MME options"),
+        (["--bench", "images", "--subtitles"], "--subtitles, --duration, --subtitles-style and --compat are Video-MME"),
         (["--bench", "images", "--resume"], "--resume continues the run in --out"),
     ],
 )

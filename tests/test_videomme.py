@@ -521,6 +521,8 @@ def test_select_filters_and_stratified_limit(tmp_path, encoded):
         ("Based on the video, C is right.", "C"),  # the B of "Based" is not standalone
         ("A man walks his dog, so the answer is B.", "B"),  # an article "A" before another letter is skipped
         ("A is correct.", "A"),
+        ("Not C, the answer is D.", "D"),  # an answer statement wins over an earlier letter
+        ("A is correct because B is wrong.", "A"),  # an "A" before a verb is not an article
         ("**B**", "B"),
         ("The video shows a person cooking pasta in a small kitchen with many tools around.", None),
         ("none of them", None),
@@ -532,7 +534,7 @@ def test_extract_answer(response, letter):
     assert extract_answer(response) == letter
 
 
-def test_authors_extractor_is_available_verbatim():
+def test_authors_extractor_is_available_verbatim():  # more cases in test_extractors.py
     assert extract_answer("Based on the video, C", "videomme-authors") == "B"  # the original's quirk
     assert extract_answer("The best answer is D", "videomme-authors") == "D"
     assert (
@@ -602,7 +604,7 @@ def test_record_keeps_frames_and_settings(tmp_path, encoded):
     assert record.correct and record.prediction == "C" and record.subtitles
     row = record.to_dict()
     assert row["frame_indices"] == [0, 29] and row["timestamps"] == pytest.approx([0.0, 2.9])
-    assert row["template"] == "official" and row["extractor"] == "standalone"
+    assert row["template"] == "official" and row["extractor"] == "vlmzip" and row["subtitles_style"] == "vlmzip"
     assert row["sampling"] == "frames=2,sampler=linspace"
     assert json.loads(json.dumps(row)) == row
 

@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("runs", type=Path, nargs="+", help="run directories (the --out of vlmzip eval)")
     report.add_argument("--out", type=Path, help="write report.md, report.json (and report.png) there")
     report.add_argument("--plot", action="store_true", help="also draw report.png (needs the plot extra)")
+    report.add_argument(
+        "--mixed-scoring",
+        action="store_true",
+        help="put runs scored differently (answer extractor, subtitles style) in one table; a column names each",
+    )
     report.set_defaults(run=_report)
     return parser
 
@@ -121,6 +126,7 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     from vlmzip.eval import benches  # the registry and the benches' classes only, no data-side code
+    from vlmzip.eval.extractors import EXTRACTORS
 
     benches.add_arguments(parser)  # --bench and each bench's own options (its data, filters)
     parser.add_argument("--model", help="a checkpoint directory, loaded offline, or a bundled model's name")
@@ -133,17 +139,25 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="run directory (config, samples, results); default: a new runs/eval-*")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--frames", type=int, help="frames per video (default 32 unless --fps)")
-    parser.add_argument("--sampler", default="linspace", help="linspace (lmms-eval) or centered (VLMEvalKit)")
+    parser.add_argument("--sampler", help="linspace (lmms-eval; the default) or centered (VLMEvalKit)")
     parser.add_argument("--fps", type=float, help="sample at this rate instead of a frame count")
     parser.add_argument("--max-frames", type=int)
     parser.add_argument("--max-side", type=int, help="resize frames so their longer side is at most this")
-    parser.add_argument("--template", default="official", help="official, lmms-eval or vlmevalkit")
+    parser.add_argument(
+        "--template", help="the prompt: official (the Video-MME authors'; default), lmms-eval or vlmevalkit"
+    )
+    parser.add_argument(
+        "--extractor",
+        choices=EXTRACTORS,
+        help="how the answer letter is read: vlmzip (default), lmms-eval (0.7.3's ranked extractor) or "
+        "videomme-authors (the authors' regex, lmms-eval up to 0.7.1); see vlmzip.eval.extractors",
+    )
     parser.add_argument(
         "--limit", type=int, help="at most this many questions: Video-MME stratified by duration, mcq the first N"
     )
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--missing", default="record", choices=["record", "fail"])
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, help="default 16")
     parser.add_argument("--decode-workers", type=int, default=0, help="threads decoding upcoming videos")
     parser.add_argument("--device", help="auto (cuda if available; the default), cuda or cpu")
     parser.add_argument(

@@ -41,6 +41,7 @@ class BundledVideos(VideoMME):
     def configure(self, args: argparse.Namespace, notes: list[str]) -> None:
         from vlmzip.eval import bundled
 
+        super().configure(args, notes)  # --compat first: its frames replace this default
         if args.frames is None and args.fps is None:
             # every frame of the 2 fps clips, as the fixtures were trained
             args.fps, args.max_frames = bundled.VIDEO_FPS, args.max_frames or 64
