@@ -84,8 +84,9 @@ def policy(method: vlmzip.MethodInfo, keep: float) -> str | None:
     the budget. ``None`` for a method without a ``keep`` budget."""
     if "keep" not in method.params:
         return None
-    layer = f"layer={PREFILL_LAYER}," if "layer" in method.params else ""
-    return f"{method.name}:{layer}keep={keep:g}"
+    name, _, fixed = method.name.partition(":")  # a variant (``vtc-cls:at_layer=2``) keeps its parameters
+    layer = f"layer={PREFILL_LAYER}" if "layer" in method.params and "layer=" not in fixed else ""
+    return f"{name}:" + ",".join(part for part in (fixed, layer, f"keep={keep:g}") if part)
 
 
 def own_budget(method: vlmzip.MethodInfo) -> bool:
@@ -364,11 +365,20 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _methods(names: Sequence[str] | None) -> list[vlmzip.MethodInfo]:
+    """The methods named (all if none): a name, or a variant with parameters fixed (``vtc-cls:at_layer=2``), its
+    own row, swept over ``keep`` like the others."""
     known = {m.name: m for m in vlmzip.methods()}
-    unknown = sorted(set(names or ()) - set(known))
+    unknown = sorted({n.partition(":")[0] for n in names or ()} - set(known))
     if unknown:
         raise vlmzip.VlmzipError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return [known[n] for n in names] if names else list(known.values())
+    chosen = []
+    for name in names or known:
+        base, _, fixed = name.partition(":")
+        method = replace(known[base], name=name) if fixed else known[base]
+        if fixed and policy(method, KEEPS[0]) is not None:
+            vlmzip.Policy.parse(policy(method, KEEPS[0]))  # a bad parameter fails now, not in every cell
+        chosen.append(method)
+    return chosen
 
 
 def _command(args: argparse.Namespace, cells: Sequence[Cell]) -> str:

@@ -124,6 +124,18 @@ def _info(name: str, stage: str, **params) -> vlmzip.MethodInfo:
     return vlmzip.MethodInfo(name, stage, "", params)
 
 
+def test_a_variant_fixes_parameters_and_is_swept_over_keep():
+    (variant,) = fidelity._methods(["vtc-cls:at_layer=2,layers=2"])
+    assert variant.name == "vtc-cls:at_layer=2,layers=2" and variant.stage == "vision"
+    assert fidelity.policy(variant, 0.25) == "vtc-cls:at_layer=2,layers=2,keep=0.25"
+    (fixed_layer,) = fidelity._methods(["fastv:layer=3"])
+    assert fidelity.policy(fixed_layer, 0.1) == "fastv:layer=3,keep=0.1"
+    with pytest.raises(vlmzip.PolicyError, match="unknown parameter 'depth'"):
+        fidelity._methods(["vtc-cls:depth=2"])
+    with pytest.raises(vlmzip.VlmzipError, match="unknown method"):
+        fidelity._methods(["nope:keep=2"])
+
+
 def test_policy_is_generic_over_parameters():
     assert fidelity.policy(_info("fastv", "prefill", layer=2, keep=0.5), 0.1) == "fastv:layer=2,keep=0.1"
     assert fidelity.policy(_info("sched", "prefill", layers=(8, 16), keep=64), 0.25) == "sched:keep=0.25"
