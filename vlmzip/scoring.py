@@ -121,8 +121,8 @@ def projection_sensitivity(
     size = epsilon * inputs.flatten(1).double().norm(dim=1).clamp(min=1e-12)  # [n]
     moves = (size.view(1, n, *[1] * (inputs.dim() - 1)) * unit[:, None]).to(inputs.dtype)  # [R, n, U, D]
     moved = inputs[None] + moves
-    outputs = project(torch.cat([inputs[None], moved]).flatten(0, 1)).view(directions + 1, n, -1).float()
-    change = (outputs[1:] - outputs[:1]).norm(dim=-1)  # [R, n]
+    outputs = project(torch.cat([inputs[None], moved]).flatten(0, 1)).view(directions + 1, n, -1)
+    change = (outputs[1:] - outputs[:1]).float().norm(dim=-1)  # [R, n]
     # divide by the move as it happened (rounded to the input's dtype), not as intended
-    moved_by = (moved.float() - inputs[None].float()).flatten(2).norm(dim=-1)
+    moved_by = (moved - inputs[None]).float().flatten(2).norm(dim=-1)
     return (change / moved_by.clamp(min=1e-30)).mean(dim=0)
