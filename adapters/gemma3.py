@@ -86,6 +86,21 @@ class Gemma3Adapter(Adapter):
         for item in items:
             item.signals["vision_attention"] = per_token[item.kind_index].to(item.positions.device)
 
+    def tower_features(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
+        # the projector average-pools patches into cells and maps each cell on its own: a token's input is its
+        # pooled cell (a perturbation of the cell is the same perturbation of each of its patches)
+        patches = torch.cat([inputs for run in runs for inputs in run.projector_inputs])
+        projector, side = self.projector, self.patches_per_side
+        grid = patches.transpose(1, 2).reshape(len(patches), -1, side, side).contiguous()
+        cells = projector.avg_pool(grid).flatten(2).transpose(1, 2)  # [images, tokens, D_vision], as it pools
+        for item in items:
+            item.signals["tower_features"] = cells[item.kind_index].unsqueeze(1)
+
+    def project(self, inputs: torch.Tensor) -> torch.Tensor:
+        projector = self.projector
+        normed = projector.mm_soft_emb_norm(inputs[:, 0])
+        return torch.matmul(normed, projector.mm_input_projection_weight).type_as(inputs)
+
     def _pool_like_projector(self, per_patch: torch.Tensor) -> torch.Tensor:
         """``[images, patches]`` -> ``[images, tokens]``: the projector's row-major patch grid, average-pooled
         with its kernel and flattened row-major, so token ``t`` scores the patches that token ``t`` pools."""

@@ -73,6 +73,15 @@ class LlavaAdapter(Adapter):
         for item in items:
             item.signals["vision_attention"] = per_image[item.kind_index].to(item.positions.device)
 
+    def tower_features(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
+        # the projector maps each patch on its own: one tower vector per token ([images, patches, D_vision])
+        per_image = torch.cat([inputs for run in runs for inputs in run.projector_inputs])
+        for item in items:
+            item.signals["tower_features"] = per_image[item.kind_index].unsqueeze(1)
+
+    def project(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.projector(inputs[:, 0])
+
 
 def _encoder_layers(tower: nn.Module) -> nn.ModuleList:
     model = getattr(tower, "vision_model", tower)

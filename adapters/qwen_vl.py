@@ -85,8 +85,15 @@ class QwenVLAdapter(Adapter):
 
     # -- vision-attention scores --------------------------------------------------------------------------
     def vision_scores(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
-        # the tower runs images first, then videos: pair each kind present with the next run; the runtime
-        # has pointed each item's kind_index at its row in that run (generate's sample copies share one)
+        for run, encoded, of_kind in self._runs_of_kinds(runs, items, "score them by vision attention"):
+            per_item = self._token_scores(run).split([t * h * w for t, h, w in encoded])
+            for item in of_kind:
+                item.signals["vision_attention"] = per_item[item.kind_index].to(item.positions.device)
+
+    def _runs_of_kinds(self, runs: list[VisionRun], items: list[VisualItem], purpose: str):
+        """``(run, its items' grids, the request's items it encoded)`` per kind present: the tower runs images
+        first, then videos, so each kind pairs with the next run; the runtime has pointed each item's
+        kind_index at its row in that run (generate's sample copies share one)."""
         pending = iter(runs)
         for kind in _KINDS:
             of_kind = [item for item in items if item.kind == kind]
@@ -96,12 +103,31 @@ class QwenVLAdapter(Adapter):
             encoded = self._llm_grids(run.grids) if run is not None and run.grids is not None else []
             if any(item.kind_index >= len(encoded) or encoded[item.kind_index] != item.grid for item in of_kind):
                 raise InputError(
-                    f"vlmzip saw no vision-tower forward for this request's {kind}s, so it cannot score them "
-                    f"by vision attention: pass {_PIXEL_KEYS[kind]} (not precomputed encoder outputs)"
+                    f"vlmzip saw no vision-tower forward for this request's {kind}s, so it cannot {purpose}: "
+                    f"pass {_PIXEL_KEYS[kind]} (not precomputed encoder outputs)"
                 )
-            per_item = self._token_scores(run).split([t * h * w for t, h, w in encoded])
+            yield run, encoded, of_kind
+
+    # -- the projector (the patch merger) --------------------------------------------------------------------
+    @property
+    def projector(self) -> nn.Module:
+        return self.vision_tower.merger
+
+    def tower_features(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
+        # a token is the merger's output for one merge unit of spatial_merge_size**2 consecutive patches
+        unit = self.merge_size**2
+        for run, encoded, of_kind in self._runs_of_kinds(runs, items, "read their projector inputs"):
+            patches = torch.cat(run.projector_inputs)
+            tokens = patches.view(-1, unit, patches.shape[-1])
+            order = self._tower_order(torch.as_tensor(run.grids).cpu())
+            if order is not None:  # the merger saw units in the blocks' (window) order: back to token order
+                tokens = tokens[order.argsort().to(tokens.device)]
+            per_item = tokens.split([t * h * w for t, h, w in encoded])
             for item in of_kind:
-                item.signals["vision_attention"] = per_item[item.kind_index].to(item.positions.device)
+                item.signals["tower_features"] = per_item[item.kind_index]
+
+    def project(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.projector(inputs.reshape(-1, inputs.shape[-1]))
 
     def _token_scores(self, run: VisionRun) -> torch.Tensor:
         """Mean attention each language-model token's patches receive from its item's patches, summed

@@ -12,9 +12,19 @@ from vlmzip.eval.tiny import random_inputs, split_batch, tiny_model, visual_toke
 
 BUILTIN = [info for info in vlmzip.methods() if info.builtin]  # every method, from the registry
 # the setting that keeps everything, where it is not keep=1.0 (there keep only caps a data-dependent count)
-KEEPS_ALL_WITH = {"zipvl": "tau=1.0", "mustdrop": "global_threshold=0.0,individual_threshold=0.0"}
+KEEPS_ALL_WITH = {
+    "zipvl": "tau=1.0",
+    "mustdrop": "global_threshold=0.0,individual_threshold=0.0",
+    "mustdrop-vision": "threshold=2.0",
+}
 # what keep=0.25 leaves, where it is not a quarter of the visual tokens after the (last) cut
-KEEP_IS = {"sparsevlm": "equivalent", "adaptinfer": "equivalent", "zipvl": "a cap", "mustdrop": "a cap"}
+KEEP_IS = {
+    "sparsevlm": "equivalent",
+    "adaptinfer": "equivalent",
+    "zipvl": "a cap",
+    "mustdrop": "a cap",
+    "mustdrop-vision": "a cap",
+}
 KEEP_ALL = [
     "none",
     *(f"{info.name}:{KEEPS_ALL_WITH.get(info.name, 'keep=1.0')}" for info in BUILTIN),
@@ -60,6 +70,8 @@ def test_quarter_keeps_exactly_a_quarter_and_every_text_token(model, batch, meth
         assert [s - v for s, v in zip(stored, visual)] == [t + NEW_TOKENS - 1 for t in text]
         if stage == "prefill":  # the cache holds what each layer processed
             assert visual == stats.visual_tokens_by_layer[index]
+        elif stage == "vision" and KEEP_IS.get(method) == "a cap":
+            assert visual == stats.visual_tokens_kept[stage]
         else:
             assert visual == expected
     if stage == "prefill":

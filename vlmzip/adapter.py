@@ -30,6 +30,8 @@ class VisionRun:
     grids: Any = None
     count: int = 0  # images (or videos) the forward encoded
     attention: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    #: what the projector was given for these items (recorded only for methods that need "tower_features")
+    projector_inputs: list[torch.Tensor] = field(default_factory=list)
 
 
 class Adapter:
@@ -172,6 +174,22 @@ class Adapter:
         the attention captured in the vision-tower forwards of this request (images, then videos); an item's
         ``kind_index`` is its row among the encoded items of its kind."""
         raise NotImplementedError
+
+    # -- the projector -------------------------------------------------------------------------------------
+    @property
+    def projector(self) -> nn.Module:
+        """The module that turns vision-tower outputs into language-model tokens; its input is recorded for
+        ``tower_features``."""
+        return self.model.model.multi_modal_projector
+
+    def tower_features(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
+        """Set ``item.signals["tower_features"]`` (``[n, U, D_vision]``: the ``U`` projector-input vectors each
+        of the item's ``n`` tokens is made from, in token order) from the projector inputs of ``runs``."""
+        raise NotImplementedError(f"{type(self).__name__} does not provide tower_features")
+
+    def project(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The projector on ``inputs [m, U, D_vision]`` (as ``tower_features`` gives them): ``[m, D]``."""
+        raise NotImplementedError(f"{type(self).__name__} does not provide project")
 
     def cut_language_model_inputs(
         self, kwargs: dict[str, Any], keep: torch.Tensor, owner: torch.Tensor, index: torch.Tensor, valid: torch.Tensor

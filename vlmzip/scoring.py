@@ -1,10 +1,13 @@
-"""Attention-derived token scores, computed without materialising the full attention matrix.
+"""Token scores: attention-derived (computed without materialising the full attention matrix), and a
+projector's forward-only sensitivity.
 
-Both functions run the fused Triton kernel (``vlmzip.kernels.attention_mass``) on CUDA tensors where Triton is
+The attention functions run the fused Triton kernel (``vlmzip.kernels.attention_mass``) on CUDA tensors where Triton is
 installed, and its plain-torch reference elsewhere: CPU results are the reference's, bit for bit.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -97,3 +100,29 @@ def rater_rows(hidden: torch.Tensor, visual: torch.Tensor, text: torch.Tensor) -
     above = valid & (relevance > mean)
     above |= valid & ~above.any(dim=1, keepdim=True)
     return torch.zeros_like(text).scatter(1, index, above)
+
+
+@torch.no_grad()
+def projection_sensitivity(
+    project: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, directions: int, epsilon: float, seed: int
+) -> torch.Tensor:
+    """How much a projector's output moves per unit of input movement, for each token: a zeroth-order
+    (forward-only) estimate of the norm of its Jacobian, ``[n]`` float32.
+
+    project: ``[m, U, D] -> [m, E]``; inputs: ``[n, U, D]``. Each token's input moves along ``directions`` random
+    unit directions (the same for every token, drawn from ``seed`` on the CPU, so the estimate does not depend on
+    the device or the batch), by ``epsilon`` times its own norm; the estimate is the mean of
+    ``|project(x + delta) - project(x)| / |delta|``. All moves and the unmoved inputs run in one projector call.
+    """
+    n = inputs.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    unit = torch.randn(directions, *inputs.shape[1:], generator=generator, dtype=torch.float64)
+    unit = (unit / unit.flatten(1).norm(dim=1).view(-1, *[1] * (inputs.dim() - 1))).to(inputs.device)
+    size = epsilon * inputs.flatten(1).double().norm(dim=1).clamp(min=1e-12)  # [n]
+    moves = (size.view(1, n, *[1] * (inputs.dim() - 1)) * unit[:, None]).to(inputs.dtype)  # [R, n, U, D]
+    moved = inputs[None] + moves
+    outputs = project(torch.cat([inputs[None], moved]).flatten(0, 1)).view(directions + 1, n, -1)
+    change = (outputs[1:] - outputs[:1]).float().norm(dim=-1)  # [R, n]
+    # divide by the move as it happened (rounded to the input's dtype), not as intended
+    moved_by = (moved - inputs[None]).float().flatten(2).norm(dim=-1)
+    return (change / moved_by.clamp(min=1e-30)).mean(dim=0)

@@ -132,3 +132,100 @@ def cluster_means(points: torch.Tensor, valid: torch.Tensor, counts: torch.Tenso
     target = torch.where(assignment >= 0, assignment + offset, -1)
     means = merge_rows(points.flatten(0, 1), target.flatten(), centres.numel()).view(*centres.shape, -1)
     return centres, centre_valid, means
+
+
+def greedy_max_min(distance: torch.Tensor, count: int) -> torch.Tensor:
+    """Farthest-point selection: ``count`` of ``n`` points chosen one at a time, each the point whose distance to
+    the nearest point already chosen is largest (DivPrune's greedy max-min diversity).
+
+    distance: ``[n, n]`` symmetric, zero diagonal. The first point is the one farthest from its nearest
+    neighbour. Ties go to the earlier point. Returns ``[count]`` indices in the order they were chosen.
+    """
+    n = distance.shape[0]
+    distance = distance.float()
+    nearest = distance + torch.diag(torch.full((n,), float("inf"), device=distance.device))
+    to_chosen = nearest.amin(dim=1)  # before any choice: a point's distance to its nearest neighbour
+    chosen = torch.empty(count, dtype=torch.long, device=distance.device)
+    taken = torch.zeros(n, dtype=torch.bool, device=distance.device)
+    for step in range(count):
+        pick = to_chosen.masked_fill(taken, float("-inf")).argmax()
+        chosen[step], taken[pick] = pick, True
+        to_chosen = distance[pick] if step == 0 else torch.minimum(to_chosen, distance[pick])
+    return chosen
+
+
+def greedy_dpp(kernel: torch.Tensor, count: int, floor: float = 1e-10) -> torch.Tensor:
+    """Greedy MAP of a determinantal point process: ``count`` items, each the one that most increases
+    ``log det kernel[S, S]`` of the set ``S`` chosen so far, by incremental Cholesky (Chen et al., 2018: ``O(n k)``
+    memory, ``O(n k^2)`` time).
+
+    kernel: ``[n, n]`` symmetric positive semi-definite. Once no item adds volume (the gain falls to ``floor``:
+    the kernel's rank is spent), the rest are chosen by their own diagonal entry (quality), highest first. Ties go
+    to the earlier item. Returns ``[count]`` indices in the order they were chosen.
+    """
+    n = kernel.shape[0]
+    kernel = kernel.double()
+    gains = kernel.diagonal().clone()  # d_i^2: the squared volume item i adds to the chosen set
+    factors = kernel.new_zeros(count, n)  # rows of the incremental Cholesky factor
+    chosen: list[int] = []
+    taken = torch.zeros(n, dtype=torch.bool, device=kernel.device)
+    for step in range(count):
+        pick = int(gains.masked_fill(taken, float("-inf")).argmax())
+        if gains[pick] <= floor:
+            rest = kernel.diagonal().masked_fill(taken, float("-inf")).argsort(descending=True, stable=True)
+            chosen += rest[: count - step].tolist()
+            break
+        chosen.append(pick)
+        taken[pick] = True
+        row = (kernel[pick] - factors[:step, pick] @ factors[:step]) / gains[pick].sqrt()
+        factors[step] = row
+        gains = gains - row**2
+    return torch.tensor(chosen, dtype=torch.long, device=kernel.device)
+
+
+def greedy_diverse(scores: torch.Tensor, similarity: torch.Tensor, count: int, weight: float) -> torch.Tensor:
+    """``count`` items chosen one at a time by ``scores [n]`` (``>= 0``) discounted for redundancy: each step picks
+    the highest ``scores[i] * (1 - weight * max(0, max similarity of i to the chosen items))``.
+
+    similarity: ``[n, n]`` (cosine). ``weight=0`` is the plain top ``count``. Ties go to the earlier item.
+    Returns ``[count]`` indices in the order they were chosen.
+    """
+    n = scores.shape[0]
+    scores = scores.float()
+    redundancy = torch.zeros(n, device=scores.device)
+    chosen = torch.empty(count, dtype=torch.long, device=scores.device)
+    taken = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    for step in range(count):
+        hybrid = scores * (1 - weight * redundancy)
+        pick = hybrid.masked_fill(taken, float("-inf")).argmax()
+        chosen[step], taken[pick] = pick, True
+        redundancy = torch.maximum(redundancy, similarity[pick].float().clamp(min=0))
+    return chosen
+
+
+def spatial_windows(grid: tuple[int, int, int], window: int) -> torch.Tensor:
+    """The ``window x window`` tile of each token of a ``(frames, rows, cols)`` grid (raster order), ``[n]``: tiles
+    do not overlap, never span two frames, and are numbered frame by frame, row-major; edge tiles may be smaller."""
+    frames, rows, cols = grid
+    tile_rows, tile_cols = -(-rows // window), -(-cols // window)
+    row = torch.arange(rows).div(window, rounding_mode="floor")
+    col = torch.arange(cols).div(window, rounding_mode="floor")
+    per_frame = (row[:, None] * tile_cols + col[None, :]).flatten()
+    return (torch.arange(frames)[:, None] * (tile_rows * tile_cols) + per_frame).flatten()
+
+
+def join_nearest(features: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Where each of ``n`` tokens goes when the tokens outside ``keep`` join the most similar of ``targets``.
+
+    features: ``[n, D]``; keep: ``[k]`` ascending indices; targets: indices, a subset of ``keep``. Returns ``[n]``:
+    the position in ``keep`` of the kept token each token goes to (a kept token: its own), by the cosine
+    similarity of ``features``; ties go to the earlier target. ``merge_rows(features, result, k)`` then merges.
+    """
+    sources = torch.full((features.shape[0],), -1, dtype=torch.long)
+    sources[keep] = torch.arange(len(keep))
+    joiners = (sources < 0).nonzero().flatten()
+    if len(joiners) and len(targets):
+        unit = torch.nn.functional.normalize(features.float(), dim=-1)
+        nearest = (unit[joiners.to(unit.device)] @ unit[targets.to(unit.device)].T).argmax(dim=1).cpu()
+        sources[joiners] = sources[targets[nearest]]
+    return sources

@@ -6,14 +6,19 @@ never imports a method.
 
 from vlmzip.methods import (  # noqa: F401
     adaptinfer,
+    cdpruner,
     dart,
+    divprune,
     fastv,
     knorm,
     mustdrop,
+    mustdrop_vision,
     pyramiddrop,
     random,
     sparsevlm,
     uniform,
+    visionzip,
     vtc_cls,
+    zeroth_order,
     zipvl,
 )

@@ -58,6 +58,8 @@ class VisionStage:
             self._functions = functions
             functions.use(self.adapter.vision_config_key, self._backend, self._attention)
             handles.append(tower.register_forward_hook(lambda *_: self._flush()))
+        if self.method is not None and "tower_features" in self.method.needs:
+            handles.append(self.adapter.projector.register_forward_pre_hook(self._before_projector))
         if self.tower_cut is not None:
             handles += self.tower_cut.install()
         return handles
@@ -92,6 +94,7 @@ class VisionStage:
         kept, merged = [0] * len(request.rows_count), []
         for item in request.items:
             item.features = embeds[item.sample, item.positions]
+            item.project = self.adapter.project
             selection = self._selection(item)
             rows = item.positions[selection.keep.to(item.positions.device)]
             keep[item.sample, rows] = True
@@ -153,6 +156,8 @@ class VisionStage:
         needs = self.method.needs
         if "vision_attention" in needs:
             self.adapter.vision_scores(self.runs, request.items)
+        if "tower_features" in needs:
+            self.adapter.tower_features(self.runs, request.items)
         if "text_embeddings" in needs:
             text = request.prompt_valid & ~request.visual
             for item in request.items:
@@ -166,6 +171,10 @@ class VisionStage:
                 self.tower_cut.choices.clear()
         grids = self.adapter.tower_grids(args, kwargs)
         self.runs.append(VisionRun(grids, self.adapter.tower_count(args, kwargs)))
+
+    def _before_projector(self, module: nn.Module, args: tuple) -> None:
+        if self.runs:  # the projector runs after (LLaVA, Gemma-3) or at the end of (Qwen) its tower's forward
+            self.runs[-1].projector_inputs.append(args[0].detach())
 
     def _attention(self, module, query, key, value, attention_mask, **kwargs):
         output = self._functions.base(self._backend, module)(module, query, key, value, attention_mask, **kwargs)

@@ -10,6 +10,7 @@ runtime; a method never touches a model input.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -20,7 +21,7 @@ from vlmzip.errors import PolicyError, UnsupportedModelError
 from vlmzip.stages.method import Method, ModelInfo, Stage, stage_option
 
 #: signals the runtime can compute for a vision method, by the name a method lists in ``needs``
-SIGNALS = frozenset({"vision_attention", "text_embeddings"})
+SIGNALS = frozenset({"vision_attention", "text_embeddings", "tower_features"})
 
 
 @dataclass
@@ -31,7 +32,10 @@ class VisualItem:
     ``(frames, rows, cols)`` layout in language-model tokens; ``features`` are its token embeddings as the
     language model would receive them, ``[n, D]``; ``signals`` holds what the method asked for in ``needs``:
     ``"vision_attention"`` (``[n]``: [CLS] attention, or the mean attention a token's patches receive) and
-    ``"text_embeddings"`` (``[T, D]``: the embeddings of the sample's text tokens, e.g. its question).
+    ``"text_embeddings"`` (``[T, D]``: the embeddings of the sample's text tokens, e.g. its question) and
+    ``"tower_features"`` (``[n, U, D_vision]``: what the projector turns into each token, its ``U`` vision-tower
+    vectors). ``project`` is the model's projector on such inputs: ``[m, U, D_vision] -> [m, D]``, so
+    ``project(signals["tower_features"])`` gives ``features`` again (within rounding).
     """
 
     sample: int
@@ -43,6 +47,7 @@ class VisualItem:
     sample_index: int = 0  # order among the items of its sample
     features: torch.Tensor | None = None
     signals: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def num_tokens(self) -> int:

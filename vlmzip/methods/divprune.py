@@ -1,0 +1,37 @@
+"""DivPrune: keep the most diverse visual tokens (greedy max-min over cosine distance); no attention needed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from vlmzip.registry import register_method
+from vlmzip.selection import greedy_max_min
+from vlmzip.stages import VisionMethod, VisualItem, VisualSelection
+
+
+@register_method
+@dataclass(frozen=True)
+class DivPrune(VisionMethod):
+    """ "DivPrune: Diversity-based Visual Token Pruning for Large Multimodal Models" (CVPR 2025).
+
+    Keeps ``keep`` tokens per item chosen by greedy max-min diversity: each next token is the one farthest (cosine
+    distance of the projected features) from its nearest token already kept, starting from the token farthest
+    from its nearest neighbour (as the reference's first step). Needs no attention, so the model keeps any backend.
+    The paper's only parameter is the kept share; vlmzip's default, like every vision method's, is 64 tokens.
+    """
+
+    name = "divprune"
+    paper = "arXiv:2503.02175"
+    title = "DivPrune: Diversity-based Visual Token Pruning for Large Multimodal Models"
+    deviation = "none beyond batching: each image (or video) of a batched request is pruned on its own"
+
+    def select(self, item: VisualItem) -> VisualSelection:
+        count = self.budget(item)
+        if count == item.num_tokens:
+            return VisualSelection(torch.arange(count))
+        unit = F.normalize(item.features.float(), dim=-1)
+        chosen = greedy_max_min(1 - unit @ unit.T, count)
+        return VisualSelection(chosen.cpu().sort().values)
