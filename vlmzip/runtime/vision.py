@@ -16,12 +16,15 @@ import torch
 from torch import nn
 
 from vlmzip.adapter import Adapter, VisionRun
-from vlmzip.runtime.attention import AttentionFunctions, scaling
+from vlmzip.runtime.attention import AttentionFunctions, PackedChunks, scaling
 from vlmzip.runtime.masks import cut_mask
 from vlmzip.runtime.request import Request
 from vlmzip.scoring import attention_mass, uses_kernel
 from vlmzip.selection import gather_positions, gather_rows, pack_left
-from vlmzip.stages import ModelInfo, VisionMethod
+from vlmzip.stages import AttentionFunction, ModelInfo, VisionMethod
+
+# backends a tower that packs its chunks calls once per chunk (flash takes them in one call; others are left alone)
+_CHUNKED_BACKENDS = ("sdpa", "eager")
 
 
 class VisionStage:
@@ -40,20 +43,30 @@ class VisionStage:
         # (layer, query rows, keys, scaling, dense mask, cu_seqlens of a packed call)
         self._pending: list[tuple] = []
         self._functions: AttentionFunctions | None = None
+        self._tower_attention: AttentionFunction | None = None
 
     def install(self, functions: AttentionFunctions) -> list[Any]:
-        """Register the tower hooks (and, where the method reads tower attention, its attention function)."""
+        """Register the tower hooks and, where it changes anything, the tower's attention function."""
         tower = self.adapter.vision_tower
         # always: under generate the tower's arguments (e.g. Qwen's grid_thw) are the only record of the
         # items' layouts, which every policy needs to locate the visual tokens
         handles = [tower.register_forward_pre_hook(self._before_tower, with_kwargs=True)]
+        modules = self.adapter.vision_attention_modules()
+        self._backend = modules[0].config._attn_implementation
+        self._functions = functions
+        # the one place that decides the tower's attention: its own backend, batched over chunks where the tower
+        # would call it chunk by chunk (a flash backend already takes them in one call), wrapped by the scoring
+        # function where the method reads tower attention
+        packed = self.adapter.packs_vision_chunks and self._backend in _CHUNKED_BACKENDS
+        self._tower_attention = (
+            PackedChunks(self._base, contiguous=self._backend == "eager") if packed else self._call_base
+        )
         if self.layers:
-            modules = self.adapter.vision_attention_modules()
             self._layer_of = {id(m): i for i, m in enumerate(modules)}
-            self._backend = modules[0].config._attn_implementation
-            self._functions = functions
-            functions.use(self.adapter.vision_config_key, self._backend, self._attention)
+            functions.use(self.adapter.vision_config_key, self._backend, self._attention, packed=packed)
             handles.append(tower.register_forward_hook(lambda *_: self._flush()))
+        elif packed:
+            functions.use(self.adapter.vision_config_key, self._backend, self._tower_attention, packed=True)
         return handles
 
     def new_encoding(self) -> None:
@@ -146,8 +159,15 @@ class VisionStage:
         grids = self.adapter.tower_grids(args, kwargs)
         self.runs.append(VisionRun(grids, self.adapter.tower_count(args, kwargs)))
 
+    def _base(self, module: nn.Module) -> AttentionFunction:
+        return self._functions.base(self._backend, module)
+
+    def _call_base(self, module, query, key, value, attention_mask, **kwargs):
+        return self._base(module)(module, query, key, value, attention_mask, **kwargs)
+
     def _attention(self, module, query, key, value, attention_mask, **kwargs):
-        output = self._functions.base(self._backend, module)(module, query, key, value, attention_mask, **kwargs)
+        """The scoring wrapper: the tower's attention, and the mass of the captured layers' calls."""
+        output = self._tower_attention(module, query, key, value, attention_mask, **kwargs)
         layer = self._layer_of.get(id(module))
         if self.runs and layer in self.layers:
             if self._pending and self._pending[0][0] != layer:
