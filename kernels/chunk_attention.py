@@ -34,7 +34,9 @@ __all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "ChunkPlan", "chunk_attention", "ch
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 STRATEGIES = ("grouped", "padded")
-#: the strategy ``chunk_attention`` uses when none is given (set by measurement: ``python -m vlmzip.kernels.bench``)
+#: the strategy ``chunk_attention`` uses when none is given, set by measurement (``python -m vlmzip.kernels.bench
+#: tower``): "grouped" is exact, and a first run on one H200 (bf16) found it as fast as "padded" (0.25 against
+#: 0.25 ms a windowed layer of 64 frames, 0.89 against 0.92 ms with edge windows; the per-window loop: 15.7 ms)
 DEFAULT_STRATEGY = "grouped"
 
 
