@@ -51,7 +51,7 @@ class ChunkPlan:
     total: int
     longest: int
     groups: tuple[tuple[int, int, torch.Tensor | None], ...]
-    cu_seqlens: torch.Tensor
+    cu_seqlens: torch.Tensor  # on the device of the index tensors
 
     @cached_property
     def padded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,30 +65,36 @@ class ChunkPlan:
         return gather, valid, valid.flatten().nonzero().squeeze(1)
 
 
-def chunk_plan(cu_seqlens: torch.Tensor, total: int | None = None, longest: int | None = None) -> ChunkPlan:
+def chunk_plan(
+    cu_seqlens: torch.Tensor,
+    total: int | None = None,
+    longest: int | None = None,
+    device: torch.device | str | None = None,
+) -> ChunkPlan:
     """The plan of a packed sequence of ``total`` elements split at ``cu_seqlens`` (``[n + 1]``, 0 to ``total``).
 
     Given ``total`` (the sequence's length, known from its shape) and ``longest`` (the longest chunk, which Qwen's
     towers compute once per forward for flash backends), equal chunks are recognised without reading
     ``cu_seqlens`` on the host: ``n`` chunks of at most ``longest`` that fill ``n * longest`` elements all have that
-    length. Otherwise the lengths are read once (one host sync).
+    length. Otherwise the lengths are read once (one host sync). ``device``: where the index tensors go (the
+    attention's device: a tower may get its ``grid_thw``, hence ``cu_seqlens``, on the CPU); default: the bounds'.
     """
+    device = cu_seqlens.device if device is None else torch.device(device)
     n = cu_seqlens.numel() - 1
     if total is not None and longest is not None and n > 0 and n * int(longest) == total:
-        return ChunkPlan(total, int(longest), ((int(longest), n, None),), cu_seqlens)
-    lengths = cu_seqlens.diff().tolist()
-    total = sum(lengths)
+        return ChunkPlan(total, int(longest), ((int(longest), n, None),), cu_seqlens.to(device))
+    bounds = cu_seqlens.tolist()  # the one host read
+    lengths = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
+    total = bounds[-1] if bounds else 0
     distinct = sorted(set(lengths) - {0})
     if len(distinct) == 1 and 0 not in lengths:
-        return ChunkPlan(total, distinct[0], ((distinct[0], n, None),), cu_seqlens)
-    starts = cu_seqlens[:-1].long()
-    by_length = torch.tensor(lengths, device=cu_seqlens.device)
+        return ChunkPlan(total, distinct[0], ((distinct[0], n, None),), cu_seqlens.to(device))
     groups = []
     for length in distinct:
-        first = starts[by_length == length]
-        index = (first[:, None] + torch.arange(length, device=first.device)).flatten()
-        groups.append((length, lengths.count(length), index))
-    return ChunkPlan(total, max(distinct, default=0), tuple(groups), cu_seqlens)
+        starts = torch.tensor([start for start, size in zip(bounds, lengths) if size == length], device=device)
+        index = (starts[:, None] + torch.arange(length, device=device)).flatten()
+        groups.append((length, len(starts), index))
+    return ChunkPlan(total, max(distinct, default=0), tuple(groups), cu_seqlens.to(device))
 
 
 def chunk_attention(

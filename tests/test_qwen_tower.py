@@ -238,6 +238,13 @@ def test_equal_chunks_are_planned_without_reading_the_bounds():
     assert plan.groups == ((16, 4, None),)
 
 
+def test_plans_index_on_the_attention_device():
+    """A tower may get ``grid_thw`` (so ``cu_seqlens``) on the CPU while it attends on a GPU."""
+    plan = chunk_plan(torch.tensor([0, 4, 8, 10]), device="meta")
+    assert [index.device.type for _, _, index in plan.groups] == ["meta", "meta"]
+    assert plan.cu_seqlens.device.type == "meta"  # what the padded strategy indexes from
+
+
 def test_chunk_attention_refuses_what_does_not_fit():
     q = torch.zeros(1, 2, 8, 4)
     plan = chunk_plan(torch.tensor([0, 4, 8]))

@@ -89,16 +89,16 @@ class PackedChunks:
         def attend(q, k, v, mask):
             return base(module, q, k, v, mask, **kwargs)[0]
 
-        plan = self._plan(bounds, query.shape[2], longest)
+        plan = self._plan(bounds, query.shape[2], longest, query.device)
         return chunk_attention(query, key, value, plan, attend, contiguous=self.contiguous), None
 
-    def _plan(self, bounds: torch.Tensor, total: int, longest: int | None) -> ChunkPlan:
+    def _plan(self, bounds: torch.Tensor, total: int, longest: int | None, device: torch.device) -> ChunkPlan:
         held = self._plans.get(id(bounds))
         if held is not None and held[0] is bounds:
             return held[1]
         if len(self._plans) >= 8:  # the previous forwards' tensors (the memo holds them, so ids stay unique)
             self._plans.clear()
-        plan = chunk_plan(bounds, total, longest)
+        plan = chunk_plan(bounds, total, longest, device)
         self._plans[id(bounds)] = (bounds, plan)
         return plan
 
