@@ -36,6 +36,7 @@ class QwenVLAdapter(Adapter):
     """Shared logic of the Qwen-VL families; subclasses register the model types."""
 
     vision_query = "mean"
+    packs_vision_chunks = True  # one batched call per layer instead of one per window/frame (issue 21)
 
     @property
     def vision_tower(self) -> nn.Module:

@@ -3,6 +3,9 @@
 * ``attention_mass``: the softmax attention a set of query rows puts on every key, head-averaged, without the
   ``[Q, K]`` matrix (``attention_mass_triton``; ``attention_mass_reference``). ``vlmzip.scoring`` runs the kernel
   on CUDA tensors and the reference elsewhere. ``python -m vlmzip.kernels.bench`` times both on a GPU.
+* ``chunk_attention``: block-diagonal attention over a packed sequence of chunks (Qwen's vision windows and frames)
+  in batched calls of a given attention function, beside the per-chunk loop it replaces
+  (``chunk_attention_loop``); ``python -m vlmzip.kernels.bench tower`` times them on a GPU.
 
 The other kernels the design names (block-sparse prefill attention, KV quantisation) are still to come; the
 references of the selection helpers live in ``vlmzip.selection``. This package imports nothing of vlmzip.

@@ -1,4 +1,14 @@
-"""Attention-mass kernel against its chunked torch reference on a CUDA GPU: ``python -m vlmzip.kernels.bench``.
+"""Kernels against their references on a CUDA GPU: ``python -m vlmzip.kernels.bench [mass|tower]``.
+
+``tower`` (``tower_bench``): one Qwen2.5-VL-7B-like vision attention layer on a 64-frame video (336x336 frames ->
+24x24 patches, 16 heads, head dim 80, bf16; windows of 112 px = 8x8 patches, so 9 windows of 64 a frame), run as
+the model runs it for ``sdpa`` (one SDPA call per window: 576 calls) against ``kernels.chunk_attention``'s batched
+strategies (``grouped``: one call per window length; ``padded``: one call, padding keys masked), for the windowed
+layer, a full-attention layer (64 frames of 576) and a grid that leaves edge windows (28x28 patches: windows of 64,
+32 and 16). Prints median ms, the speed-up over the loop, the max abs difference and whether the bits match; its
+result sets ``chunk_attention.DEFAULT_STRATEGY``.
+
+``mass`` (the default):
 
 Prints each case's median time, extra peak memory (beyond the inputs), max abs difference, and whether two kernel
 runs agree bit for bit. Work per case, counted before measuring (bf16; QK^T is computed in both passes, the
@@ -22,9 +32,14 @@ exponentials too; H200: 4.8 TB/s, 989 dense bf16 TFLOP/s, ~4.2e12 exp2/s on the 
 
 from __future__ import annotations
 
+import argparse
+import time
+from functools import partial
+
 import torch
 
 from vlmzip.kernels.attention_mass import attention_mass_reference, attention_mass_triton
+from vlmzip.kernels.chunk_attention import STRATEGIES, chunk_attention, chunk_attention_loop, chunk_plan
 
 
 def _case(batch, heads, kv_heads, n_q, n_k, dim, **args):
@@ -75,7 +90,7 @@ def _measure(function, query, key, args, repeats: int = 10) -> tuple[torch.Tenso
     return out, sorted(times)[len(times) // 2], peak
 
 
-def main() -> None:
+def mass_bench() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("the benchmark times CUDA kernels: no CUDA device here")
     torch.manual_seed(0)
@@ -90,6 +105,101 @@ def main() -> None:
               f"{ref_mib:9.1f} {error:11.2e} {str(torch.equal(out, again)):>9}")  # fmt: skip
         del out, again, expected
         torch.cuda.empty_cache()
+
+
+def _window_lengths(side: int, window: int) -> list[int]:
+    """Patches per window of one ``side`` x ``side`` frame cut into ``window``-patch windows (edge ones smaller)."""
+    edges = [min(window, side - start) for start in range(0, side, window)]
+    return [rows * cols for rows in edges for cols in edges]
+
+
+def _timed(function, repeats: int) -> tuple[torch.Tensor, float]:
+    """Output and median milliseconds of ``function()`` (CUDA events on a GPU, wall clock elsewhere)."""
+    out = function()  # warm-up
+    cuda = out.is_cuda
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            function()
+            stop.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(stop))
+        else:
+            begin = time.perf_counter()
+            function()
+            times.append((time.perf_counter() - begin) * 1e3)
+    return out, sorted(times)[len(times) // 2]
+
+
+def tower_bench(
+    frames: int = 64,
+    side: int = 24,
+    heads: int = 16,
+    dim: int = 80,
+    window: int = 8,
+    device: str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    repeats: int = 20,
+    edge_side: int | None = None,
+) -> list[dict]:
+    """Time one Qwen vision attention layer per-chunk (the model's ``sdpa`` path) against each batched strategy.
+
+    Cases: the windowed layer (``frames`` frames of ``side`` x ``side`` patches in ``window``-patch windows), the
+    full-attention layer (one chunk per frame) and the windowed layer on ``edge_side`` patches a side (default
+    ``side + window / 2``: edge windows of other lengths). The plan (one host read of the lengths) is built once
+    outside the timing, as the runtime builds it once per forward for all layers of a kind. Returns one row per
+    (case, path) and prints them.
+    """
+    edge_side = edge_side if edge_side is not None else side + window // 2
+    cases = [
+        (f"window, {frames} frames of {side}x{side}", _window_lengths(side, window) * frames),
+        (f"full, {frames} frames of {side * side}", [side * side] * frames),
+        (f"window, edges ({edge_side}x{edge_side})", _window_lengths(edge_side, window) * frames),
+    ]
+    generator = torch.Generator(device=device).manual_seed(0)
+    scale = dim**-0.5
+
+    def attend(q, k, v, mask):  # what transformers' sdpa_attention_forward calls, in its layout
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).transpose(1, 2)
+
+    rows = []
+    print(f"{'case':34} {'path':8} {'calls':>6} {'ms':>9} {'speed-up':>8} {'max |diff|':>11} {'same bits':>9}")
+    for name, lengths in cases:
+        total = sum(lengths)
+        # [S, H, D] as the tower's qkv projection makes them, seen as [1, H, S, D] as its attention passes them
+        q, k, v = (
+            torch.randn(total, heads, dim, device=device, dtype=dtype, generator=generator).transpose(0, 1)[None]
+            for _ in range(3)
+        )
+        bounds = torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32)
+        plan = chunk_plan(bounds, total, max(lengths))
+        expected, loop_ms = _timed(partial(chunk_attention_loop, q, k, v, bounds, attend), repeats)
+        rows.append({"case": name, "path": "loop", "calls": len(lengths), "ms": loop_ms, "diff": 0.0, "same": True})
+        for strategy in STRATEGIES:
+            out, ms = _timed(partial(chunk_attention, q, k, v, plan, attend, strategy), repeats)
+            calls = 1 if strategy == "padded" else len(plan.groups)
+            diff = (out.float() - expected.float()).abs().max().item()
+            rows.append({"case": name, "path": strategy, "calls": calls, "ms": ms, "diff": diff,
+                         "same": torch.equal(out, expected)})  # fmt: skip
+        for row in rows[-1 - len(STRATEGIES) :]:
+            print(f"{row['case']:34} {row['path']:8} {row['calls']:6d} {row['ms']:9.3f} {loop_ms / row['ms']:7.1f}x "
+                  f"{row['diff']:11.2e} {str(row['same']):>9}")  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m vlmzip.kernels.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("what", nargs="?", choices=("mass", "tower"), default="mass")
+    parser.add_argument("--frames", type=int, default=64, help="tower: video frames (default 64)")
+    args = parser.parse_args()
+    if args.what == "mass":
+        mass_bench()
+        return
+    if not torch.cuda.is_available():
+        raise SystemExit("the benchmark times CUDA kernels: no CUDA device here")
+    tower_bench(frames=args.frames)
 
 
 if __name__ == "__main__":

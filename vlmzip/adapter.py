@@ -45,6 +45,10 @@ class Adapter:
     vision_query: ClassVar[Literal["cls", "mean"]] = "mean"
     #: name of the vision sub-config (for ``set_attn_implementation``)
     vision_config_key: ClassVar[str] = "vision_config"
+    #: the tower packs its items into one sequence split by ``cu_seqlens``, calling a ``sdpa``/``eager`` backend
+    #: once per chunk and an implementation whose name holds "flash" once with ``cu_seq_lens_q`` (Qwen-VL): under
+    #: ``compress`` vlmzip then runs the chunks batched (``runtime.attention.PackedChunks``)
+    packs_vision_chunks: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

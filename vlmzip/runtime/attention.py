@@ -9,6 +9,7 @@ mask) and points that sub-config at it; ``remove`` puts every backend back and u
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
+from vlmzip.kernels.chunk_attention import ChunkPlan, chunk_attention, chunk_plan
 from vlmzip.scoring import attention_probs
 from vlmzip.selection import gather_rows
 from vlmzip.stages import AttentionFunction, QueryAttention
@@ -30,10 +32,14 @@ class AttentionFunctions:
         self._names: list[str] = []
         self._eager: dict[type, AttentionFunction] = {}
 
-    def use(self, config_key: str, backend: str, function: AttentionFunction) -> None:
-        """Run ``function`` in place of ``backend`` for the sub-config ``config_key`` of the model."""
-        # the name keeps "flash" when the backend has it: transformers branches on that substring
+    def use(self, config_key: str, backend: str, function: AttentionFunction, packed: bool = False) -> None:
+        """Run ``function`` in place of ``backend`` for the sub-config ``config_key`` of the model; ``packed``: the
+        function takes the whole ``cu_seqlens``-packed sequence in one call (``PackedChunks``), as flash does."""
+        # the name keeps "flash" when the backend has it, and gets it when the function is packed: transformers
+        # branches on that substring (Qwen's vision attention then passes cu_seqlens in one call, not chunk by chunk)
         name = f"{self.prefix}_{config_key.split('_')[0]}_{backend}"
+        if packed and "flash" not in name:
+            name += "_packed_flash"
         AttentionInterface.register(name, function)
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[backend])
         self._names.append(name)
@@ -57,6 +63,44 @@ class AttentionFunctions:
         if kind not in self._eager:
             self._eager[kind] = inspect.getmodule(kind).eager_attention_forward
         return self._eager[kind]
+
+
+class PackedChunks:
+    """A flash-style attention function over a backend that is not: it takes the whole packed sequence
+    ``[1, H, S, D]`` with ``cu_seq_lens_q`` (what Qwen's vision attention passes to a "flash" implementation) and
+    runs the chunks through ``base(module)`` in a few batched calls (``vlmzip.kernels.chunk_attention``) instead of
+    the one call per chunk the model makes for ``sdpa``/``eager``. Chunk plans are memoised by the identity of the
+    ``cu_seqlens`` tensor: the tower hands the same one to every layer of a kind (windowed, full), so a forward
+    reads the lengths at most once per kind."""
+
+    def __init__(self, base: Callable[[nn.Module], AttentionFunction], contiguous: bool = False) -> None:
+        self.base, self.contiguous = base, contiguous  # contiguous chunks for eager (``chunk_attention``)
+        self._plans: dict[int, tuple[torch.Tensor, ChunkPlan]] = {}
+
+    def __call__(self, module, query, key, value, attention_mask, **kwargs):
+        base = self.base(module)
+        bounds = kwargs.pop("cu_seq_lens_q", None)
+        longest = kwargs.pop("max_length_q", None)
+        kwargs.pop("cu_seq_lens_k", None)
+        kwargs.pop("max_length_k", None)
+        if bounds is None:  # not a packed call
+            return base(module, query, key, value, attention_mask, **kwargs)
+
+        def attend(q, k, v, mask):
+            return base(module, q, k, v, mask, **kwargs)[0]
+
+        plan = self._plan(bounds, query.shape[2], longest, query.device)
+        return chunk_attention(query, key, value, plan, attend, contiguous=self.contiguous), None
+
+    def _plan(self, bounds: torch.Tensor, total: int, longest: int | None, device: torch.device) -> ChunkPlan:
+        held = self._plans.get(id(bounds))
+        if held is not None and held[0] is bounds:
+            return held[1]
+        if len(self._plans) >= 8:  # the previous forwards' tensors (the memo holds them, so ids stay unique)
+            self._plans.clear()
+        plan = chunk_plan(bounds, total, longest, device)
+        self._plans[id(bounds)] = (bounds, plan)
+        return plan
 
 
 def scaling(module: nn.Module, query: torch.Tensor, kwargs: dict[str, Any]) -> float:

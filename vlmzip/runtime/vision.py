@@ -17,13 +17,16 @@ from torch import nn
 
 from vlmzip.adapter import Adapter, VisionRun
 from vlmzip.errors import UnsupportedModelError
-from vlmzip.runtime.attention import AttentionFunctions, scaling
+from vlmzip.runtime.attention import AttentionFunctions, PackedChunks, scaling
 from vlmzip.runtime.masks import cut_mask
 from vlmzip.runtime.request import Request
 from vlmzip.runtime.tower import TowerCut
 from vlmzip.scoring import attention_mass, uses_kernel
 from vlmzip.selection import gather_positions, gather_rows, pack_left
-from vlmzip.stages import ModelInfo, VisionMethod, VisualItem, VisualSelection
+from vlmzip.stages import AttentionFunction, ModelInfo, VisionMethod, VisualItem, VisualSelection
+
+# backends a tower that packs its chunks calls once per chunk (flash takes them in one call; others are left alone)
+_CHUNKED_BACKENDS = ("sdpa", "eager")
 
 
 class VisionStage:
@@ -44,20 +47,30 @@ class VisionStage:
         self._functions: AttentionFunctions | None = None
         at_layer = method.at_layer if method is not None else 0
         self.tower_cut = TowerCut(adapter, method, lambda: self.runs, self._flush) if at_layer else None
+        self._tower_attention: AttentionFunction | None = None
 
     def install(self, functions: AttentionFunctions) -> list[Any]:
-        """Register the tower hooks (and, where the method reads tower attention, its attention function)."""
+        """Register the tower hooks and, where it changes anything, the tower's attention function."""
         tower = self.adapter.vision_tower
         # always: under generate the tower's arguments (e.g. Qwen's grid_thw) are the only record of the
         # items' layouts, which every policy needs to locate the visual tokens
         handles = [tower.register_forward_pre_hook(self._before_tower, with_kwargs=True)]
+        modules = self.adapter.vision_attention_modules()
+        self._backend = modules[0].config._attn_implementation
+        self._functions = functions
+        # the one place that decides the tower's attention: its own backend, batched over chunks where the tower
+        # would call it chunk by chunk (a flash backend already takes them in one call), wrapped by the scoring
+        # function where the method reads tower attention
+        packed = self.adapter.packs_vision_chunks and self._backend in _CHUNKED_BACKENDS
+        self._tower_attention = (
+            PackedChunks(self._base, contiguous=self._backend == "eager") if packed else self._call_base
+        )
         if self.layers:
-            modules = self.adapter.vision_attention_modules()
             self._layer_of = {id(m): i for i, m in enumerate(modules)}
-            self._backend = modules[0].config._attn_implementation
-            self._functions = functions
-            functions.use(self.adapter.vision_config_key, self._backend, self._attention)
+            functions.use(self.adapter.vision_config_key, self._backend, self._attention, packed=packed)
             handles.append(tower.register_forward_hook(lambda *_: self._flush()))
+        elif packed:
+            functions.use(self.adapter.vision_config_key, self._backend, self._tower_attention, packed=True)
         if self.method is not None and "tower_features" in self.method.needs:
             handles.append(self.adapter.projector.register_forward_pre_hook(self._before_projector))
         if self.tower_cut is not None:
@@ -176,8 +189,15 @@ class VisionStage:
         if self.runs:  # the projector runs after (LLaVA, Gemma-3) or at the end of (Qwen) its tower's forward
             self.runs[-1].projector_inputs.append(args[0].detach())
 
+    def _base(self, module: nn.Module) -> AttentionFunction:
+        return self._functions.base(self._backend, module)
+
+    def _call_base(self, module, query, key, value, attention_mask, **kwargs):
+        return self._base(module)(module, query, key, value, attention_mask, **kwargs)
+
     def _attention(self, module, query, key, value, attention_mask, **kwargs):
-        output = self._functions.base(self._backend, module)(module, query, key, value, attention_mask, **kwargs)
+        """The scoring wrapper: the tower's attention, and the mass of the captured layers' calls."""
+        output = self._tower_attention(module, query, key, value, attention_mask, **kwargs)
         layer = self._layer_of.get(id(module))
         if self.runs and layer in self.layers:
             if self._pending and self._pending[0][0] != layer:
