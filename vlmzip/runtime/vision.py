@@ -56,7 +56,8 @@ class VisionStage:
         # items' layouts, which every policy needs to locate the visual tokens
         handles = [tower.register_forward_pre_hook(self._before_tower, with_kwargs=True)]
         modules = self.adapter.vision_attention_modules()
-        self._backend = modules[0].config._attn_implementation
+        # a tower may list no attention layer (nothing to score or batch: its attention stays as it is)
+        self._backend = modules[0].config._attn_implementation if modules else ""
         self._functions = functions
         # the one place that decides the tower's attention: its own backend, batched over chunks where the tower
         # would call it chunk by chunk (a flash backend already takes them in one call), wrapped by the scoring
