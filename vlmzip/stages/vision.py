@@ -103,6 +103,9 @@ class VisionMethod(Method):
     stage: ClassVar[Stage] = "vision"
     #: signals the method reads from ``item.signals`` (a subset of ``SIGNALS``)
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: the kinds of item the method prunes; the runtime refuses a request holding any other kind (``InputError``)
+    #: rather than pass it through whole, which would break ``keep``'s count (a video method on an image)
+    media: ClassVar[frozenset[str]] = frozenset({"image", "video"})
     #: signals that exist inside the tower, where ``at_layer`` chooses
     TOWER_SIGNALS: ClassVar[frozenset[str]] = frozenset({"vision_attention"})
     keep: Keep = 64
@@ -138,6 +141,10 @@ class VisionMethod(Method):
             raise PolicyError(
                 f"{self.name}: at_layer={self.at_layer} is not inside the vision tower; this model's features come "
                 f"from {info.vision_layers} tower layers: use 1..{info.vision_layers - 1}, or 0 for after the tower"
+            )
+        if "image" not in self.media:  # the tower is cut image by image (CLIP, SigLIP)
+            raise PolicyError(
+                f"{self.name}: prunes {'/'.join(sorted(self.media))} only, not inside the tower; drop at_layer"
             )
         if self.needs - self.TOWER_SIGNALS:
             raise PolicyError(
