@@ -132,6 +132,10 @@ class VisionMethod(Method):
             )
 
     def _check_tower_layer(self, info: ModelInfo) -> None:
+        if "image" not in self.media:  # the tower is cut image by image (CLIP, SigLIP)
+            raise PolicyError(
+                f"{self.name}: prunes {'/'.join(sorted(self.media))} only, not inside the tower; drop at_layer"
+            )
         if not info.tower_cut:
             raise UnsupportedModelError(
                 f"{self.name}: this family's vision tower cannot be pruned inside (at_layer={self.at_layer}); "
@@ -141,10 +145,6 @@ class VisionMethod(Method):
             raise PolicyError(
                 f"{self.name}: at_layer={self.at_layer} is not inside the vision tower; this model's features come "
                 f"from {info.vision_layers} tower layers: use 1..{info.vision_layers - 1}, or 0 for after the tower"
-            )
-        if "image" not in self.media:  # the tower is cut image by image (CLIP, SigLIP)
-            raise PolicyError(
-                f"{self.name}: prunes {'/'.join(sorted(self.media))} only, not inside the tower; drop at_layer"
             )
         if self.needs - self.TOWER_SIGNALS:
             raise PolicyError(
