@@ -34,10 +34,24 @@ KEEP_ALL = [
 ]
 QUARTER = {info.name: info.stage for info in BUILTIN}  # method -> stage whose kept count keep=0.25 sets
 NEW_TOKENS = 5
+# the tiny families that take videos, from the family registry: those whose special ids name a video token
+QWEN = [name for name, tiny in tiny_models().items() if "video" in tiny.special_ids]
+
+
+def _inputs_for(policy: str, family: str, model, batch: dict) -> dict:
+    """The request a policy is checked on: ``batch`` (images), or for a vision method that prunes only videos (its
+    ``media``) a left-padded batch of two videos, skipped on the families that take none."""
+    vision = vlmzip.Policy.parse(policy).vision
+    if vision is None or "image" in vision.media:
+        return batch
+    if family not in QWEN:
+        pytest.skip(f"{vision.name} prunes videos only and the {family} family takes none")
+    return random_inputs(model, [0, 0], text_lengths=[3, 7], video_frames=[4, 2])
 
 
 @pytest.mark.parametrize("policy", KEEP_ALL)
-def test_keep_everything_equals_the_unwrapped_model(model, batch, policy):
+def test_keep_everything_equals_the_unwrapped_model(family, model, batch, policy):
+    batch = _inputs_for(policy, family, model, batch)
     for inputs in (split_batch(model, batch)[0], batch):  # batch of 1, and left-padded batch of 2
         reference = greedy(model, inputs)
         vlmzip.compress(model, policy)
@@ -48,12 +62,13 @@ def test_keep_everything_equals_the_unwrapped_model(model, batch, policy):
 
 
 @pytest.mark.parametrize("method", list(QUARTER))
-def test_quarter_keeps_exactly_a_quarter_and_every_text_token(model, batch, method):
+def test_quarter_keeps_exactly_a_quarter_and_every_text_token(family, model, batch, method):
+    batch = _inputs_for(f"{method}:keep=0.25", family, model, batch)
     vlmzip.compress(model, f"{method}:keep=0.25")
     out = greedy(model, batch, NEW_TOKENS)
     stats = vlmzip.stats(model)
     visual_in = visual_token_count(model, batch)
-    expected = [n // 4 for n in visual_in]  # 16 tokens per image
+    expected = [n // 4 for n in visual_in]  # 16 tokens per image or frame pair
     assert stats.visual_tokens_in == visual_in
     assert out.sequences.shape[1] == batch["input_ids"].shape[1] + NEW_TOKENS
 
@@ -210,10 +225,6 @@ def test_manual_decode_loop_and_generate_without_cache(family):
     vlmzip.compress(model, "vtc-cls:keep=0.25")
     model.generate(**batch, max_new_tokens=3, use_cache=False, do_sample=False)
     assert vlmzip.stats(model).visual_tokens_kept["vision"] == [n // 4 for n in visual_token_count(model, batch)]
-
-
-# the tiny families that take videos, from the family registry: those whose special ids name a video token
-QWEN = [name for name, tiny in tiny_models().items() if "video" in tiny.special_ids]
 
 
 @pytest.mark.parametrize("qwen", QWEN)

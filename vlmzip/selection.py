@@ -214,11 +214,14 @@ def spatial_windows(grid: tuple[int, int, int], window: int) -> torch.Tensor:
     return (torch.arange(frames)[:, None] * (tile_rows * tile_cols) + per_frame).flatten()
 
 
-def join_nearest(features: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def join_nearest(
+    features: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor | None = None
+) -> torch.Tensor:
     """Where each of ``n`` tokens goes when the tokens outside ``keep`` join the most similar of ``targets``.
 
-    features: ``[n, D]``; keep: ``[k]`` ascending indices; targets: indices, a subset of ``keep``. Returns ``[n]``:
-    the position in ``keep`` of the kept token each token goes to (a kept token: its own), by the cosine
+    features: ``[n, D]``; keep: ``[k]`` ascending indices; targets: indices, a subset of ``keep``; groups: ``[n]``,
+    optional: a token then joins only targets of its own group, and is dropped (``-1``) where there is none. Returns
+    ``[n]``: the position in ``keep`` of the kept token each token goes to (a kept token: its own), by the cosine
     similarity of ``features``; ties go to the earlier target. ``merge_rows(features, result, k)`` then merges.
     """
     sources = torch.full((features.shape[0],), -1, dtype=torch.long)
@@ -226,6 +229,77 @@ def join_nearest(features: torch.Tensor, keep: torch.Tensor, targets: torch.Tens
     joiners = (sources < 0).nonzero().flatten()
     if len(joiners) and len(targets):
         unit = torch.nn.functional.normalize(features.float(), dim=-1)
-        nearest = (unit[joiners.to(unit.device)] @ unit[targets.to(unit.device)].T).argmax(dim=1).cpu()
-        sources[joiners] = sources[targets[nearest]]
+        similarity = unit[joiners.to(unit.device)] @ unit[targets.to(unit.device)].T
+        if groups is not None:
+            other = groups[joiners][:, None] != groups[targets][None, :]
+            similarity = similarity.masked_fill(other.to(similarity.device), float("-inf"))
+        best, nearest = similarity.max(dim=1)
+        sources[joiners] = torch.where(best.cpu() > float("-inf"), sources[targets[nearest.cpu()]], -1)
     return sources
+
+
+def temporal_segments(frames: torch.Tensor, minimum: int, threshold: float) -> torch.Tensor:
+    """Split a video into runs of similar consecutive frames (FastVID's dynamic segmentation).
+
+    frames: ``[F, D]``, one feature per frame in temporal order. A new segment starts after each of the
+    ``minimum - 1`` weakest transitions (lowest cosine similarity of adjacent frames; ties: the earlier) and after
+    every transition whose similarity is below ``threshold``, so there are at least ``min(minimum, F)`` segments.
+    Returns ``[F]`` long: each frame's segment, ``0, 1, ...`` non-decreasing.
+    """
+    unit = torch.nn.functional.normalize(frames.float(), dim=-1)
+    similarity = (unit[:-1] * unit[1:]).sum(dim=-1)
+    cut = similarity < threshold
+    cut[similarity.argsort(stable=True)[: max(minimum - 1, 0)]] = True
+    return torch.cat([cut.new_zeros(1), cut]).long().cumsum(dim=0)
+
+
+def spread_evenly(totals: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Each group's ``totals[g]`` spread over its members as evenly as possible, the earlier members taking the
+    remainder. groups: ``[m]``, each member's group, members of a group consecutive. Returns ``[m]`` long."""
+    sizes = torch.bincount(groups, minlength=len(totals))
+    rank = torch.arange(len(groups)) - (sizes.cumsum(dim=0) - sizes)[groups]
+    return totals[groups] // sizes[groups] + (rank < totals[groups] % sizes[groups]).long()
+
+
+def split_proportionally(total: int, sizes: torch.Tensor) -> torch.Tensor:
+    """``total`` split over groups of ``sizes [G]`` (ints, not all 0) in proportion to their size: the floors of
+    the exact shares, then one more to the largest remainders (ties: the earlier group). Sums to ``total``; no group
+    gets more than its size while ``total <= sizes.sum()``. Returns ``[G]`` long."""
+    exact = total * sizes.double() / sizes.sum()
+    counts = exact.floor().long()
+    extra = (exact - counts).argsort(descending=True, stable=True)[: total - int(counts.sum())]
+    return counts.index_add_(0, extra, torch.ones_like(extra))
+
+
+def preferred_groups(
+    groups: torch.Tensor, allowed: torch.Tensor, preferred: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
+    """Each group's candidates for ``counts[g]`` picks: its ``allowed & preferred`` points where they are at least
+    ``counts[g]``, else all its ``allowed`` points. groups: ``[n]`` long (``0 .. G - 1``); allowed, preferred:
+    ``[n]`` bool; counts: ``[G]``. Returns ``[n]``: the group of each candidate, ``-1`` elsewhere."""
+    narrow = allowed & preferred
+    few = torch.bincount(groups[narrow], minlength=len(counts)) < counts
+    return torch.where(narrow | allowed & few[groups], groups, -1)
+
+
+def grouped_density_peaks(
+    points: torch.Tensor, groups: torch.Tensor, counts: torch.Tensor, neighbours: int
+) -> torch.Tensor:
+    """``counts[g]`` density-peak centres (DPC-kNN over ``neighbours`` nearest, as ``batched_density_peaks``) among
+    the ``points [n, D]`` of each group ``g`` (``groups [n]``: each point's group, ``-1``: none), all groups in one
+    batched call. ``counts[g]`` may be 0 and must not exceed the group's size. Returns the centres' indices into
+    ``points``, ascending, ``[counts.sum()]``."""
+    groups, counts = groups.cpu(), counts.cpu()
+    if int(counts.sum()) == 0:
+        return torch.zeros(0, dtype=torch.long)
+    members = (groups >= 0).nonzero().flatten()
+    members = members[groups[members].argsort(stable=True)]  # by group, each group in index order
+    group = groups[members]
+    sizes = torch.bincount(group, minlength=len(counts))
+    slot = torch.arange(len(members)) - (sizes.cumsum(dim=0) - sizes)[group]
+    index = torch.full((len(counts), int(sizes.max())), -1, dtype=torch.long)
+    index[group, slot] = members
+    centres, centre_valid, _ = batched_density_peaks(
+        points[index.clamp(min=0)], index >= 0, counts, torch.full_like(counts, neighbours)
+    )
+    return index.gather(1, centres.cpu())[centre_valid.cpu()].sort().values

@@ -10,6 +10,7 @@ from vlmzip.methods import (  # noqa: F401
     dart,
     divprune,
     fastv,
+    fastvid,
     knorm,
     mustdrop,
     mustdrop_vision,

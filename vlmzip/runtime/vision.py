@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from vlmzip.adapter import Adapter, VisionRun
-from vlmzip.errors import UnsupportedModelError
+from vlmzip.errors import InputError, UnsupportedModelError
 from vlmzip.runtime.attention import AttentionFunctions, PackedChunks, scaling
 from vlmzip.runtime.masks import cut_mask
 from vlmzip.runtime.request import Request
@@ -89,9 +89,22 @@ class VisionStage:
             request.items = self.adapter.visual_items(request.inputs, self.runs)
             for item in request.items:
                 request.visual[item.sample, item.positions] = True
+            self._check_media(request.items)
         counts = torch.stack([(request.visual & request.prompt_valid).sum(dim=1), request.prompt_valid.sum(dim=1)])
         request.visual_in, request.rows_count = counts.tolist()
         request.visual_count = list(request.visual_in)
+
+    def _check_media(self, items: list[VisualItem]) -> None:
+        """Refuse, before the language model runs, an item of a kind the method does not prune (its ``media``)."""
+        media = self.method.media if self.method is not None else frozenset({"image", "video"})
+        for item in items:
+            if item.kind not in media:
+                raise InputError(
+                    f"{self.method.name} prunes {' and '.join(sorted(media))} inputs only, but sample {item.sample} "
+                    f"holds {item.kind} input ({item.num_tokens} tokens, grid {item.grid}); give video frames as a "
+                    "video (the processor's videos=...), or use a vision method that takes images (uniform, "
+                    "visionzip, divprune, cdpruner)"
+                )
 
     # -- the cut at the language model's input -------------------------------------------------------------
     def cut(self, request: Request, kwargs: dict[str, Any]) -> bool:

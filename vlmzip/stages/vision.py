@@ -103,6 +103,9 @@ class VisionMethod(Method):
     stage: ClassVar[Stage] = "vision"
     #: signals the method reads from ``item.signals`` (a subset of ``SIGNALS``)
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: the kinds of item the method prunes; the runtime refuses a request holding any other kind (``InputError``)
+    #: rather than pass it through whole, which would break ``keep``'s count (a video method on an image)
+    media: ClassVar[frozenset[str]] = frozenset({"image", "video"})
     #: signals that exist inside the tower, where ``at_layer`` chooses
     TOWER_SIGNALS: ClassVar[frozenset[str]] = frozenset({"vision_attention"})
     keep: Keep = 64
@@ -129,6 +132,10 @@ class VisionMethod(Method):
             )
 
     def _check_tower_layer(self, info: ModelInfo) -> None:
+        if "image" not in self.media:  # the tower is cut image by image (CLIP, SigLIP)
+            raise PolicyError(
+                f"{self.name}: prunes {'/'.join(sorted(self.media))} only, not inside the tower; drop at_layer"
+            )
         if not info.tower_cut:
             raise UnsupportedModelError(
                 f"{self.name}: this family's vision tower cannot be pruned inside (at_layer={self.at_layer}); "
