@@ -58,10 +58,10 @@ class TowerCut:
         ]
         if "vision_attention" in self.method.needs:
             self.adapter.vision_scores(runs, items)
-        kept = []
         for item, features in zip(items, tokens):
             item.features = features
-            selection = self.method.select(item)
+        kept = []
+        for item, selection in zip(items, self.method.select_batch(items), strict=True):
             if selection.merged:
                 raise UnsupportedModelError(
                     f"{self.method.name}: merges tokens, which a choice inside the tower cannot do; drop at_layer"

@@ -122,7 +122,7 @@ class VisionStage:
         for item in request.items:
             item.features = embeds[item.sample, item.positions]
             item.project = self.adapter.project
-            selection = self._selection(item)
+        for item, selection in zip(request.items, self._selections(request.items), strict=True):
             rows = item.positions[selection.keep.to(item.positions.device)]
             keep[item.sample, rows] = True
             kept[item.sample] += len(rows)
@@ -152,18 +152,22 @@ class VisionStage:
         request.record("vision", kept)
         return True
 
-    def _selection(self, item: VisualItem) -> VisualSelection:
-        """The method's choice for ``item``: made now, or inside the tower for the image it shows."""
+    def _selections(self, items: list[VisualItem]) -> list[VisualSelection]:
+        """The method's choice for every item, in one call (a batched method chooses for all at once), or the
+        choices made inside the tower for the images the items show."""
         if self.tower_cut is None:
-            return self.method.select(item)
-        choice = self.tower_cut.choices.get(item.kind_index)
-        if choice is None:
-            raise UnsupportedModelError(
-                f"{self.method.name}: at_layer={self.method.at_layer} chooses inside the vision tower, but this "
-                f"request's {item.kind} {item.kind_index} was not encoded by it (features passed precomputed?); "
-                "drop at_layer"
-            )
-        return VisualSelection(choice)
+            return self.method.select_batch(items)
+        selections = []
+        for item in items:
+            choice = self.tower_cut.choices.get(item.kind_index)
+            if choice is None:
+                raise UnsupportedModelError(
+                    f"{self.method.name}: at_layer={self.method.at_layer} chooses inside the vision tower, but this "
+                    f"request's {item.kind} {item.kind_index} was not encoded by it (features passed precomputed?); "
+                    "drop at_layer"
+                )
+            selections.append(VisualSelection(choice))
+        return selections
 
     def _cut_mask(self, mask: Any, index: torch.Tensor, valid: torch.Tensor) -> Any:
         """The language model's mask argument cut to rows ``index``: a 2D mask becomes the new padding; Gemma-3's

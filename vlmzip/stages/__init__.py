@@ -21,7 +21,7 @@ from vlmzip.stages.prefill import (
     scale_layers,
     validate_layers,
 )
-from vlmzip.stages.vision import SIGNALS, VisionMethod, VisualItem, VisualSelection
+from vlmzip.stages.vision import SIGNALS, VisionMethod, VisualItem, VisualSelection, by_size
 
 __all__ = [
     "SIGNALS",
@@ -45,6 +45,7 @@ __all__ = [
     "VisionMethod",
     "VisualItem",
     "VisualSelection",
+    "by_size",
     "equivalent_budgets",
     "scale_layers",
     "validate_layers",

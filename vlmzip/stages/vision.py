@@ -1,8 +1,10 @@
 """The vision-stage contract: choose or merge each image's (or video's) tokens before the language model.
 
-The runtime hands a method one ``VisualItem`` at a time (its token embeddings as the language model would
-receive them, its layout, and the signals the method asked for in ``needs``) and receives a
-``VisualSelection``: which of the item's tokens survive, and optionally new embeddings for them (merging).
+The runtime hands a method the ``VisualItem``s of a request (each one's token embeddings as the language model
+would receive them, its layout, and the signals the method asked for in ``needs``) and receives a
+``VisualSelection`` per item: which of the item's tokens survive, and optionally new embeddings for them
+(merging). A method decides one item at a time (``score`` or ``select``) or all of them at once
+(``select_batch``, for choices that cost a small computation per kept token).
 Everything indexed by sequence position (ids, masks, position ids, family extras) is then cut by the
 runtime; a method never touches a model input.
 """
@@ -10,6 +12,7 @@ runtime; a method never touches a model input.
 from __future__ import annotations
 
 import dataclasses
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -91,8 +94,9 @@ class VisualSelection:
 class VisionMethod(Method):
     """Keeps (or merges into) a subset of each image's (or video's) tokens before the language model sees them.
 
-    ``keep`` is a fraction of each item's tokens or a token count per item. Steps to override: ``score``
-    (most methods: the base class keeps the top ``keep``), or ``select`` (any other choice, merging).
+    ``keep`` is a fraction of each item's tokens or a token count per item. Override one step: ``score`` (most
+    methods: the base class keeps the top ``keep``), ``select`` (any other choice of one item, merging), or
+    ``select_batch`` (a choice made for all the items at once: greedy ones that take a step per kept token).
 
     ``at_layer=L`` (> 0) chooses before vision-tower layer ``L`` instead of after the tower: the remaining tower
     layers run on the kept tokens' patches only. The item's ``features`` are then the tower's hidden states
@@ -161,9 +165,35 @@ class VisionMethod(Method):
         raise NotImplementedError(f"{type(self).__name__} must override score() or select()")
 
     def select(self, item: VisualItem) -> VisualSelection:
-        """The item's surviving tokens: by default the ``budget`` highest ``score``s, in their original order."""
+        """The item's surviving tokens: by default the ``budget`` highest ``score``s, in their original order (a
+        method that overrides ``select_batch`` instead: its choice for ``item`` alone)."""
+        if type(self).select_batch is not VisionMethod.select_batch:
+            return self.select_batch([item])[0]
         count = self.budget(item)
         if count == item.num_tokens:
             return VisualSelection(torch.arange(count))
         scores = self.score(item).float().cpu()
         return VisualSelection(scores.argsort(descending=True, stable=True)[:count].sort().values)
+
+    def select_batch(self, items: list[VisualItem]) -> list[VisualSelection]:
+        """Every item's surviving tokens, in the items' order: by default ``select`` on each. The runtime calls this
+        once per request (or tower batch) with all its items; override it, not ``select``, where one batched
+        computation beats one per item (``by_size`` stacks items of one token count), and give each item exactly
+        what it would get alone."""
+        return [self.select(item) for item in items]
+
+
+def by_size(
+    items: list[VisualItem], choose: Callable[[list[VisualItem]], list[VisualSelection]]
+) -> list[VisualSelection]:
+    """``choose`` on each group of ``items`` with one token count (their ``[n, ...]`` tensors stack to ``[B, n, ...]``
+    without padding: Qwen images of different grids, videos of different lengths), the results in the items' order.
+    """
+    groups: dict[int, list[int]] = defaultdict(list)
+    for order, item in enumerate(items):
+        groups[item.num_tokens].append(order)
+    selections: list[VisualSelection | None] = [None] * len(items)
+    for members in groups.values():
+        for order, selection in zip(members, choose([items[i] for i in members]), strict=True):
+            selections[order] = selection
+    return selections
