@@ -109,10 +109,12 @@ def projection_sensitivity(
     """How much a projector's output moves per unit of input movement, for each token: a zeroth-order
     (forward-only) estimate of the norm of its Jacobian, ``[n]`` float32.
 
-    project: ``[m, U, D] -> [m, E]``; inputs: ``[n, U, D]``. Each token's input moves along ``directions`` random
-    unit directions (the same for every token, drawn from ``seed`` on the CPU, so the estimate does not depend on
-    the device or the batch), by ``epsilon`` times its own norm; the estimate is the mean of
-    ``|project(x + delta) - project(x)| / |delta|``. All moves and the unmoved inputs run in one projector call.
+    project: ``[m, U, D] -> [m, E]``; inputs: ``[n, U, D]``: one item's tokens, or the tokens of a whole batch of
+    items concatenated (the batched form: a token's estimate depends on that token alone, within the projector's
+    rounding on more rows). Each token's input moves along ``directions`` random unit directions (the same for
+    every token, drawn from ``seed`` on the CPU, so the estimate does not depend on the device or the batch), by
+    ``epsilon`` times its own norm; the estimate is the mean of ``|project(x + delta) - project(x)| / |delta|``.
+    All moves and the unmoved inputs run in one projector call.
     """
     n = inputs.shape[0]
     generator = torch.Generator().manual_seed(seed)

@@ -134,73 +134,141 @@ def cluster_means(points: torch.Tensor, valid: torch.Tensor, counts: torch.Tenso
     return centres, centre_valid, means
 
 
-def greedy_max_min(distance: torch.Tensor, count: int) -> torch.Tensor:
-    """Farthest-point selection: ``count`` of ``n`` points chosen one at a time, each the point whose distance to
-    the nearest point already chosen is largest (DivPrune's greedy max-min diversity).
+def _greedy_start(values: torch.Tensor, valid: torch.Tensor | None, counts: torch.Tensor):
+    """What every batched greedy loop starts from: ``(valid [B, n], width = max(counts), taken [B, n], chosen
+    [B, width])``. ``counts`` are read on the host (the loop count), never from the device."""
+    batch, n = values.shape[:2]
+    valid = torch.ones(batch, n, dtype=torch.bool, device=values.device) if valid is None else valid.to(values.device)
+    width = int(counts.max()) if len(counts) else 0
+    chosen = torch.empty(batch, width, dtype=torch.long, device=values.device)
+    return valid, width, ~valid, chosen
 
-    distance: ``[n, n]`` symmetric, zero diagonal. The first point is the one farthest from its nearest
-    neighbour. Ties go to the earlier point. Returns ``[count]`` indices in the order they were chosen.
+
+def _greedy_end(chosen: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``chosen [B, width]`` with the steps past each sample's own count marked ``-1``."""
+    beyond = torch.arange(chosen.shape[1], device=chosen.device) >= counts.to(chosen.device)[:, None]
+    return chosen.masked_fill(beyond, -1)
+
+
+def _take(rows: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+    """``rows [B, n, m]``'s row ``pick[b]`` of each sample, ``[B, m]`` (a gather: no host round trip)."""
+    return rows.gather(1, pick[:, None, None].expand(-1, 1, rows.shape[2]))[:, 0]
+
+
+def ascending(chosen: torch.Tensor) -> list[torch.Tensor]:
+    """Each sample's chosen indices (``chosen [B, width]`` as the batched greedy helpers return them, ``-1`` past a
+    sample's count), ascending, as one CPU tensor per sample (one device-to-host copy for the batch)."""
+    order = chosen.masked_fill(chosen < 0, torch.iinfo(chosen.dtype).max).sort(dim=1).values.cpu()
+    return [row[: int(count)] for row, count in zip(order, (chosen >= 0).sum(dim=1).cpu())]
+
+
+def batched_greedy_max_min(
+    distance: torch.Tensor, counts: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Farthest-point selection for a batch: ``counts[b]`` of sample ``b``'s valid points chosen one at a time, each
+    the point whose distance to the nearest point already chosen is largest (DivPrune's greedy max-min diversity).
+
+    distance: ``[B, n, n]``, each symmetric with a zero diagonal; counts: ``[B]`` on the host; valid: ``[B, n]``
+    bool (``None``: all; padding rows and columns are never chosen nor measured). The first point is the one
+    farthest from its nearest neighbour. Ties go to the earlier point. Every step is a few batched device ops
+    (argmax and gather, no host round trip). Returns ``[B, max(counts)]``: indices in the order chosen, ``-1``
+    past ``counts[b]``.
     """
-    n = distance.shape[0]
+    valid, width, taken, chosen = _greedy_start(distance, valid, counts)
     distance = distance.float()
-    nearest = distance + torch.diag(torch.full((n,), float("inf"), device=distance.device))
-    to_chosen = nearest.amin(dim=1)  # before any choice: a point's distance to its nearest neighbour
-    chosen = torch.empty(count, dtype=torch.long, device=distance.device)
-    taken = torch.zeros(n, dtype=torch.bool, device=distance.device)
-    for step in range(count):
-        pick = to_chosen.masked_fill(taken, float("-inf")).argmax()
-        chosen[step], taken[pick] = pick, True
-        to_chosen = distance[pick] if step == 0 else torch.minimum(to_chosen, distance[pick])
-    return chosen
+    n = distance.shape[1]
+    own = torch.eye(n, dtype=torch.bool, device=distance.device)
+    nearest = distance.masked_fill(own | ~valid[:, None, :], float("inf"))
+    to_chosen = nearest.amin(dim=2)  # before any choice: a point's distance to its nearest neighbour
+    for step in range(width):
+        pick = to_chosen.masked_fill(taken, float("-inf")).argmax(dim=1)
+        chosen[:, step] = pick
+        taken.scatter_(1, pick[:, None], True)
+        row = _take(distance, pick)
+        to_chosen = row if step == 0 else torch.minimum(to_chosen, row)
+    return _greedy_end(chosen, counts)
+
+
+def greedy_max_min(distance: torch.Tensor, count: int) -> torch.Tensor:
+    """``batched_greedy_max_min`` of one ``[n, n]`` distance matrix: ``[count]`` indices in the order chosen."""
+    return batched_greedy_max_min(distance[None], torch.tensor([count]))[0]
+
+
+def batched_greedy_dpp(
+    kernel: torch.Tensor, counts: torch.Tensor, valid: torch.Tensor | None = None, floor: float = 1e-10
+) -> torch.Tensor:
+    """Greedy MAP of a determinantal point process for a batch: ``counts[b]`` items of sample ``b``, each the one
+    that most increases ``log det kernel[b][S, S]`` of the set ``S`` chosen so far, by incremental Cholesky (Chen et
+    al., 2018: ``O(n k)`` memory, ``O(n k^2)`` time), in float64.
+
+    kernel: ``[B, n, n]``, each symmetric positive semi-definite; counts: ``[B]`` on the host; valid: ``[B, n]``
+    bool (``None``: all). Once no item of a sample adds volume (the gain falls to ``floor``: the kernel's rank is
+    spent), its rest are chosen by their own diagonal entry (quality), highest first. Ties go to the earlier item.
+    No host round trip inside the loop. Returns ``[B, max(counts)]``: indices in the order chosen, ``-1`` past
+    ``counts[b]``.
+    """
+    valid, width, taken, chosen = _greedy_start(kernel, valid, counts)
+    kernel = kernel.double()
+    quality = kernel.diagonal(dim1=1, dim2=2)
+    gains = quality.clone()  # d_i^2: the squared volume item i adds to the chosen set
+    factors = kernel.new_zeros(kernel.shape[0], width, kernel.shape[1])  # rows of the incremental Cholesky factor
+    spent = torch.zeros(kernel.shape[0], dtype=torch.bool, device=kernel.device)
+    for step in range(width):
+        by_gain = gains.masked_fill(taken, float("-inf")).argmax(dim=1)
+        gain = gains.gather(1, by_gain[:, None])[:, 0]
+        spent |= gain <= floor  # a spent sample stays spent: the rest by quality, as an argsort of it would give
+        pick = torch.where(spent, quality.masked_fill(taken, float("-inf")).argmax(dim=1), by_gain)
+        chosen[:, step] = pick
+        taken.scatter_(1, pick[:, None], True)
+        row = _take(kernel, pick)
+        if step:
+            row = (
+                row
+                - (factors[:, :step].gather(2, pick[:, None, None].expand(-1, step, 1)).mT @ factors[:, :step])[:, 0]
+            )
+        # spent samples no longer use their factors: keep them finite instead of dividing by a spent gain
+        row = torch.where(spent[:, None], 0.0, row / gain.clamp(min=floor).sqrt()[:, None])
+        factors[:, step] = row
+        gains = gains - row**2
+    return _greedy_end(chosen, counts)
 
 
 def greedy_dpp(kernel: torch.Tensor, count: int, floor: float = 1e-10) -> torch.Tensor:
-    """Greedy MAP of a determinantal point process: ``count`` items, each the one that most increases
-    ``log det kernel[S, S]`` of the set ``S`` chosen so far, by incremental Cholesky (Chen et al., 2018: ``O(n k)``
-    memory, ``O(n k^2)`` time).
+    """``batched_greedy_dpp`` of one ``[n, n]`` kernel: ``[count]`` indices in the order chosen."""
+    return batched_greedy_dpp(kernel[None], torch.tensor([count]), floor=floor)[0]
 
-    kernel: ``[n, n]`` symmetric positive semi-definite. Once no item adds volume (the gain falls to ``floor``:
-    the kernel's rank is spent), the rest are chosen by their own diagonal entry (quality), highest first. Ties go
-    to the earlier item. Returns ``[count]`` indices in the order they were chosen.
+
+def batched_greedy_diverse(
+    scores: torch.Tensor,
+    similarity: torch.Tensor,
+    counts: torch.Tensor,
+    weight: float,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``counts[b]`` items of sample ``b`` chosen one at a time by ``scores [B, n]`` (``>= 0``) discounted for
+    redundancy: each step picks the highest ``scores[b, i] * (1 - weight * max(0, max similarity of i to the chosen
+    items))``.
+
+    similarity: ``[B, n, n]`` (cosine); counts: ``[B]`` on the host; valid: ``[B, n]`` bool (``None``: all).
+    ``weight=0`` is the plain top ``counts[b]``. Ties go to the earlier item. No host round trip inside the loop.
+    Returns ``[B, max(counts)]``: indices in the order chosen, ``-1`` past ``counts[b]``.
     """
-    n = kernel.shape[0]
-    kernel = kernel.double()
-    gains = kernel.diagonal().clone()  # d_i^2: the squared volume item i adds to the chosen set
-    factors = kernel.new_zeros(count, n)  # rows of the incremental Cholesky factor
-    chosen: list[int] = []
-    taken = torch.zeros(n, dtype=torch.bool, device=kernel.device)
-    for step in range(count):
-        pick = int(gains.masked_fill(taken, float("-inf")).argmax())
-        if gains[pick] <= floor:
-            rest = kernel.diagonal().masked_fill(taken, float("-inf")).argsort(descending=True, stable=True)
-            chosen += rest[: count - step].tolist()
-            break
-        chosen.append(pick)
-        taken[pick] = True
-        row = (kernel[pick] - factors[:step, pick] @ factors[:step]) / gains[pick].sqrt()
-        factors[step] = row
-        gains = gains - row**2
-    return torch.tensor(chosen, dtype=torch.long, device=kernel.device)
+    valid, width, taken, chosen = _greedy_start(scores, valid, counts)
+    scores = scores.float()
+    redundancy = torch.zeros_like(scores)
+    for step in range(width):
+        hybrid = scores * (1 - weight * redundancy)
+        pick = hybrid.masked_fill(taken, float("-inf")).argmax(dim=1)
+        chosen[:, step] = pick
+        taken.scatter_(1, pick[:, None], True)
+        redundancy = torch.maximum(redundancy, _take(similarity, pick).float().clamp(min=0))
+    return _greedy_end(chosen, counts)
 
 
 def greedy_diverse(scores: torch.Tensor, similarity: torch.Tensor, count: int, weight: float) -> torch.Tensor:
-    """``count`` items chosen one at a time by ``scores [n]`` (``>= 0``) discounted for redundancy: each step picks
-    the highest ``scores[i] * (1 - weight * max(0, max similarity of i to the chosen items))``.
-
-    similarity: ``[n, n]`` (cosine). ``weight=0`` is the plain top ``count``. Ties go to the earlier item.
-    Returns ``[count]`` indices in the order they were chosen.
-    """
-    n = scores.shape[0]
-    scores = scores.float()
-    redundancy = torch.zeros(n, device=scores.device)
-    chosen = torch.empty(count, dtype=torch.long, device=scores.device)
-    taken = torch.zeros(n, dtype=torch.bool, device=scores.device)
-    for step in range(count):
-        hybrid = scores * (1 - weight * redundancy)
-        pick = hybrid.masked_fill(taken, float("-inf")).argmax()
-        chosen[step], taken[pick] = pick, True
-        redundancy = torch.maximum(redundancy, similarity[pick].float().clamp(min=0))
-    return chosen
+    """``batched_greedy_diverse`` of one item: ``scores [n]``, ``similarity [n, n]``; ``[count]`` indices in the order
+    chosen."""
+    return batched_greedy_diverse(scores[None], similarity[None], torch.tensor([count]), weight)[0]
 
 
 def spatial_windows(grid: tuple[int, int, int], window: int) -> torch.Tensor:

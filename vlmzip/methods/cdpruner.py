@@ -8,8 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from vlmzip.registry import register_method
-from vlmzip.selection import greedy_dpp
-from vlmzip.stages import VisionMethod, VisualItem, VisualSelection
+from vlmzip.selection import ascending, batched_greedy_dpp
+from vlmzip.stages import VisionMethod, VisualItem, VisualSelection, by_size
 
 
 @register_method
@@ -33,14 +33,24 @@ class CDPruner(VisionMethod):
     )
     needs = frozenset({"text_embeddings"})
 
-    def select(self, item: VisualItem) -> VisualSelection:
-        count = self.budget(item)
-        if count == item.num_tokens:
-            return VisualSelection(torch.arange(count))
-        unit = F.normalize(item.features.double(), dim=-1)
-        text = F.normalize(item.signals["text_embeddings"].to(unit), dim=-1)
-        relevance = (unit @ text.T).mean(dim=1) if len(text) else unit.new_ones(len(unit))
-        span = relevance.max() - relevance.min()
-        quality = (relevance - relevance.min()) / span if span > 0 else torch.ones_like(relevance)
-        kernel = quality[:, None] * (unit @ unit.T) * quality[None, :]
-        return VisualSelection(greedy_dpp(kernel, count).cpu().sort().values)
+    def select_batch(self, items: list[VisualItem]) -> list[VisualSelection]:
+        return by_size(items, self._select_same_size)
+
+    def _select_same_size(self, items: list[VisualItem]) -> list[VisualSelection]:
+        count = self.budget(items[0])
+        if count == items[0].num_tokens:
+            return [VisualSelection(torch.arange(count)) for _ in items]
+        unit = F.normalize(torch.stack([item.features for item in items]).double(), dim=-1)
+        relevance = torch.stack([_relevance(u, item.signals["text_embeddings"]) for u, item in zip(unit, items)])
+        low = relevance.amin(dim=1, keepdim=True)
+        span = relevance.amax(dim=1, keepdim=True) - low
+        quality = torch.where(span > 0, (relevance - low) / span, 1.0)  # no host round trip per item
+        kernel = quality[:, :, None] * (unit @ unit.mT) * quality[:, None, :]
+        chosen = batched_greedy_dpp(kernel, torch.full((len(items),), count))
+        return [VisualSelection(keep) for keep in ascending(chosen)]
+
+
+def _relevance(unit: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Each token's mean cosine similarity to the sample's text tokens (their number differs per sample), ``[n]``."""
+    text = F.normalize(text.to(unit), dim=-1)
+    return (unit @ text.T).mean(dim=1) if len(text) else unit.new_ones(len(unit))

@@ -8,8 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from vlmzip.registry import register_method
-from vlmzip.selection import greedy_max_min
-from vlmzip.stages import VisionMethod, VisualItem, VisualSelection
+from vlmzip.selection import ascending, batched_greedy_max_min
+from vlmzip.stages import VisionMethod, VisualItem, VisualSelection, by_size
 
 
 @register_method
@@ -26,12 +26,15 @@ class DivPrune(VisionMethod):
     name = "divprune"
     paper = "arXiv:2503.02175"
     title = "DivPrune: Diversity-based Visual Token Pruning for Large Multimodal Models"
-    deviation = "none beyond batching: each image (or video) of a batched request is pruned on its own"
+    deviation = "none beyond batching: each image (or video) of a batched request is pruned on its own (all at once)"
 
-    def select(self, item: VisualItem) -> VisualSelection:
-        count = self.budget(item)
-        if count == item.num_tokens:
-            return VisualSelection(torch.arange(count))
-        unit = F.normalize(item.features.float(), dim=-1)
-        chosen = greedy_max_min(1 - unit @ unit.T, count)
-        return VisualSelection(chosen.cpu().sort().values)
+    def select_batch(self, items: list[VisualItem]) -> list[VisualSelection]:
+        return by_size(items, self._select_same_size)
+
+    def _select_same_size(self, items: list[VisualItem]) -> list[VisualSelection]:
+        count = self.budget(items[0])
+        if count == items[0].num_tokens:
+            return [VisualSelection(torch.arange(count)) for _ in items]
+        unit = F.normalize(torch.stack([item.features for item in items]).float(), dim=-1)
+        chosen = batched_greedy_max_min(1 - unit @ unit.mT, torch.full((len(items),), count))
+        return [VisualSelection(keep) for keep in ascending(chosen)]

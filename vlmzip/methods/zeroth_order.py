@@ -10,8 +10,8 @@ from torch.nn import functional as F
 from vlmzip.errors import PolicyError
 from vlmzip.registry import register_method
 from vlmzip.scoring import projection_sensitivity
-from vlmzip.selection import greedy_diverse
-from vlmzip.stages import VisionMethod, VisualItem, VisualSelection
+from vlmzip.selection import ascending, batched_greedy_diverse
+from vlmzip.stages import VisionMethod, VisualItem, VisualSelection, by_size
 
 
 @register_method
@@ -47,12 +47,22 @@ class ZerothOrder(VisionMethod):
         if not 0 <= self.diversity <= 1:
             raise PolicyError(f"zeroth-order: diversity={self.diversity} must be in [0, 1] (0: sensitivity alone)")
 
-    def select(self, item: VisualItem) -> VisualSelection:
-        count = self.budget(item)
-        if count == item.num_tokens:
-            return VisualSelection(torch.arange(count))
-        inputs = item.signals["tower_features"]
-        sensitivity = projection_sensitivity(item.project, inputs, self.directions, self.epsilon, self.seed)
-        unit = F.normalize(item.features.float(), dim=-1)
-        chosen = greedy_diverse(sensitivity, unit @ unit.T, count, self.diversity)
-        return VisualSelection(chosen.cpu().sort().values)
+    def select_batch(self, items: list[VisualItem]) -> list[VisualSelection]:
+        pruned = [item for item in items if self.budget(item) < item.num_tokens]
+        sensitivity: dict[int, torch.Tensor] = {}
+        if pruned:  # one projector call for the tokens of every item (a token's estimate depends on it alone)
+            inputs = [item.signals["tower_features"] for item in pruned]
+            found = projection_sensitivity(
+                pruned[0].project, torch.cat(inputs), self.directions, self.epsilon, self.seed
+            )
+            sensitivity = dict(zip(map(id, pruned), found.split([len(x) for x in inputs])))
+        return by_size(items, lambda group: self._select_same_size(group, sensitivity))
+
+    def _select_same_size(self, items: list[VisualItem], sensitivity: dict[int, torch.Tensor]) -> list[VisualSelection]:
+        count = self.budget(items[0])
+        if count == items[0].num_tokens:
+            return [VisualSelection(torch.arange(count)) for _ in items]
+        unit = F.normalize(torch.stack([item.features for item in items]).float(), dim=-1)
+        scores = torch.stack([sensitivity[id(item)] for item in items])
+        chosen = batched_greedy_diverse(scores, unit @ unit.mT, torch.full((len(items),), count), self.diversity)
+        return [VisualSelection(keep) for keep in ascending(chosen)]
