@@ -122,15 +122,15 @@ def test_visionzip_published_splits():
 
 # -- through the runtime ----------------------------------------------------------------------------------------
 def _spy(monkeypatch, method_class):
-    """Record (item, selection) of every ``method_class.select`` call."""
-    seen, original = [], method_class.select
+    """Record (item, selection) of every item the runtime hands ``method_class`` (its ``select_batch`` calls)."""
+    seen, original = [], method_class.select_batch
 
-    def spy(self, item):
-        selection = original(self, item)
-        seen.append((item, selection))
-        return selection
+    def spy(self, items):
+        selections = original(self, items)
+        seen.extend(zip(items, selections))
+        return selections
 
-    monkeypatch.setattr(method_class, "select", spy)
+    monkeypatch.setattr(method_class, "select_batch", spy)
     return seen
 
 

@@ -102,24 +102,42 @@ def rater_rows(hidden: torch.Tensor, visual: torch.Tensor, text: torch.Tensor) -
     return torch.zeros_like(text).scatter(1, index, above)
 
 
-@torch.no_grad()
 def projection_sensitivity(
     project: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, directions: int, epsilon: float, seed: int
 ) -> torch.Tensor:
-    """How much a projector's output moves per unit of input movement, for each token: a zeroth-order
-    (forward-only) estimate of the norm of its Jacobian, ``[n]`` float32.
+    """``batched_projection_sensitivity`` of one item's tokens, ``inputs [n, U, D]``: ``[n]`` float32."""
+    return batched_projection_sensitivity(project, [inputs], directions, epsilon, seed)[0]
 
-    project: ``[m, U, D] -> [m, E]``; inputs: ``[n, U, D]``: one item's tokens, or the tokens of a whole batch of
-    items concatenated (the batched form: a token's estimate depends on that token alone, within the projector's
-    rounding on more rows). Each token's input moves along ``directions`` random unit directions (the same for
-    every token, drawn from ``seed`` on the CPU, so the estimate does not depend on the device or the batch), by
-    ``epsilon`` times its own norm; the estimate is the mean of ``|project(x + delta) - project(x)| / |delta|``.
-    All moves and the unmoved inputs run in one projector call.
+
+@torch.no_grad()
+def batched_projection_sensitivity(
+    project: Callable[[torch.Tensor], torch.Tensor],
+    inputs: list[torch.Tensor],
+    directions: int,
+    epsilon: float,
+    seed: int,
+) -> list[torch.Tensor]:
+    """How much a projector's output moves per unit of input movement, for each token of each item: a zeroth-order
+    (forward-only) estimate of the norm of its Jacobian, ``[n_b]`` float32 per item.
+
+    project: ``[m, U, D] -> [m, E]``; inputs: one ``[n_b, U, D]`` per item (items may differ in ``n_b``). Each
+    token's input moves along ``directions`` random unit directions (the same for every token, drawn from ``seed``
+    on the CPU, so the estimate does not depend on the device or the batch; drawn and copied to the device once for
+    the batch), by ``epsilon`` times its own norm; the estimate is the mean of ``|project(x + delta) - project(x)| /
+    |delta|``. Each item's moves and unmoved inputs run in one projector call of their own: one call for the whole
+    batch would round differently on more rows, and an item's choice would then depend on the rest of the batch.
     """
-    n = inputs.shape[0]
+    if not inputs:
+        return []
     generator = torch.Generator().manual_seed(seed)
-    unit = torch.randn(directions, *inputs.shape[1:], generator=generator, dtype=torch.float64)
-    unit = (unit / unit.flatten(1).norm(dim=1).view(-1, *[1] * (inputs.dim() - 1))).to(inputs.device)
+    unit = torch.randn(directions, *inputs[0].shape[1:], generator=generator, dtype=torch.float64)
+    unit = (unit / unit.flatten(1).norm(dim=1).view(-1, *[1] * (unit.dim() - 1))).to(inputs[0].device)
+    return [_sensitivity(project, x, unit, epsilon) for x in inputs]
+
+
+def _sensitivity(project, inputs: torch.Tensor, unit: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """One item's estimate, ``[n]``, along the unit directions ``unit [R, U, D]`` (float64, on its device)."""
+    n, directions = inputs.shape[0], unit.shape[0]
     size = epsilon * inputs.flatten(1).double().norm(dim=1).clamp(min=1e-12)  # [n]
     moves = (size.view(1, n, *[1] * (inputs.dim() - 1)) * unit[:, None]).to(inputs.dtype)  # [R, n, U, D]
     moved = inputs[None] + moves

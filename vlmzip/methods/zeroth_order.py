@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from vlmzip.errors import PolicyError
 from vlmzip.registry import register_method
-from vlmzip.scoring import projection_sensitivity
+from vlmzip.scoring import batched_projection_sensitivity
 from vlmzip.selection import ascending, batched_greedy_diverse
 from vlmzip.stages import VisionMethod, VisualItem, VisualSelection, by_size
 
@@ -49,13 +49,10 @@ class ZerothOrder(VisionMethod):
 
     def select_batch(self, items: list[VisualItem]) -> list[VisualSelection]:
         pruned = [item for item in items if self.budget(item) < item.num_tokens]
-        sensitivity: dict[int, torch.Tensor] = {}
-        if pruned:  # one projector call for the tokens of every item (a token's estimate depends on it alone)
-            inputs = [item.signals["tower_features"] for item in pruned]
-            found = projection_sensitivity(
-                pruned[0].project, torch.cat(inputs), self.directions, self.epsilon, self.seed
-            )
-            sensitivity = dict(zip(map(id, pruned), found.split([len(x) for x in inputs])))
+        inputs = [item.signals["tower_features"] for item in pruned]
+        project = pruned[0].project if pruned else None
+        found = batched_projection_sensitivity(project, inputs, self.directions, self.epsilon, self.seed)
+        sensitivity = dict(zip(map(id, pruned), found))
         return by_size(items, lambda group: self._select_same_size(group, sensitivity))
 
     def _select_same_size(self, items: list[VisualItem], sensitivity: dict[int, torch.Tensor]) -> list[VisualSelection]:
