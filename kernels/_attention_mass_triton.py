@@ -206,7 +206,7 @@ class Tiles:
     stages: int = 2
 
 
-def default_tiles(n_q: int, n_k: int, per_query: bool) -> tuple[Tiles, Tiles]:
+def default_tiles(n_q: int, per_query: bool) -> tuple[Tiles, Tiles]:
     """Tiles of the row-statistics pass and of the output pass. For the all-rows mass (``Q * K`` logits twice,
     bound by the exponentials) the fastest of a sweep on an H200 over SigLIP at batch 32 and Qwen's window and
     full-attention layers (docs/performance.md); for a few rows (reading the keys) narrow query tiles."""
@@ -238,7 +238,7 @@ def launch(
     batch, heads, n_q, head_dim = query.shape
     n_k, groups = key.shape[2], heads // key.shape[1]
     query, key = _unit_stride(query), _unit_stride(key)
-    stats_tiles, out_tiles = tiles or default_tiles(n_q, n_k, per_query)
+    stats_tiles, out_tiles = tiles or default_tiles(n_q, per_query)
     upcast = INTERPRETED and query.dtype == torch.bfloat16  # the interpreter's dot reads bf16 as raw integers
     precision = "ieee" if query.dtype == torch.float32 or upcast else "tf32"  # no TF32 rounding of fp32 inputs
     unused = query.new_zeros(1, dtype=torch.int32)
