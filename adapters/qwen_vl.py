@@ -24,6 +24,7 @@ from transformers.vision_utils import get_vision_window_index
 from vlmzip.adapter import Adapter, VisionRun
 from vlmzip.errors import InputError, UnsupportedModelError
 from vlmzip.registry import register_adapter
+from vlmzip.runtime.tower_plan import PackedPlan
 from vlmzip.selection import merge_rows
 from vlmzip.stages import ModelInfo, VisualItem
 
@@ -108,6 +109,26 @@ class QwenVLAdapter(Adapter):
                     f"pass {_PIXEL_KEYS[kind]} (not precomputed encoder outputs)"
                 )
             yield run, encoded, of_kind
+
+    # -- pruning inside the tower: its blocks run on the kept merge units' patches ------------------------------
+    tower_cut = True
+
+    def tower_layers(self) -> nn.ModuleList:
+        return self.vision_tower.blocks
+
+    def tower_plan(self, hidden: torch.Tensor, run: VisionRun) -> PackedPlan:
+        grid_thw = torch.as_tensor(run.grids).cpu()
+        return PackedPlan(self._llm_grids(grid_thw), self.merge_size**2, self._tower_order(grid_thw))
+
+    def tower_outputs(self) -> list[nn.Module]:
+        # the patch merger, and Qwen3-VL's DeepStack mergers of the later layers
+        return [self.vision_tower.merger, *getattr(self.vision_tower, "deepstack_merger_list", [])]
+
+    def encoded_by(self, runs: list[VisionRun], items: list[VisualItem]) -> list[tuple[VisionRun | None, int]]:
+        # the tower encodes images, then videos: each kind present pairs with the next forward
+        pending = iter(runs)
+        run_of = {kind: next(pending, None) for kind in _KINDS if any(item.kind == kind for item in items)}
+        return [(run_of[item.kind], item.kind_index) for item in items]
 
     # -- the projector (the patch merger) --------------------------------------------------------------------
     @property

@@ -190,6 +190,6 @@ def test_bad_parameters_name_the_problem(policy, words):
 
 def test_inside_the_tower_is_refused():
     model = tiny_model("llava")
-    with pytest.raises(PolicyError, match="fastvid: prunes video only, not inside the tower; drop at_layer"):
+    with pytest.raises(PolicyError, match="fastvid: merges tokens, which a choice inside the tower cannot do"):
         vlmzip.compress(model, "fastvid:keep=0.25,at_layer=1")
     assert vlmzip.policy_of(model) is None

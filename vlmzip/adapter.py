@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vlmzip.errors import InputError
+from vlmzip.runtime.tower_plan import StackedPlan, TowerPlan
 from vlmzip.stages import ModelInfo, VisualItem
 
 
@@ -32,6 +33,8 @@ class VisionRun:
     attention: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     #: what the projector was given for these items (recorded only for methods that need "tower_features")
     projector_inputs: list[torch.Tensor] = field(default_factory=list)
+    #: kept token indices of each item, where a vision method chose inside the tower (``runtime.tower``)
+    choices: list[torch.Tensor] | None = None
 
 
 class Adapter:
@@ -82,25 +85,40 @@ class Adapter:
             tower_cut=self.tower_cut,
         )
 
-    # -- pruning inside the tower (``at_layer``; runtime.tower) -----------------------------------------
-    #: whether the tower can run its later layers on some patches (the four methods below)
+    # -- pruning inside the tower (a vision method's ``tower_layer``; runtime.tower) --------------------------
+    #: whether the tower can run its later layers on some patches (``tower_layers`` and ``tower_plan``)
     tower_cut: bool = False
 
     def tower_layers(self) -> nn.ModuleList:
-        """The vision tower's encoder layers, whose first argument is ``[images, rows, D]`` hidden states."""
+        """The vision tower's encoder layers, whose first argument is the hidden states."""
         raise NotImplementedError
 
+    def tower_plan(self, hidden: torch.Tensor, run: VisionRun) -> TowerPlan:
+        """How the tower forward ``run``, now at ``hidden``, maps rows to tokens .
+        Default: a tower of ``[images, rows, D]`` layers (``StackedPlan``) through the three members below."""
+        return StackedPlan(self.tower_grid(), hidden.shape[0], self.tower_tokens, self.tower_rows)
+
+    def tower_outputs(self) -> list[nn.Module]:
+        """Modules whose outputs return to full length after a cut inside the tower (default: the tower)."""
+        return [self.vision_tower]
+
     def tower_grid(self) -> tuple[int, int, int]:
-        """``(frames, rows, cols)`` in language-model tokens of every image the tower encodes."""
+        """``(frames, rows, cols)`` in language-model tokens of every image a stacked tower encodes."""
         raise NotImplementedError
 
     def tower_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Tower hidden states ``[images, rows, D]`` pooled to language-model tokens ``[images, n, D]``."""
+        """Stacked tower hidden states ``[images, rows, D]`` pooled to language-model tokens ``[images, n, D]``."""
         raise NotImplementedError
 
     def tower_rows(self, keep: torch.Tensor) -> torch.Tensor:
-        """The tower rows ``[images, rows']`` (ascending) that kept tokens ``keep [images, k]`` need."""
+        """The stacked tower rows ``[images, rows']`` (ascending) that kept tokens ``keep [images, k]`` need."""
         raise NotImplementedError
+
+    def encoded_by(self, runs: list[VisionRun], items: list[VisualItem]) -> list[tuple[VisionRun, int]]:
+        """The tower forward that encoded each item and the item's row in it. Default: one kind of item, each
+        item's ``kind_index`` counting over the forwards in order."""
+        rows = [(run, row) for run in runs for row in range(run.count)]
+        return [rows[item.kind_index] if item.kind_index < len(rows) else (None, 0) for item in items]
 
     # -- requests ---------------------------------------------------------------------------------------
     def placeholder_ids(self) -> dict[str, int]:

@@ -9,6 +9,7 @@ from vlmzip.methods import (  # noqa: F401
     cdpruner,
     dart,
     divprune,
+    evs,
     fastv,
     fastvid,
     knorm,

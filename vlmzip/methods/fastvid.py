@@ -16,14 +16,12 @@ from vlmzip.stages import ModelInfo, VisionMethod, VisualItem, VisualSelection
 @dataclass(frozen=True)
 class FastVID(VisionMethod):
     """ "FastVID: Dynamic Density Pruning for Fast Video Large Language Models" (LunarShen/FastVID); videos only.
-
     Segments: cuts after the ``segments - 1`` weakest transitions between consecutive frames (cosine of their mean
     features) and after every one below ``tau``. Each segment gets a share of ``keep`` by size: ``contextual`` of it
     (at least one) density peaks (DPC-kNN, 4 neighbours) among its anchor frames' tokens (every ``anchor_every``-th
     from its end; all frames if too few), the rest each frame's most attended tokens (last tower layer). Other tokens
     join their segment's most similar peak, which becomes ``beta`` x itself + (1 - ``beta``) x its cluster's mean.
-    Published: c=8, tau=0.9, d=0.4, p=4, beta=0.6 (Qwen2.5-VL script: tau=0.84). Images are refused (``media``).
-    """
+    Published: c=8, tau=0.9, d=0.4, p=4, beta=0.6 (Qwen2.5-VL script: tau=0.84). Images are refused (``media``)."""
 
     name = "fastvid"
     paper = "arXiv:2503.11187"
@@ -43,6 +41,8 @@ class FastVID(VisionMethod):
     def validate(self) -> None:
         if self.segments < 1 or self.anchor_every < 1 or not 0 <= self.contextual <= 1 or not 0 <= self.beta <= 1:
             raise PolicyError(f"{self}: segments, anchor_every must be >= 1 and contextual, beta in [0, 1]")
+        if self.at_layer:
+            raise PolicyError(f"{self.name}: merges tokens, which a choice inside the tower cannot do; drop at_layer")
 
     def vision_layers(self, info: ModelInfo) -> list[int]:
         return [info.vision_layers - 1]  # salience: the attention the last tower layer gives each token

@@ -45,8 +45,8 @@ class VisionStage:
         # (layer, query rows, keys, scaling, dense mask, cu_seqlens of a packed call)
         self._pending: list[tuple] = []
         self._functions: AttentionFunctions | None = None
-        at_layer = method.at_layer if method is not None else 0
-        self.tower_cut = TowerCut(adapter, method, lambda: self.runs, self._flush) if at_layer else None
+        in_tower = method is not None and method.tower_layer is not None
+        self.tower_cut = TowerCut(adapter, method, lambda: self.runs, self._flush) if in_tower else None
         self._tower_attention: AttentionFunction | None = None
 
     def install(self, functions: AttentionFunctions) -> list[Any]:
@@ -158,15 +158,14 @@ class VisionStage:
         if self.tower_cut is None:
             return self.method.select_batch(items)
         selections = []
-        for item in items:
-            choice = self.tower_cut.choices.get(item.kind_index)
-            if choice is None:
+        for item, (run, row) in zip(items, self.adapter.encoded_by(self.runs, items)):
+            if run is None or run.choices is None or row >= len(run.choices):
                 raise UnsupportedModelError(
-                    f"{self.method.name}: at_layer={self.method.at_layer} chooses inside the vision tower, but this "
+                    f"{self.method.name}: chooses inside the vision tower (layer {self.method.tower_layer}), but this "
                     f"request's {item.kind} {item.kind_index} was not encoded by it (features passed precomputed?); "
                     "drop at_layer"
                 )
-            selections.append(VisualSelection(choice))
+            selections.append(VisualSelection(run.choices[row]))
         return selections
 
     def _cut_mask(self, mask: Any, index: torch.Tensor, valid: torch.Tensor) -> Any:
@@ -198,8 +197,6 @@ class VisionStage:
     def _before_tower(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._runs_used:  # a new encoding: the previous images are done with
             self.runs, self._runs_used = [], False
-            if self.tower_cut is not None:
-                self.tower_cut.choices.clear()
         grids = self.adapter.tower_grids(args, kwargs)
         self.runs.append(VisionRun(grids, self.adapter.tower_count(args, kwargs)))
 

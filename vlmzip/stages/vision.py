@@ -24,7 +24,7 @@ from vlmzip.errors import PolicyError, UnsupportedModelError
 from vlmzip.stages.method import Method, ModelInfo, Stage, stage_option
 
 #: signals the runtime can compute for a vision method, by the name a method lists in ``needs``
-SIGNALS = frozenset({"vision_attention", "text_embeddings", "tower_features"})
+SIGNALS = frozenset({"vision_attention", "text_embeddings", "tower_features", "pixels"})
 
 
 @dataclass
@@ -37,8 +37,10 @@ class VisualItem:
     ``"vision_attention"`` (``[n]``: [CLS] attention, or the mean attention a token's patches receive) and
     ``"text_embeddings"`` (``[T, D]``: the embeddings of the sample's text tokens, e.g. its question) and
     ``"tower_features"`` (``[n, U, D_vision]``: what the projector turns into each token, its ``U`` vision-tower
-    vectors). ``project`` is the model's projector on such inputs: ``[m, U, D_vision] -> [m, D]``, so
-    ``project(signals["tower_features"])`` gives ``features`` again (within rounding).
+    vectors) and, inside the tower only, ``"pixels"`` (``[n, U, P]``: the pixel values of each token's ``U``
+    patches as the tower receives them, normalised). ``project`` is the model's projector on such inputs:
+    ``[m, U, D_vision] -> [m, D]``, so ``project(signals["tower_features"])`` gives ``features`` again (within
+    rounding).
     """
 
     sample: int
@@ -101,7 +103,8 @@ class VisionMethod(Method):
     ``at_layer=L`` (> 0) chooses before vision-tower layer ``L`` instead of after the tower: the remaining tower
     layers run on the kept tokens' patches only. The item's ``features`` are then the tower's hidden states
     pooled to language-model tokens, ``vision_attention`` sums layers before ``L``, ``positions`` are the token
-    indices within the item, and ``select`` may not merge.
+    indices within the item, and ``select`` may not merge. A method that always chooses in the tower (before it,
+    from ``pixels``) overrides ``tower_layer``.
     """
 
     stage: ClassVar[Stage] = "vision"
@@ -111,18 +114,26 @@ class VisionMethod(Method):
     #: rather than pass it through whole, which would break ``keep``'s count (a video method on an image)
     media: ClassVar[frozenset[str]] = frozenset({"image", "video"})
     #: signals that exist inside the tower, where ``at_layer`` chooses
-    TOWER_SIGNALS: ClassVar[frozenset[str]] = frozenset({"vision_attention"})
+    TOWER_SIGNALS: ClassVar[frozenset[str]] = frozenset({"vision_attention", "pixels"})
     keep: Keep = 64
     at_layer: int = stage_option(0)
+
+    @property
+    def tower_layer(self) -> int | None:
+        """The vision-tower layer before which the method chooses (0: before the tower), ``None`` for after it."""
+        return self.at_layer or None
 
     def vision_layers(self, info: ModelInfo) -> list[int]:
         """Vision-tower layers whose attention the method reads (``needs`` has ``"vision_attention"``): every
         layer before the choice."""
-        return list(range(self.at_layer or info.vision_layers)) if "vision_attention" in self.needs else []
+        last = info.vision_layers if self.tower_layer is None else self.tower_layer
+        return list(range(last)) if "vision_attention" in self.needs else []
 
     def check_model(self, info: ModelInfo) -> None:
-        if self.at_layer:
+        if self.tower_layer is not None:
             self._check_tower_layer(info)
+        elif "pixels" in self.needs:
+            raise PolicyError(f"{self.name}: reads pixels, which exist only inside the tower: set at_layer")
         unknown = self.needs - SIGNALS
         if unknown:
             raise UnsupportedModelError(
@@ -136,16 +147,12 @@ class VisionMethod(Method):
             )
 
     def _check_tower_layer(self, info: ModelInfo) -> None:
-        if "image" not in self.media:  # the tower is cut image by image (CLIP, SigLIP)
-            raise PolicyError(
-                f"{self.name}: prunes {'/'.join(sorted(self.media))} only, not inside the tower; drop at_layer"
-            )
         if not info.tower_cut:
             raise UnsupportedModelError(
-                f"{self.name}: this family's vision tower cannot be pruned inside (at_layer={self.at_layer}); "
+                f"{self.name}: this family's vision tower cannot be pruned inside (layer {self.tower_layer}); "
                 "use at_layer=0 (after the tower)"
             )
-        if not 0 < self.at_layer < info.vision_layers:
+        if self.at_layer and not 0 < self.at_layer < info.vision_layers:
             raise PolicyError(
                 f"{self.name}: at_layer={self.at_layer} is not inside the vision tower; this model's features come "
                 f"from {info.vision_layers} tower layers: use 1..{info.vision_layers - 1}, or 0 for after the tower"
