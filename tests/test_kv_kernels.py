@@ -1,6 +1,6 @@
-"""KV quantisation: the reference against its definition (error bounds, bit layout, exact bytes), the Triton
-kernels against the reference under Triton's interpreter on the CPU (tests/conftest.py sets ``TRITON_INTERPRET=1``
-before any import), and bad arguments."""
+"""KV quantisation and decode attention over the packed cache: the references against their definitions (error
+bounds, bit layout, exact bytes, a dense softmax), the Triton kernels against the references under Triton's
+interpreter on the CPU (tests/conftest.py sets ``TRITON_INTERPRET=1`` before any import), and bad arguments."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ import sys
 import pytest
 import torch
 
+from vlmzip.kernels import decode_attention as da
 from vlmzip.kernels import kv_quant as kq
 
 # Triton 3.6's interpreter converts loop bounds with int(array), which numpy 2.3 only warns about
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# the kernels against the references: fp32 within ~1e-5; 16-bit outputs within a rounding of the output dtype
+# (the interpreter truncates fp32 to bf16 where torch rounds to nearest, and fp16 tiles multiply in fp16)
+TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 1e-2), torch.float16: (2e-3, 2e-3)}
 
 
 def _interpreted(module: str, kernel: str) -> None:
@@ -35,6 +39,12 @@ def _interpreted(module: str, kernel: str) -> None:
 def quant_kernels():
     _interpreted("vlmzip.kernels._kv_quant_triton", "_quantize")
     return kq.quantize_triton, kq.dequantize_triton
+
+
+@pytest.fixture(scope="module")
+def decode_kernel():
+    _interpreted("vlmzip.kernels._decode_attention_triton", "_split")
+    return da.decode_attention_triton
 
 
 def _tensor(shape: tuple[int, ...], dtype: torch.dtype, seed: int, constant_groups: int = 0) -> torch.Tensor:
@@ -175,3 +185,149 @@ def test_dequantize_refuses_parts_that_do_not_fit(quant_kernels):
         for function in (kq.dequantize_reference, quant_kernels[1]):
             with pytest.raises(ValueError, match=message):
                 function(broken)
+
+
+# name: (B, Hq, Hkv, q, S_packed, S_full, d, key bits, value bits, dtype, validity, split_size)
+CASES = {
+    "gqa1_fp32": (2, 4, 4, 1, 48, 13, 32, 2, 2, torch.float32, "random", 16),
+    "gqa2_bf16_odd_window": (3, 4, 2, 1, 64, 7, 64, 4, 4, torch.bfloat16, "random", 32),
+    "gqa4_fp16_head80": (2, 8, 2, 1, 32, 5, 80, 8, 8, torch.float16, "random", None),
+    "gqa4_mixed_bits_q3": (2, 8, 2, 3, 96, 11, 32, 2, 4, torch.float32, None, 48),
+    "no_window_fp16": (2, 4, 2, 1, 64, 0, 16, 4, 2, torch.float16, "random", 16),
+    "no_packed_bf16": (2, 2, 1, 2, 0, 37, 16, 2, 2, torch.bfloat16, "random", 8),
+    "all_masked_but_one": (2, 8, 4, 1, 64, 9, 32, 2, 2, torch.float32, "one", 16),
+    "padding_and_a_blind_sample": (3, 4, 2, 2, 32, 6, 16, 8, 4, torch.bfloat16, "left_pad_blind", 8),
+}
+
+
+def _decode_inputs(name: str, seed: int) -> tuple[tuple, dict]:
+    """Fresh random decode arguments: query, packed key and value, full key and value, scaling; and masks."""
+    batch, heads, kv_heads, n_q, n_packed, n_full, dim, k_bits, v_bits, dtype, validity, split = CASES[name]
+    gen = torch.Generator().manual_seed(1000 * seed + list(CASES).index(name))
+    query = torch.randn(batch, heads, n_q, dim, generator=gen).to(dtype)
+    keys, values = (torch.randn(batch, kv_heads, n_packed + n_full, dim, generator=gen).to(dtype) for _ in range(2))
+    keys = keys + torch.randn(dim, generator=gen).to(dtype) * 3  # outlier channels, as keys have
+    packed_key = kq.quantize_reference(keys[:, :, :n_packed], k_bits, 16, "tokens")
+    packed_value = kq.quantize_reference(values[:, :, :n_packed], v_bits, 16, "channels")
+    # the window as a cache holds it: a view into a longer buffer (strided batch and head)
+    full_key, full_value = keys[:, :, n_packed:], values[:, :, n_packed:]
+    masks: dict = {"split_size": split}
+    if validity == "random":
+        masks["packed_valid"] = torch.rand(batch, n_packed, generator=gen) > 0.3
+        masks["full_valid"] = torch.rand(batch, n_full, generator=gen) > 0.3
+    elif validity == "one":  # a single valid key per sample, in the packed segment of one and the window of other
+        masks["packed_valid"] = torch.zeros(batch, n_packed, dtype=torch.bool)
+        masks["full_valid"] = torch.zeros(batch, n_full, dtype=torch.bool)
+        masks["packed_valid"][0, 37] = masks["full_valid"][1, n_full - 1] = True
+    elif validity == "left_pad_blind":  # left padding of 0, 10 and every entry (a sample with nothing to see)
+        masks["packed_valid"] = torch.arange(n_packed).expand(batch, -1) >= torch.tensor([[0], [10], [n_packed]])
+        masks["full_valid"] = torch.ones(batch, n_full, dtype=torch.bool)
+        masks["full_valid"][2] = False
+    return (query, packed_key, packed_value, full_key, full_value, dim**-0.5), masks
+
+
+def _dense(query, packed_key, packed_value, full_key, full_value, scaling, packed_valid=None, full_valid=None,
+           split_size=None) -> torch.Tensor:  # fmt: skip
+    """Float64 softmax attention over the whole dequantised cache at once, ``[B, Hq, q, d]``."""
+    keys = torch.cat([kq.dequantize_reference(packed_key).double(), full_key.double()], dim=2)
+    values = torch.cat([kq.dequantize_reference(packed_value).double(), full_value.double()], dim=2)
+    batch, heads = query.shape[:2]
+    segments = ((packed_valid, packed_key.shape[2]), (full_valid, full_key.shape[2]))
+    valid = torch.cat([torch.ones(batch, n, dtype=torch.bool) if mask is None else mask for mask, n in segments], 1)
+    groups = heads // keys.shape[1]
+    logits = torch.einsum("bhqd,bhkd->bhqk", query.double(), keys.repeat_interleave(groups, 1)) * scaling
+    probs = logits.masked_fill(~valid[:, None, None], float("-inf")).softmax(-1).nan_to_num(0.0)
+    return torch.einsum("bhqk,bhkd->bhqd", probs, values.repeat_interleave(groups, 1))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_reference_equals_a_dense_softmax_over_the_dequantised_cache(name):
+    args, masks = _decode_inputs(name, 0)
+    got = da.decode_attention_reference(*args, **masks)
+    dtype = args[0].dtype
+    assert got.shape == args[0].shape and got.dtype == dtype
+    rtol, atol = (1e-5, 1e-6) if dtype == torch.float32 else (2**-7, 1e-3)  # the output rounded to its dtype
+    torch.testing.assert_close(got.double(), _dense(*args, **masks), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name", list(CASES))
+def test_triton_decode_matches_the_reference(decode_kernel, name, seed):
+    args, masks = _decode_inputs(name, seed)
+    expected = da.decode_attention_reference(*args, **masks)
+    got = decode_kernel(*args, **masks)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    rtol, atol = TOLERANCE[expected.dtype]
+    torch.testing.assert_close(got.float(), expected.float(), rtol=rtol, atol=atol)
+
+
+def test_rows_that_see_no_key_get_zeros_and_one_key_gets_its_value(decode_kernel):
+    args, masks = _decode_inputs("all_masked_but_one", 0)
+    query, packed_key, packed_value, full_key, full_value, scaling = args
+    only = [kq.dequantize_reference(packed_value)[0, :, 37], full_value[1, :, -1]]  # [Hkv, d] each
+    blind = {**masks, "full_valid": torch.zeros_like(masks["full_valid"])}
+    for function in (decode_kernel, da.decode_attention_reference):
+        out = function(*args, **masks)  # softmax over one key: that key's value, for every head of its group
+        for sample in (0, 1):
+            torch.testing.assert_close(out[sample, :, 0], only[sample].repeat_interleave(2, 0), rtol=1e-6, atol=1e-6)
+        assert torch.equal(function(*args, **blind)[1], torch.zeros_like(query[1]))
+
+
+def test_split_sizes_do_not_change_the_result(decode_kernel):
+    args, masks = _decode_inputs("gqa4_mixed_bits_q3", 2)
+    expected = da.decode_attention_reference(*args, **masks)
+    for split in (24, 1000):  # chunks that end inside a group and a block, one chunk a segment
+        got = decode_kernel(*args, **{**masks, "split_size": split})
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dispatcher_runs_the_reference_on_the_cpu_and_empty_calls_give_zeros(decode_kernel):
+    args, masks = _decode_inputs("gqa1_fp32", 0)
+    assert torch.equal(da.decode_attention(*args, **masks), da.decode_attention_reference(*args, **masks))
+    query, packed_key, packed_value, full_key, full_value, scaling = args
+    empty_packed = kq.quantize_reference(full_key[:, :, :0], 2, 16, "tokens")
+    empty_value = kq.quantize_reference(full_value[:, :, :0], 2, 16, "channels")
+    nothing = (query, empty_packed, empty_value, full_key[:, :, :0], full_value[:, :, :0], scaling)
+    for function in (decode_kernel, da.decode_attention_reference):
+        assert torch.equal(function(*nothing), torch.zeros_like(query))
+
+
+def _refusal_args(**change) -> tuple[tuple, dict]:
+    """Decode arguments that fit (B=2, Hq=4, Hkv=2, q=1, S_packed=16, S_full=3, d=16), with ``change`` applied."""
+    fitting = {
+        "query": torch.zeros(2, 4, 1, 16),
+        "packed_key": kq.quantize_reference(torch.zeros(2, 2, 16, 16), 2, 8, "tokens"),
+        "packed_value": kq.quantize_reference(torch.zeros(2, 2, 16, 16), 2, 8, "channels"),
+        "full_key": torch.zeros(2, 2, 3, 16),
+        "full_value": torch.zeros(2, 2, 3, 16),
+        "scaling": 0.25,
+        **change,
+    }
+    names = ("query", "packed_key", "packed_value", "full_key", "full_value", "scaling")
+    return tuple(fitting.pop(name) for name in names), fitting
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"query": torch.zeros(2, 4, 16)}, r"query must be a \[B, Hq, q, d\]"),
+        ({"query": torch.zeros(2, 4, 1, 16, dtype=torch.float64)}, r"bf16, fp16 or fp32 tensor"),
+        ({"full_key": torch.zeros(2, 3, 3, 16), "full_value": torch.zeros(2, 3, 3, 16)}, "key heads dividing"),
+        ({"full_value": torch.zeros(2, 2, 4, 16)}, "of one shape"),
+        ({"full_key": torch.zeros(2, 2, 3, 16).half(), "full_value": torch.zeros(2, 2, 3, 16).half()},
+         "must have the query's dtype torch.float32"),
+        ({"packed_key": torch.zeros(2, 2, 16, 16)}, r"packed_key must be a kv_quant.PackedKV"),
+        ({"packed_key": kq.quantize_reference(torch.zeros(2, 2, 8, 16), 2, 8, "tokens")},
+         r"packed_key \(2, 2, 8, 16\) and packed_value \(2, 2, 16, 16\) must hold the same entries"),
+        ({"packed_value": kq.quantize_reference(torch.zeros(2, 1, 16, 16), 2, 8, "channels")},
+         r"packed_value holds \(2, 1, 16, 16\), expected \[2, 2, S_packed, 16\]"),
+        ({"packed_valid": torch.ones(2, 15, dtype=torch.bool)}, r"packed_valid must be a bool \[2, 16\]"),
+        ({"full_valid": torch.ones(2, 3)}, r"full_valid must be a bool \[2, 3\]"),
+        ({"split_size": 0}, "split_size=0 must be a positive number of keys"),
+    ],
+)  # fmt: skip
+def test_decode_attention_refuses_arguments_that_do_not_fit(decode_kernel, change, message):
+    args, masks = _refusal_args(**change)
+    for function in (da.decode_attention_reference, decode_kernel, da.decode_attention):
+        with pytest.raises(ValueError, match=message):
+            function(*args, **masks)
