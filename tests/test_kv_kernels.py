@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from vlmzip.kernels import bench
 from vlmzip.kernels import decode_attention as da
 from vlmzip.kernels import kv_quant as kq
 
@@ -331,3 +332,21 @@ def test_decode_attention_refuses_arguments_that_do_not_fit(decode_kernel, chang
     for function in (da.decode_attention_reference, decode_kernel, da.decode_attention):
         with pytest.raises(ValueError, match=message):
             function(*args, **masks)
+
+
+def test_the_decode_bench_parses_its_arguments_and_runs_on_the_cpu(capsys):
+    """``python -m vlmzip.kernels.bench decode`` times the kernel on a GPU; here a tiny CPU run of the reference
+    so that the code cannot rot."""
+    args = bench.parser().parse_args(["decode", "--bits", "4", "--context", "4096"])
+    assert (args.what, args.bits, args.context) == ("decode", 4, 4096)
+    with pytest.raises(SystemExit):
+        bench.parser().parse_args(["decode", "--bits", "3"])
+    rows = bench.decode_bench(batch_sizes=(1, 2), context=70, window=9, heads=4, kv_heads=2, dim=16, bits=4,
+                              group_size=8, device="cpu", dtype=torch.float32, repeats=1)  # fmt: skip
+    assert [(row["batch"], row["path"]) for row in rows] == [(1, "packed"), (1, "sdpa"), (2, "packed"), (2, "sdpa")]
+    assert all(row["diff"] < 1e-5 for row in rows)
+    # 56 packed tokens (7 groups of 8) and a window of 14 per KV head: bytes as packed_nbytes counts them
+    packed = 2 * kq.packed_nbytes((1, 2, 56, 16), 4, 8, "tokens", torch.float32).total
+    assert rows[0]["bytes"] == packed + 2 * 2 * 14 * 16 * 4 + 2 * 4 * 16 * 4
+    assert rows[1]["bytes"] == 2 * 2 * 70 * 16 * 4 + 2 * 4 * 16 * 4
+    assert "packed" in capsys.readouterr().out
