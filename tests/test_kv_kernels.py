@@ -282,6 +282,22 @@ def test_split_sizes_do_not_change_the_result(decode_kernel):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_views_into_a_longer_packed_buffer_are_read_in_place(decode_kernel):
+    """A preallocated cache hands out the first entries of its buffers: strided views, not copies."""
+    (query, packed_key, packed_value, full_key, full_value, scaling), _ = _decode_inputs("gqa4_mixed_bits_q3", 3)
+
+    def first(packed: kq.PackedKV, payload_rows: int, scale_rows: int) -> kq.PackedKV:
+        parts = (packed.payload[:, :, :payload_rows], packed.scale[:, :, :scale_rows], packed.zero[:, :, :scale_rows])
+        return kq.PackedKV(*parts, packed.bits, packed.group_size, packed.group_along)
+
+    # the first 32 tokens: keys are grouped along tokens (their bytes and scale rows cover several), values not
+    key = first(packed_key, 32 * packed_key.bits // 8, 32 // packed_key.group_size)
+    value = first(packed_value, 32, 32)
+    assert key.shape[2] == value.shape[2] == 32 and not key.payload.is_contiguous()
+    args = (query, key, value, full_key, full_value, scaling)
+    torch.testing.assert_close(decode_kernel(*args, split_size=16), da.decode_attention_reference(*args))
+
+
 def test_dispatcher_runs_the_reference_on_the_cpu_and_empty_calls_give_zeros(decode_kernel):
     args, masks = _decode_inputs("gqa1_fp32", 0)
     assert torch.equal(da.decode_attention(*args, **masks), da.decode_attention_reference(*args, **masks))
