@@ -33,8 +33,9 @@ Bytes (``packed_nbytes``): payload ``numel * bits / 8``, scales and zeros ``nume
 A bf16 cache at 2 bits with groups of 32 takes ``0.25 + 2 * 2 / 32 = 0.375`` bytes an element, 0.1875x of bf16.
 
 ``quantize_reference``/``dequantize_reference`` are plain torch; ``quantize_triton``/``dequantize_triton`` (in
-``_kv_quant_triton``) compute the same codes with the same operations in the same order (identical bits under
-Triton's interpreter); ``quantize``/``dequantize`` run Triton on CUDA tensors and the reference elsewhere.
+``_kv_quant_triton``) run the same operations in the same order: under Triton's interpreter the same payload,
+scales and zero points to the bit (dequantised bf16 may differ in the last bit: the interpreter truncates fp32 to
+bf16 where torch rounds). ``quantize``/``dequantize`` run Triton on CUDA tensors and the reference elsewhere.
 """
 
 from __future__ import annotations
