@@ -6,7 +6,13 @@
 * ``chunk_attention``: block-diagonal attention over a packed sequence of chunks (Qwen's vision windows and frames)
   in batched calls of a given attention function, beside the per-chunk loop it replaces
   (``chunk_attention_loop``); ``python -m vlmzip.kernels.bench tower`` times them on a GPU.
+* ``kv_quant``: KV-cache quantisation to 2, 4 or 8 bits with a scale and zero point per group (KIVI's layouts:
+  keys grouped along tokens, values along channels), codes packed into bytes (``PackedKV``), and the exact bytes
+  of a packed tensor (``packed_nbytes``). ``quantize``/``dequantize`` run Triton on CUDA, the reference elsewhere.
+* ``decode_attention``: the few query rows of a decode step over a packed segment and a full-precision one, the
+  packed cache read directly (split over the context); ``python -m vlmzip.kernels.bench decode`` times it against
+  bf16 SDPA on a GPU.
 
-The other kernels the design names (block-sparse prefill attention, KV quantisation) are still to come; the
-references of the selection helpers live in ``vlmzip.selection``. This package imports nothing of vlmzip.
+The other kernel the design names (block-sparse prefill attention) is still to come; the references of the
+selection helpers live in ``vlmzip.selection``. This package imports nothing of vlmzip.
 """

@@ -1,4 +1,10 @@
-"""Kernels against their references on a CUDA GPU: ``python -m vlmzip.kernels.bench [mass|tower]``.
+"""Kernels against their references on a CUDA GPU: ``python -m vlmzip.kernels.bench [mass|tower|decode]``.
+
+``decode`` (``decode_bench``): one decode step of one Qwen2.5-VL-7B-like layer (Hq=28, Hkv=4, d=128, bf16) over
+a 16,384-token context at batch 1 and 8, as ``kernels.decode_attention`` reads a KIVI cache (``--bits``, default
+2; groups of 32; a 128-token bf16 window) against bf16 SDPA over the same context. Prints median ms, the bytes
+each path must read (the floor: 6.5 MB against 33.6 MB at batch 1; ``decode_attention``'s docstring counts them),
+the bandwidth that implies, and the max abs difference from SDPA over the dequantised cache.
 
 ``tower`` (``tower_bench``): one Qwen2.5-VL-7B-like vision attention layer on a 64-frame video (336x336 frames ->
 24x24 patches, 16 heads, head dim 80, bf16; windows of 112 px = 8x8 patches, so 9 windows of 64 a frame), run as
@@ -40,6 +46,8 @@ import torch
 
 from vlmzip.kernels.attention_mass import attention_mass_reference, attention_mass_triton
 from vlmzip.kernels.chunk_attention import STRATEGIES, chunk_attention, chunk_attention_loop, chunk_plan
+from vlmzip.kernels.decode_attention import decode_attention
+from vlmzip.kernels.kv_quant import dequantize, quantize
 
 
 def _case(batch, heads, kv_heads, n_q, n_k, dim, **args):
@@ -189,17 +197,76 @@ def tower_bench(
     return rows
 
 
-def main() -> None:
+def decode_bench(
+    batch_sizes: tuple[int, ...] = (1, 8),
+    context: int = 16384,
+    window: int = 128,
+    heads: int = 28,
+    kv_heads: int = 4,
+    dim: int = 128,
+    bits: int = 2,
+    group_size: int = 32,
+    device: str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    repeats: int = 20,
+) -> list[dict]:
+    """Time one decode step over a packed cache (``decode_attention``: the Triton kernel on CUDA, the reference
+    elsewhere) against SDPA over the same context in ``dtype``, per batch size. The cache is KIVI's: the oldest
+    whole groups of ``group_size`` tokens of the first ``context - window`` quantised to ``bits`` (keys along
+    tokens, values along channels), the rest kept in ``dtype``. Returns one row per (batch, path) and prints them.
+    """
+    generator = torch.Generator(device=device).manual_seed(0)
+    scale, sdpa = dim**-0.5, torch.nn.functional.scaled_dot_product_attention
+    n_packed = (context - window) // group_size * group_size
+    rows = []
+    print(f"{'batch':>5} {'path':8} {'ms':>9} {'MB read':>9} {'GB/s':>8} {'speed-up':>8} {'max |diff|':>11}")
+    for batch in batch_sizes:
+        query, key, value = (
+            torch.randn(batch, n_heads, length, dim, device=device, dtype=dtype, generator=generator)
+            for n_heads, length in ((heads, 1), (kv_heads, context), (kv_heads, context))
+        )
+        packed_key = quantize(key[:, :, :n_packed], bits, group_size, "tokens")
+        packed_value = quantize(value[:, :, :n_packed], bits, group_size, "channels")
+        full_key, full_value = key[:, :, n_packed:], value[:, :, n_packed:]
+        io = 2 * query.numel() * query.element_size()  # the query read, the output written
+        window_bytes = 2 * full_key.numel() * full_key.element_size()
+        packed_bytes = packed_key.nbytes().total + packed_value.nbytes().total + window_bytes + io
+        dense_bytes = 2 * key.numel() * key.element_size() + io
+
+        out, packed_ms = _timed(
+            partial(decode_attention, query, packed_key, packed_value, full_key, full_value, scale), repeats
+        )
+        _, dense_ms = _timed(partial(sdpa, query, key, value, scale=scale, enable_gqa=True), repeats)
+        dequantized = [torch.cat([dequantize(packed), full], dim=2)
+                       for packed, full in ((packed_key, full_key), (packed_value, full_value))]  # fmt: skip
+        expected = sdpa(query, *dequantized, scale=scale, enable_gqa=True)
+        diff = (out.float() - expected.float()).abs().max().item()
+        for path, ms, read, error in (("packed", packed_ms, packed_bytes, diff), ("sdpa", dense_ms, dense_bytes, 0.0)):
+            rows.append({"batch": batch, "path": path, "ms": ms, "bytes": read, "diff": error})
+            print(f"{batch:5d} {path:8} {ms:9.3f} {read / 1e6:9.2f} {read / ms / 1e6:8.1f} "
+                  f"{dense_ms / ms:7.2f}x {error:11.2e}")  # fmt: skip
+    return rows
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vlmzip.kernels.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("what", nargs="?", choices=("mass", "tower"), default="mass")
+    parser.add_argument("what", nargs="?", choices=("mass", "tower", "decode"), default="mass")
     parser.add_argument("--frames", type=int, default=64, help="tower: video frames (default 64)")
-    args = parser.parse_args()
-    if args.what == "mass":
-        mass_bench()
-        return
+    parser.add_argument("--bits", type=int, choices=(2, 4, 8), default=2, help="decode: bits of the cache (default 2)")
+    parser.add_argument("--context", type=int, default=16384, help="decode: tokens in the cache (default 16384)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("the benchmark times CUDA kernels: no CUDA device here")
-    tower_bench(frames=args.frames)
+    if args.what == "mass":
+        mass_bench()
+    elif args.what == "tower":
+        tower_bench(frames=args.frames)
+    else:
+        decode_bench(context=args.context, bits=args.bits)
 
 
 if __name__ == "__main__":
