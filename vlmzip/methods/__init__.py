@@ -16,6 +16,7 @@ from vlmzip.methods import (  # noqa: F401
     mustdrop_vision,
     pyramiddrop,
     random,
+    snapkv,
     sparsevlm,
     uniform,
     visionzip,
