@@ -12,6 +12,7 @@ from vlmzip.methods import (  # noqa: F401
     fastv,
     fastvid,
     knorm,
+    look_m,
     mustdrop,
     mustdrop_vision,
     pyramiddrop,
