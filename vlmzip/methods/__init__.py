@@ -14,6 +14,7 @@ from vlmzip.methods import (  # noqa: F401
     knorm,
     look_m,
     mustdrop,
+    mustdrop_decode,
     mustdrop_vision,
     pyramiddrop,
     random,
