@@ -26,7 +26,8 @@ class LookM(DecodeMethod):
     prompt's text rows attend to most. Each evicted entry is then merged, per KV head, into the kept entry whose key
     is most similar (cosine): a kept entry becomes the mean of itself and what merged into it, taken as is
     (``average``), as its midpoint with the kept one (``pivotal``) or scaled by the similarity (``weighted``).
-    Published: pivotal merging (the authors' main setting), 80-95% of the cache evicted.
+    The merges follow the authors' code. Published: pivotal merging (their main setting) with 10% of the cache kept
+    by score and a 10% recent window, hence ``keep=0.2``; 80-95% of the cache evicted.
     """
 
     name = "look-m"

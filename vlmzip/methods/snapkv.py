@@ -28,9 +28,11 @@ class SnapKV(DecodeMethod):
     paper = "arXiv:2404.14469"
     title = "SnapKV: LLM Knows What You are Looking for Before Generation"
     deviation = (
-        "keeps one set per layer (scores averaged over heads) and evicts visual entries only, where SnapKV keeps a "
-        "set per head over all prompt entries; the window's mean attention stands for its sum (one factor per "
-        "sample); after a prefill cut, pooling runs over the stored entries"
+        "keeps one set per layer (the window's attention averaged over heads) and evicts visual entries only, where "
+        "SnapKV keeps a set per head over all prompt entries; the window's own visual entries are kept first but "
+        "count within `keep` (SnapKV keeps the window beside a budget of 1024-4096 entries, so `keep` has no "
+        "published default); the window's mean attention stands for its sum (one factor per sample); after a prefill "
+        "cut, pooling runs over the stored entries"
     )
     window: int = 32
     kernel: int = 7
