@@ -28,9 +28,10 @@ class MustDrop(PrefillMethod):
     paper = "arXiv:2411.10803"
     title = "Multi-Stage Vision Token Dropping: Towards Efficient Multimodal Large Language Model"
     deviation = (
-        "the prefill stage only (the spatial merge before the language model and the decode-stage cache policy "
-        "are separate stages); scored at the layer before each cut; layers for 32 layers scaled to the model's "
-        "depth; `keep` caps the count (default: no cap) and at least one visual token stays"
+        "the prefill stage only (the spatial merge before the language model, `mustdrop-vision`, and the cache "
+        "policy, `mustdrop-decode`, are separate methods); scored at the layer before each cut; layers for 32 "
+        "layers scaled to the model's depth; `keep` caps the count (default: no cap) and at least one visual "
+        "token stays"
     )
     layers: tuple[int, ...] = (2, 6, 10, 14)
     depth: int = 32

@@ -25,6 +25,7 @@ class DecodeStage:
             return
         counts: dict[int, tuple[list[int], list[int]]] = {}  # id(valid) -> (visual, all) entries per sample
         shared: dict[tuple, torch.Tensor] = {}  # layers keeping equal counts share one valid tensor
+        final = _prompt_final(request)
         for idx, layer in enumerate(cache.layers):
             if not layer.is_initialized or layer.is_sliding:
                 continue
@@ -33,7 +34,7 @@ class DecodeStage:
                 visual, stored = torch.stack([candidates.sum(dim=1), layer.valid.sum(dim=1)]).tolist()
                 counts[id(layer.valid)] = (visual, stored)
             visual, stored = counts[id(layer.valid)]
-            result = self.method.compress(self._entries(idx, layer, request, visual, stored))
+            result = self.method.compress(self._entries(idx, layer, request, visual, stored, final))
             if result is None:
                 continue
             width = result.index.shape[1]
@@ -44,7 +45,13 @@ class DecodeStage:
             layer.keep_entries(result.index, shared[key], result.store)
 
     def _entries(
-        self, idx: int, layer: CompressedLayer, request: Request, visual: list[int], stored: list[int]
+        self,
+        idx: int,
+        layer: CompressedLayer,
+        request: Request,
+        visual: list[int],
+        stored: list[int],
+        final: torch.Tensor,
     ) -> LayerEntries:
         keys, values = layer.store.read()
         captured = request.attention.get(("decode", idx))
@@ -59,6 +66,7 @@ class DecodeStage:
             stored,
             step=request.step,
             attention=captured.mass() if captured is not None and request.step == 0 else None,
+            prompt_final=final,
         )
 
     def layer_mask(self, request: Request, layer: CompressedLayer, dtype: torch.dtype) -> Any:
@@ -77,3 +85,10 @@ class DecodeStage:
             )
             request.step_masks[key] = (layer.valid, layer.positions, mask)  # holding them keeps the ids unique
         return request.step_masks[key][2]
+
+
+def _prompt_final(request: Request) -> torch.Tensor:
+    """``[B, P]``: the prompt columns whose rows the prompt pass's last layer held (what survived every cut)."""
+    final = torch.zeros(request.prompt_valid.shape, dtype=torch.long, device=request.rows_prompt.device)
+    # added, not scattered: the result does not depend on which of two rows naming one column is written last
+    return final.scatter_add_(1, request.rows_prompt, request.rows_valid.long()) > 0

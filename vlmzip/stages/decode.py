@@ -87,7 +87,9 @@ class LayerEntries:
     (real entry vs padding, from a visual token, position in the sequence); ``visual_count`` / ``count`` the
     valid visual / all entries per sample (host); ``attention [B, S]`` the mean attention the method's
     ``query_rows`` put on each entry in the prompt pass (``None`` unless asked for); ``step`` is 0 after the
-    prompt pass, then the decode steps done.
+    prompt pass, then the decode steps done. ``prompt_final [B, P]`` marks the prompt's columns (``input_ids``,
+    ``P`` its padded length) whose rows the prompt pass's last layer still held: every text row and the visual rows
+    that survived every prefill cut (the prefill stage's final kept set); ``survived`` maps it onto the entries.
     """
 
     layer: int
@@ -100,6 +102,18 @@ class LayerEntries:
     count: list[int]
     step: int = 0
     attention: torch.Tensor | None = None
+    prompt_final: torch.Tensor | None = None
+
+    @property
+    def survived(self) -> torch.Tensor:
+        """``[B, S]``: valid entries whose row the prompt pass's last layer held, i.e. that no prefill cut dropped
+        (entries of generated tokens, past the prompt, count as survived; without ``prompt_final``, every one)."""
+        if self.prompt_final is None:
+            return self.valid
+        final = self.prompt_final.to(self.positions.device)
+        in_prompt = self.positions < final.shape[1]
+        held = final.gather(1, self.positions.clamp(max=final.shape[1] - 1))
+        return self.valid & (held | ~in_prompt)
 
 
 @dataclass
@@ -121,8 +135,8 @@ class DecodeMethod(Method):
     By default, per full-attention layer and per sample, keeps the ``keep`` highest-``score`` visual entries
     (a fraction of the sample's visual entries, or a count) and every text entry; all heads of a layer keep
     the same entries, so masks stay ``[B, 1, q, kv]``. Steps to override: ``score`` (most methods), ``budget``,
-    ``compress`` (merging, quantizing), ``query_rows`` (attention statistics from the prompt pass) and
-    ``due`` (re-compress during generation).
+    ``select`` (any other choice of entries), ``compress`` (merging, quantizing), ``query_rows`` (attention
+    statistics from the prompt pass) and ``due`` (re-compress during generation).
     """
 
     stage: ClassVar[Stage] = "decode"
@@ -145,16 +159,24 @@ class DecodeMethod(Method):
         """Visual entries each sample keeps."""
         return [kept_count(self.keep, n) for n in entries.visual_count]
 
-    def compress(self, entries: LayerEntries) -> StoredEntries | None:
-        """What the layer stores (``None``: leave it as it is): every text entry and the ``budget`` visual
-        entries of highest ``score``."""
+    def select(self, entries: LayerEntries) -> tuple[torch.Tensor, list[int]] | None:
+        """The entries the layer keeps, ``[B, S]`` bool, and how many per sample (on the host); ``None`` keeps them
+        all. By default every text entry and the ``budget`` visual entries of highest ``score``."""
         counts = self.budget(entries)
         if counts == entries.visual_count:
             return None
         candidates = entries.visual & entries.valid
         chosen = top_k_mask(self.score(entries), candidates, torch.tensor(counts, device=entries.keys.device))
         stored = [total - before + after for total, before, after in zip(entries.count, entries.visual_count, counts)]
-        index, _ = pack_left((entries.valid & ~entries.visual) | chosen, max(stored))
+        return (entries.valid & ~entries.visual) | chosen, stored
+
+    def compress(self, entries: LayerEntries) -> StoredEntries | None:
+        """What the layer stores (``None``: leave it as it is): by default the ``select``-ed entries, as they are."""
+        selected = self.select(entries)
+        if selected is None:
+            return None
+        keep, stored = selected
+        index, _ = pack_left(keep, max(stored))
         return StoredEntries(index, stored)
 
 
