@@ -8,7 +8,8 @@ import json
 import pytest
 
 from vlmzip.cli import main
-from vlmzip.eval import bundled, caption_samples, runner, synthetic
+from vlmzip.errors import InputError
+from vlmzip.eval import bundled, caption_samples, report, runner, synthetic
 from vlmzip.eval.benches import bench_class
 from vlmzip.eval.captions import parse
 from vlmzip.eval.tokenizer import build_tokenizer
@@ -38,6 +39,13 @@ def test_the_bench_describes_scores_resumes_and_reports(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     assert "| run | policy | f1 | retained |" in capsys.readouterr().out
+
+
+def test_a_report_refuses_to_mix_f1_with_accuracy():
+    scoring = {"extractor": "vlmzip", "subtitles_style": None}
+    with pytest.raises(InputError, match=r"scored differently \(metric: f1 \(a\) vs accuracy \(b\)"):
+        report.check_scoring({"a": {**scoring, "metric": "f1"}, "b": {**scoring, "metric": "accuracy"}})
+    assert report.label({**scoring, "metric": "f1", "extractor": "captions"}) == "f1, extractor captions"
 
 
 def test_samples_are_test_split_pictures_and_whole_clips():
