@@ -8,6 +8,10 @@ and add of the two Wilson intervals, corrected for the correlation of paired ans
 17:2635, 1998). Pairing matters: two methods that both fail the hard questions differ far less by chance than
 two independent samples would, so a paired interval is several times narrower than the intervals of the two
 accuracies suggest.
+
+``mean_interval(values)`` is the normal-approximation interval of a mean of per-question scores that are not
+right/wrong (a caption's F1): ``mean +- z * s / sqrt(n)``, ``s`` the sample standard deviation. It is the central
+limit's interval, fair from a few dozen questions on; below that read it as rough.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Z95", "Difference", "paired_difference", "plus_minus", "wilson"]
+__all__ = ["Z95", "Difference", "mean_interval", "paired_difference", "plus_minus", "wilson"]
 
 Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
 
@@ -36,6 +40,22 @@ def plus_minus(k: int, n: int) -> float:
     which is asymmetric near 0% and 100%."""
     low, high = wilson(k, n)
     return max(k / n - low, high - k / n)
+
+
+def mean_interval(
+    values: Sequence[float], z: float = Z95, bounds: tuple[float, float] | None = None
+) -> tuple[float, float]:
+    """The normal 95% interval of the mean of ``values`` (at least two), clipped to ``bounds`` where given (a
+    mean of scores in [0, 1] cannot leave it)."""
+    n = len(values)
+    if n < 2:
+        raise ValueError(f"an interval of a mean needs at least two values, got {n}")
+    mean = math.fsum(values) / n
+    spread = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    low, high = mean - z * spread / math.sqrt(n), mean + z * spread / math.sqrt(n)
+    if bounds is not None:
+        low, high = max(bounds[0], low), min(bounds[1], high)
+    return low, high
 
 
 @dataclass(frozen=True)

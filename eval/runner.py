@@ -3,8 +3,10 @@
 Samples are decoded once and handed to each policy in turn. Every scored sample is appended to
 ``samples.jsonl`` and flushed at once, so a killed run loses at most the line being written; ``resume``
 skips the (policy, question) pairs already there and drops a torn last line. ``results.json`` is always
-recomputed from ``samples.jsonl``: accuracy per policy (overall and by group, with intervals), accuracy
-retained relative to ``none`` where it ran, and the efficiency figures beside it.
+recomputed from ``samples.jsonl``: the bench's metric per policy (accuracy by default; overall and by group,
+with intervals), the metric retained relative to ``none`` where it ran, and the efficiency figures beside it.
+The bench scores each answer and sums the rows up (``Bench.score`` / ``Bench.summarize``); a run directory
+names its bench in ``config.json``, which is how results are recomputed later (``vlmzip report``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from vlmzip.eval import benches
 from vlmzip.eval.benches import Bench
 from vlmzip.eval.extractors import extract_answer
 from vlmzip.eval.samples import Sample
-from vlmzip.eval.scoring import score, summarize
 
 DEFAULTS = {"template": "official", "sampler": "linspace", "extractor": "vlmzip", "max_new_tokens": 16}
 SAMPLES = "samples.jsonl"
@@ -63,13 +64,15 @@ def run(
     resume: bool = False,
     total: int | None = None,
     extractor: str = "vlmzip",
+    bench: Bench | None = None,
 ) -> dict[str, Any]:
-    """Score every sample under every policy into ``out_dir`` (answers read by ``extractor``, see
-    :mod:`~vlmzip.eval.extractors`); returns (and writes) the results. A progress bar (on a terminal) counts
-    samples, out of ``total`` when given."""
+    """Score every sample under every policy into ``out_dir`` (by ``bench``, default the one ``config`` names;
+    multiple-choice answers read by ``extractor``, see :mod:`~vlmzip.eval.extractors`); returns (and writes) the
+    results. A progress bar (on a terminal) counts samples, out of ``total`` when given."""
     if not policies or len(set(policies)) != len(policies):
         raise InputError(f"give each policy once, at least one: got {policies}")
     extract_answer("", extractor)  # an unknown extractor fails here, before any sample
+    bench = bench or bench_named(config.get("bench"))
     out_dir.mkdir(parents=True, exist_ok=True)
     done = _start(out_dir, config, resume)
     progress = tqdm(total=total, unit="sample", desc=out_dir.name, disable=None)  # disable=None: only on a tty
@@ -81,9 +84,24 @@ def run(
                 answerable = [s for s in todo if s.error is None]
                 predictions = _predict(predictor, policy, answerable)
                 for sample in todo:
-                    _append(log, _record(policy, sample, predictions.get(id(sample)), extractor))
+                    _append(log, _record(bench, policy, sample, predictions.get(id(sample)), extractor))
                     done.add((policy, sample.question.question_id))
-    return write_results(out_dir, policies)
+    return write_results(out_dir, policies, bench)
+
+
+def bench_named(name: str | None) -> Bench:
+    """The registered bench ``name`` (a run's ``config.json`` names it), or the multiple-choice default for a run
+    that names none, or a bench not registered in this process."""
+    try:
+        return benches.bench_class(str(name))() if name else Bench()
+    except InputError:
+        return Bench()
+
+
+def _run_bench(out_dir: Path) -> Bench:
+    path = out_dir / CONFIG
+    config = json.loads(path.read_text()) if path.exists() else {}
+    return bench_named(config.get("bench"))
 
 
 def _start(out_dir: Path, config: dict[str, Any], resume: bool) -> set[tuple[str, str]]:
@@ -125,16 +143,18 @@ def read_samples(out_dir: Path, repair: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def write_results(out_dir: Path, policies: list[str] | None = None) -> dict[str, Any]:
-    """Recompute ``results.json`` from ``samples.jsonl``: per policy accuracy, retained %, efficiency."""
+def write_results(out_dir: Path, policies: list[str] | None = None, bench: Bench | None = None) -> dict[str, Any]:
+    """Recompute ``results.json`` from ``samples.jsonl``: per policy the bench's metric (default: the bench the
+    run's config names), retained %, efficiency."""
+    bench = bench or _run_bench(out_dir)
     rows = read_samples(out_dir)
     order = policies or list(dict.fromkeys(row["policy"] for row in rows))
-    per_policy = {policy: _policy_result([r for r in rows if r["policy"] == policy]) for policy in order}
-    baseline = per_policy.get("none", {}).get("accuracy")
+    per_policy = {policy: _policy_result(bench, [r for r in rows if r["policy"] == policy]) for policy in order}
+    baseline = per_policy.get("none", {}).get(bench.metric)
     for result in per_policy.values():
-        accuracy = result["accuracy"]
-        result["retained"] = accuracy / baseline if baseline and accuracy is not None else None
-    results = {"scoring": scoring(rows), "policies": per_policy}
+        value = result[bench.metric]
+        result["retained"] = value / baseline if baseline and value is not None else None
+    results = {"metric": bench.metric, "scoring": scoring(rows), "policies": per_policy}
     (out_dir / RESULTS).write_text(json.dumps(results, indent=2))
     return results
 
@@ -147,36 +167,33 @@ def scoring(rows: list[dict[str, Any]]) -> dict[str, str | None]:
     return {"extractor": ",".join(extractors) or None, "subtitles_style": ",".join(styles) or None}
 
 
-def _policy_result(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    summary = summarize(rows)
+def _policy_result(bench: Bench, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    headline = bench.summarize(rows)
     answered = [r for r in rows if r["error"] is None]
     return {
-        "accuracy": summary["overall"]["accuracy"],
-        "ci95": summary["overall"]["ci95"],
-        "evaluated": summary["overall"]["evaluated"],
-        "total": summary["overall"]["total"],
-        "unparsed": summary["overall"]["unparsed"],
+        **{key: value for key, value in headline.items() if key != "summary"},
         "visual_tokens_in": _mean(r["visual_tokens_in"] for r in answered),
         "visual_tokens_kept": _mean(r["visual_tokens_kept"] for r in answered),
         "prefill_ms": _median(r["prefill_ms"] for r in answered),
         "first_token_ms": _median(r["first_token_ms"] for r in answered),
         "peak_gib": max((r["peak_gib"] for r in answered if r["peak_gib"] is not None), default=None),
         "kv_bytes": _mean(r.get("kv_bytes") for r in answered),
-        "summary": summary,
+        "summary": headline["summary"],
     }
 
 
 def table(results: dict[str, Any]) -> str:
-    """A markdown table of the results, one row per policy."""
+    """A markdown table of the results, one row per policy, headed by the run's metric."""
+    metric = results.get("metric", "accuracy")
     lines = [
-        "| policy | accuracy | 95% CI | retained | visual tokens kept | KV MiB | prefill ms | TTFT ms | peak GiB "
+        f"| policy | {metric} | 95% CI | retained | visual tokens kept | KV MiB | prefill ms | TTFT ms | peak GiB "
         "| evaluated |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for policy, r in results["policies"].items():
         low, high = r["ci95"] or (None, None)
         lines.append(
-            f"| {policy} | {percent(r['accuracy'])} | {percent(low)}-{percent(high)} | "
+            f"| {policy} | {percent(r[metric])} | {percent(low)}-{percent(high)} | "
             f"{percent(r['retained'])} | {number(r['visual_tokens_kept'])} | {number(mib(r.get('kv_bytes')), 2)} | "
             f"{number(r['prefill_ms'])} | "
             f"{number(r['first_token_ms'])} | {number(r['peak_gib'], 2)} | {r['evaluated']}/{r['total']} |"
@@ -198,8 +215,8 @@ def _predict(predictor: Predictor, policy: str, samples: list[Sample]) -> dict[i
     return dict(zip(map(id, samples), predictions))
 
 
-def _record(policy: str, sample: Sample, prediction: Prediction | None, extractor: str) -> dict[str, Any]:
-    record = score(sample, prediction.response if prediction else None, extractor=extractor).to_dict()
+def _record(bench: Bench, policy: str, sample: Sample, prediction: Prediction | None, extractor: str) -> dict[str, Any]:
+    record = bench.score(sample, prediction.response if prediction else None, extractor)
     efficiency = asdict(prediction) if prediction else asdict(Prediction(None))
     efficiency.pop("response")
     return {"policy": policy, **record, **efficiency}
@@ -260,7 +277,7 @@ def category_table(results: dict[str, Any]) -> str | None:
 class _Plan:
     bench: Bench
     model: Path
-    data: Path
+    data: Path | None  # None: a generated bench's
     policies: list[str]
     notes: list[str]
 
@@ -304,11 +321,11 @@ def plan(args) -> _Plan:
         args.out = Path("runs") / f"eval-{cls.name}-{model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         notes.append(f"out: {args.out} (--out DIR)")
     args.bench, args.model = cls.name, str(model)
-    assert cls.data is not None  # a bundled bench records its set under its loader's data option
-    setattr(args, cls.data.dest, data)
+    if cls.data is not None:  # a bundled bench records its set under its loader's data option
+        setattr(args, cls.data.dest, data)
     if embedded:
         notes.insert(0, f"no --model or data given: {cls.embedded_note}")
-    return _Plan(bench, model, Path(data), policies, notes)
+    return _Plan(bench, model, None if data is None else Path(data), policies, notes)
 
 
 def _model_path(name: str) -> Path:
@@ -353,8 +370,8 @@ def main(args) -> int:
     config = {
         **{key: str(value) for key, value in vars(args).items() if key not in ("run", "resume", "policy")},
         "policies": chosen.policies,
-        **described,
         "sampling": sampling.describe(),
+        **described,  # after sampling: a bench that samples its own way says how
         "versions": versions(),
     }
     started = time.perf_counter()
@@ -368,16 +385,17 @@ def main(args) -> int:
         args.resume,
         total=described["questions"],
         extractor=args.extractor,
+        bench=chosen.bench,
     )
     if world > 1:
         processes.wait_for_everyone()
         if not processes.is_main_process:
             return 0
         parallel.merge(args.out, world, SAMPLES, CONFIG)
-        results = write_results(args.out, chosen.policies)
+        results = write_results(args.out, chosen.policies, chosen.bench)
     print(table(results))
-    by_category = category_table(results)
-    if by_category:
-        print(f"\n{by_category}")
+    details = chosen.bench.details(results)
+    if details:
+        print(f"\n{details}")
     print(f"\n{args.out} ({time.perf_counter() - started:.1f} s)")
     return 0

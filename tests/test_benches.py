@@ -103,18 +103,19 @@ def test_choices_options_and_messages_come_from_the_registry(toy, capsys, monkey
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert "--bench {videomme,mcq,images,videos,toy}" in shown
+    assert "--bench {videomme,mcq,images,videos,captions,toy}" in shown
     assert "toy (a file of toy question names, --toy-file)" in shown
     assert "--bench toy: --toy-file TOY_FILE one question name a line --toy-side TOY_SIDE" in shown
     with pytest.raises(SystemExit):  # argparse refuses a name that is not registered, listing the registered ones
         main(["eval", "--bench", "tyo"])
     err = capsys.readouterr().err.replace("'", "")  # Python 3.12 stopped quoting the choices
-    assert "invalid choice: tyo (choose from videomme, mcq, images, videos, toy)" in err
+    assert "invalid choice: tyo (choose from videomme, mcq, images, videos, captions, toy)" in err
     cases = [
         (
             ["--model", "llava"],
             "--model needs questions: --data-root DIR (Video-MME), --data FILE.jsonl (multiple "
-            "choice), --toy-file FILE (toy), or a bundled set: --bench images or --bench videos",
+            "choice), --toy-file FILE (toy), or a bundled set: --bench images or --bench videos, or generated "
+            "scenes: --bench captions",
         ),
         (["--bench", "toy", "--model", "llava"], "--bench toy needs --toy-file FILE (a file of toy question names)"),
         (["--toy-file", "a", "--data", "b"], "give --data (a multiple-choice JSONL file) or --toy-file (a file"),
@@ -130,12 +131,12 @@ def test_choices_options_and_messages_come_from_the_registry(toy, capsys, monkey
 
 
 def test_the_built_in_benches_and_lookup_errors():
-    assert [cls.name for cls in benches.benches()] == ["videomme", "mcq", "images", "videos"]
+    assert [cls.name for cls in benches.benches()] == ["videomme", "mcq", "images", "videos", "captions"]
     assert benches.bench_class("videos").bundled == "video" and benches.bench_class("mcq").data.flag == "--data"
     with pytest.raises(InputError, match=r"unknown bench 'videome'. Did you mean 'videomme'\? Known benches: videomme"):
         benches.bench_class("videome")
     with pytest.raises(ValueError, match="already registered"):
         register_bench(type("Again", (Toy,), {"name": "mcq"}))
-    with pytest.raises(ValueError, match="needs a data option or a bundled set"):
+    with pytest.raises(ValueError, match="needs a data option, a bundled set or to be generated"):
         register_bench(type("Nowhere", (Bench,), {"name": "nowhere"}))
     assert "toy" not in [cls.name for cls in benches.benches()]  # the other tests' registrations were undone

@@ -70,7 +70,13 @@ class Bench:
     are added to the parser once). ``default_model`` and ``default_policies`` are what runs when ``--model`` or
     ``--policy`` is not given (``None``: ``--model`` is required, only ``none`` runs). A bundled bench with an
     ``embedded_limit`` is what ``vlmzip eval`` runs with no arguments at all (on the CPU, at most that many
-    questions); ``embedded_note`` says what that is.
+    questions); ``embedded_note`` says what that is. A ``generated`` bench makes its samples itself (from a
+    generator and its own options): it takes no data option and has no data path.
+
+    **Scoring.** A bench says how an answer is scored (:meth:`score`: one ``samples.jsonl`` row) and how rows add
+    up (:meth:`summarize`: one policy's headline ``metric``, a fraction in [0, 1], with its interval); the runner
+    writes, resumes and compares policies by that metric (``retained`` = metric / ``none``'s). The defaults are
+    multiple choice: the letter read by the run's extractor, accuracy with Wilson intervals.
     """
 
     name: ClassVar[str] = ""
@@ -84,10 +90,14 @@ class Bench:
     default_policies: ClassVar[tuple[str, ...] | None] = None
     embedded_limit: ClassVar[int | None] = None
     embedded_note: ClassVar[str] = ""
+    generated: ClassVar[bool] = False
+    metric: ClassVar[str] = "accuracy"  # the headline key of each policy's result (results.json, tables)
 
-    def data_path(self, args: argparse.Namespace) -> Path:
-        """Where the questions are. A bundled bench's shipped set; otherwise its data option's value, checked
-        by :func:`choose`."""
+    def data_path(self, args: argparse.Namespace) -> Path | None:
+        """Where the questions are. A bundled bench's shipped set; a generated bench's: ``None``; otherwise its
+        data option's value, checked by :func:`choose`."""
+        if self.generated:
+            return None
         if self.bundled is not None:
             from vlmzip.eval import bundled
 
@@ -99,10 +109,37 @@ class Bench:
         """Fill in defaults this bench brings for options left unset (``args`` is updated in place, so the
         run's config records them), with a note for each."""
 
-    def load(self, args: argparse.Namespace, data: Path, sampling: Sampling, rank: int = 0, world: int = 1) -> Loaded:
-        """Read the questions at ``data``, select those ``args`` asks for, keep process ``rank``'s share of
-        ``world`` (``parallel.shard``) and make their samples with ``sampling``."""
+    def load(
+        self, args: argparse.Namespace, data: Path | None, sampling: Sampling, rank: int = 0, world: int = 1
+    ) -> Loaded:
+        """Read the questions at ``data`` (a generated bench: make them), select those ``args`` asks for, keep
+        process ``rank``'s share of ``world`` (``parallel.shard``) and make their samples with ``sampling``."""
         raise NotImplementedError
+
+    def score(self, sample: Sample, response: str | None, extractor: str) -> dict[str, Any]:
+        """One ``samples.jsonl`` row: ``sample`` answered ``response`` (``None``: no answer). It must hold
+        ``question_id`` and ``error`` (``None``, or why there is no answer); the runner adds the policy and the
+        efficiency figures. Default: the letter ``extractor`` reads against the answer (``scoring.score``)."""
+        from vlmzip.eval.scoring import score
+
+        return score(sample, response, extractor=extractor).to_dict()
+
+    def summarize(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """One policy's result from its rows: ``{metric: fraction or None, "ci95": [low, high] or None,
+        "evaluated": n, "total": n, "unparsed": n, "summary": {...}}`` (``summary``: any breakdown, kept in
+        results.json). Default: accuracy overall and by group (``scoring.summarize``)."""
+        from vlmzip.eval.scoring import summarize
+
+        summary = summarize(rows)
+        overall = summary["overall"]
+        head = {key: overall[key] for key in ("accuracy", "ci95", "evaluated", "total", "unparsed")}
+        return {**head, "summary": summary}
+
+    def details(self, results: dict[str, Any]) -> str | None:
+        """A second table printed under the policies' table, or ``None``. Default: accuracy by category."""
+        from vlmzip.eval.runner import category_table
+
+        return category_table(results)
 
 
 _BENCHES: dict[str, type[Bench]] = {}
@@ -113,8 +150,8 @@ def register_bench(cls: type[Bench]) -> type[Bench]:
     command line is parsed: its options are added to the parser then)."""
     if not cls.name or cls.name in _BENCHES:
         raise ValueError(f"bench name {cls.name!r} is empty or already registered")
-    if cls.data is None and cls.bundled is None:
-        raise ValueError(f"bench {cls.name!r} needs a data option or a bundled set")
+    if cls.data is None and cls.bundled is None and not cls.generated:
+        raise ValueError(f"bench {cls.name!r} needs a data option, a bundled set or to be generated")
     _BENCHES[cls.name] = cls
     return cls
 
@@ -180,6 +217,9 @@ def choose(args: argparse.Namespace) -> tuple[type[Bench], bool]:
         raise InputError(f"give {shown}, not both")
     bundled_benches = [cls for cls in benches() if cls.bundled is not None]
     run_bundled = " or ".join(f"--bench {cls.name}" for cls in bundled_benches)
+    generated = [cls for cls in benches() if cls.generated]
+    if generated:
+        run_bundled += ", or generated scenes: " + " or ".join(f"--bench {cls.name}" for cls in generated)
     embedded = False
     if args.bench is not None:
         cls = bench_class(args.bench)
@@ -190,7 +230,7 @@ def choose(args: argparse.Namespace) -> tuple[type[Bench], bool]:
     else:
         wanted = ", ".join(f"{option.flag} {cls.data_metavar} ({cls.title})" for cls, option in data_options)
         raise InputError(f"--model needs questions: {wanted}, or a bundled set: {run_bundled}")
-    if cls.bundled is not None:
+    if cls.bundled is not None or cls.generated:
         if given:
             drop = "/".join(option.flag for _, option in data_options)
             own = " / ".join(f"--bench {c.name} {option.flag} {c.data_metavar}" for c, option in data_options)
@@ -205,13 +245,13 @@ def choose(args: argparse.Namespace) -> tuple[type[Bench], bool]:
             raise InputError(f"--bench {cls.name} reads {wanted}, not {others[0]}")
         if not cls.data.given(args):
             raise InputError(f"--bench {cls.name} needs {wanted}; or run a bundled set: {run_bundled}")
-        if args.model is None and cls.default_model is None:
-            from vlmzip.eval import bundled
+    if args.model is None and cls.default_model is None:
+        from vlmzip.eval import bundled
 
-            raise InputError(
-                f"--bench {cls.name} needs --model (a checkpoint directory, or a bundled model: "
-                f"{', '.join(bundled.MODELS)})"
-            )
+        raise InputError(
+            f"--bench {cls.name} needs --model (a checkpoint directory, or a bundled model: "
+            f"{', '.join(bundled.MODELS)})"
+        )
     _check_options(cls, args)
     return cls, embedded
 
