@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from vlmzip.kernels.attention_mass import attention_mass_reference, attention_mass_triton, triton_available
 from vlmzip.selection import gather_rows, pack_left
@@ -146,3 +147,18 @@ def _sensitivity(project, inputs: torch.Tensor, unit: torch.Tensor, epsilon: flo
     # divide by the move as it happened (rounded to the input's dtype), not as intended
     moved_by = (moved - inputs[None]).float().flatten(2).norm(dim=-1)
     return (change / moved_by.clamp(min=1e-30)).mean(dim=0)
+
+
+def best_cosine_match(
+    evicted: torch.Tensor, kept: torch.Tensor, valid: torch.Tensor, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per head, each of ``evicted [B, H, E, d]``'s best cosine similarity to a key of ``kept [B, H, K, d]`` that
+    ``valid [B, K]`` allows, and that key's index: ``[B, H, E]`` each. The ``[E, K]`` similarities are formed
+    ``chunk`` evicted keys at a time (a long video evicts thousands)."""
+    kept = F.normalize(kept.float(), dim=-1).transpose(-1, -2)
+    padding = ~valid.to(kept.device)[:, None, None, :]
+    best = [
+        (F.normalize(part.float(), dim=-1) @ kept).masked_fill(padding, -torch.inf).max(dim=-1)
+        for part in evicted.split(chunk, dim=2)
+    ]
+    return torch.cat([b.values for b in best], dim=2), torch.cat([b.indices for b in best], dim=2)

@@ -72,6 +72,16 @@ def merge_rows(rows: torch.Tensor, target: torch.Tensor, count: int) -> torch.Te
     return sums / sizes.clamp(min=1).view(count, *([1] * (rows.dim() - 1)))
 
 
+def mean_with_arrivals(
+    kept: torch.Tensor, arrivals: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Each row of ``kept [B, H, K, d]`` as the mean of itself and the ``arrivals [B, H, E, d]`` whose ``target
+    [B, H, E]`` it is, each arrival counted ``weight [B, H, E]`` times (0: padding, merges nothing)."""
+    spread = target[..., None].expand_as(arrivals)
+    total = kept.scatter_add(2, spread, arrivals * weight[..., None])
+    return total / torch.ones_like(kept[..., 0]).scatter_add(2, target, weight)[..., None]
+
+
 def density_peaks(points: torch.Tensor, count: int, neighbours: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster ``points [n, D]`` into ``count`` clusters by density peaks over k nearest neighbours (DPC-kNN):
     one sample of ``batched_density_peaks``. Returns ``(centres [count], assignment [n])``."""
