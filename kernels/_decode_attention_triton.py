@@ -18,6 +18,8 @@ query's dtype, softmax weights too, as flash attention does) with fp32 accumulat
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -29,6 +31,17 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 _LOG2E = 1.4426950408889634
 #: programs the default split aims for: twice an H200's 132 SMs (not tuned: no GPU measurement yet)
 TARGET_PROGRAMS = 264
+
+
+class Config(NamedTuple):
+    """Launch parameters of the split kernel: keys per tile, warps and software-pipeline stages."""
+
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+DEFAULT_CONFIG = Config()
 
 
 @triton.jit
@@ -179,13 +192,14 @@ def launch(
     packed_valid: torch.Tensor | None,
     full_valid: torch.Tensor | None,
     split_size: int | None,
+    config: Config = DEFAULT_CONFIG,
 ) -> torch.Tensor:
     """Run both kernels on checked arguments with at least one query row and one key."""
     batch, heads, n_q, dim = query.shape
     kv_heads = full_key.shape[1]
     n_rows = heads // kv_heads * n_q
     n_packed, n_full = packed_key.shape[2], full_key.shape[2]
-    split = split_size or default_split_size(batch * kv_heads, n_packed + n_full)
+    split = split_size or default_split_size(batch * kv_heads, n_packed + n_full, config.block_n)
     packed_splits = triton.cdiv(n_packed, split)
     n_splits = packed_splits + triton.cdiv(n_full, split)
     query = query.contiguous()  # a few rows: the kernels index it as [B * Hkv, rows, d]
@@ -204,8 +218,9 @@ def launch(
         V_BITS=packed_value.bits, V_GROUP=packed_value.group_size, V_TOKENS=packed_value.group_along == "tokens",
         PACKED_VALID=packed_valid is not None, FULL_VALID=full_valid is not None,
         DOT_F32=dot_f32, PRECISION="ieee" if dot_f32 else "tf32",
-        BLOCK_M=max(16, triton.next_power_of_2(n_rows)), BLOCK_N=min(64, max(16, triton.next_power_of_2(split))),
-        BLOCK_D=max(16, triton.next_power_of_2(dim)),
+        BLOCK_M=max(16, triton.next_power_of_2(n_rows)),
+        BLOCK_N=min(config.block_n, max(16, triton.next_power_of_2(split))),
+        BLOCK_D=max(16, triton.next_power_of_2(dim)), num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     out = torch.empty_like(query)
     block_s = min(64, triton.next_power_of_2(n_splits))

@@ -141,6 +141,30 @@ def _timed(function, repeats: int) -> tuple[torch.Tensor, float]:
     return out, sorted(times)[len(times) // 2]
 
 
+def _graphed(function, repeats: int, calls: int = 20) -> float:
+    """Median milliseconds of one ``function()`` replayed from a CUDA graph of ``calls`` calls: the GPU's time, without
+    the host's launch overhead (what a decode loop under CUDA graphs pays)."""
+    function()  # compiled and warm before capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        function()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            function()
+    times = []
+    for _ in range(repeats):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        stop.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(stop) / calls)
+    return sorted(times)[len(times) // 2]
+
+
 def tower_bench(
     frames: int = 64,
     side: int = 24,
@@ -209,17 +233,20 @@ def decode_bench(
     device: str = "cuda",
     dtype: torch.dtype = torch.bfloat16,
     repeats: int = 20,
+    graphs: bool = True,
 ) -> list[dict]:
     """Time one decode step over a packed cache (``decode_attention``: the Triton kernel on CUDA, the reference
-    elsewhere) against SDPA over the same context in ``dtype``, per batch size. The cache is KIVI's: the oldest
-    whole groups of ``group_size`` tokens of the first ``context - window`` quantised to ``bits`` (keys along
-    tokens, values along channels), the rest kept in ``dtype``. Returns one row per (batch, path) and prints them.
+    elsewhere) against SDPA over the same context in ``dtype``, per batch size, launched from Python (host overhead
+    included) and, with ``graphs``, replayed from a CUDA graph (the GPU's time; each against SDPA timed the same
+    way). The cache is KIVI's: the oldest whole groups of ``group_size`` tokens of the first ``context - window``
+    quantised to ``bits`` (keys along tokens, values along channels), the rest kept in ``dtype``. Returns one row per
+    (batch, path) and prints them.
     """
     generator = torch.Generator(device=device).manual_seed(0)
     scale, sdpa = dim**-0.5, torch.nn.functional.scaled_dot_product_attention
     n_packed = (context - window) // group_size * group_size
     rows = []
-    print(f"{'batch':>5} {'path':8} {'ms':>9} {'MB read':>9} {'GB/s':>8} {'speed-up':>8} {'max |diff|':>11}")
+    print(f"{'batch':>5} {'path':12} {'ms':>9} {'MB read':>9} {'GB/s':>8} {'speed-up':>8} {'max |diff|':>11}")
     for batch in batch_sizes:
         query, key, value = (
             torch.randn(batch, n_heads, length, dim, device=device, dtype=dtype, generator=generator)
@@ -233,18 +260,23 @@ def decode_bench(
         packed_bytes = packed_key.nbytes().total + packed_value.nbytes().total + window_bytes + io
         dense_bytes = 2 * key.numel() * key.element_size() + io
 
-        out, packed_ms = _timed(
-            partial(decode_attention, query, packed_key, packed_value, full_key, full_value, scale), repeats
-        )
-        _, dense_ms = _timed(partial(sdpa, query, key, value, scale=scale, enable_gqa=True), repeats)
+        packed = partial(decode_attention, query, packed_key, packed_value, full_key, full_value, scale)
+        dense = partial(sdpa, query, key, value, scale=scale, enable_gqa=True)
+        out, packed_ms = _timed(packed, repeats)
+        _, dense_ms = _timed(dense, repeats)
         dequantized = [torch.cat([dequantize(packed), full], dim=2)
                        for packed, full in ((packed_key, full_key), (packed_value, full_value))]  # fmt: skip
         expected = sdpa(query, *dequantized, scale=scale, enable_gqa=True)
         diff = (out.float() - expected.float()).abs().max().item()
-        for path, ms, read, error in (("packed", packed_ms, packed_bytes, diff), ("sdpa", dense_ms, dense_bytes, 0.0)):
+        timings = [("packed", packed_ms, packed_bytes, diff, packed_ms), ("sdpa", dense_ms, dense_bytes, 0.0, dense_ms)]
+        if graphs and query.is_cuda:  # CUDA graphs exist only there
+            packed_graph, dense_graph = _graphed(packed, repeats), _graphed(dense, repeats)
+            timings += [("packed/graph", packed_graph, packed_bytes, diff, dense_graph),
+                        ("sdpa/graph", dense_graph, dense_bytes, 0.0, dense_graph)]  # fmt: skip
+        for path, ms, read, error, baseline in timings:
             rows.append({"batch": batch, "path": path, "ms": ms, "bytes": read, "diff": error})
-            print(f"{batch:5d} {path:8} {ms:9.3f} {read / 1e6:9.2f} {read / ms / 1e6:8.1f} "
-                  f"{dense_ms / ms:7.2f}x {error:11.2e}")  # fmt: skip
+            print(f"{batch:5d} {path:12} {ms:9.3f} {read / 1e6:9.2f} {read / ms / 1e6:8.1f} "
+                  f"{baseline / ms:7.2f}x {error:11.2e}")  # fmt: skip
     return rows
 
 
