@@ -165,6 +165,20 @@ def _graphed(function, repeats: int, calls: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _pruned_cases(frames: int, side: int, window: int, keep: float = 0.1) -> list[tuple[str, list[int]]]:
+    """The layers after a choice that keeps ``keep`` of the 2x2 merge units at random: windows of 4 to
+    ``window**2`` rows (empty ones gone) and frames of different lengths."""
+    generator = torch.Generator().manual_seed(0)
+    units = side // 2
+    kept = torch.rand(frames, units, units, generator=generator) < keep
+    per_window = kept.unflatten(1, (-1, window // 2)).unflatten(3, (-1, window // 2)).sum(dim=(2, 4)).flatten()
+    windows = [4 * n for n in per_window.tolist() if n]
+    return [
+        (f"window, {keep:.0%} kept at random", windows),
+        (f"full, {keep:.0%} kept at random", [4 * n for n in kept.sum(dim=(1, 2)).tolist() if n]),
+    ]
+
+
 def tower_bench(
     frames: int = 64,
     side: int = 24,
@@ -179,16 +193,18 @@ def tower_bench(
     """Time one Qwen vision attention layer per-chunk (the model's ``sdpa`` path) against each batched strategy.
 
     Cases: the windowed layer (``frames`` frames of ``side`` x ``side`` patches in ``window``-patch windows), the
-    full-attention layer (one chunk per frame) and the windowed layer on ``edge_side`` patches a side (default
-    ``side + window / 2``: edge windows of other lengths). The plan (one host read of the lengths) is built once
-    outside the timing, as the runtime builds it once per forward for all layers of a kind. Returns one row per
-    (case, path) and prints them.
+    full-attention layer (one chunk per frame), the windowed layer on ``edge_side`` patches a side (default
+    ``side + window / 2``: edge windows of other lengths), and both kinds after a choice inside the tower that kept
+    10% of the merge units at random (windows and frames of many lengths). The plan (one host read of the lengths)
+    is built once outside the timing, as the runtime builds it once per forward for all layers of a kind. Returns
+    one row per (case, path) and prints them.
     """
     edge_side = edge_side if edge_side is not None else side + window // 2
     cases = [
         (f"window, {frames} frames of {side}x{side}", _window_lengths(side, window) * frames),
         (f"full, {frames} frames of {side * side}", [side * side] * frames),
         (f"window, edges ({edge_side}x{edge_side})", _window_lengths(edge_side, window) * frames),
+        *_pruned_cases(frames, side, window),
     ]
     generator = torch.Generator(device=device).manual_seed(0)
     scale = dim**-0.5
@@ -211,7 +227,7 @@ def tower_bench(
         rows.append({"case": name, "path": "loop", "calls": len(lengths), "ms": loop_ms, "diff": 0.0, "same": True})
         for strategy in STRATEGIES:
             out, ms = _timed(partial(chunk_attention, q, k, v, plan, attend, strategy), repeats)
-            calls = 1 if strategy == "padded" else len(plan.groups)
+            calls = {"padded": 1, "bucketed": len(plan.buckets)}.get(strategy, len(plan.groups))
             diff = (out.float() - expected.float()).abs().max().item()
             rows.append({"case": name, "path": strategy, "calls": calls, "ms": ms, "diff": diff,
                          "same": torch.equal(out, expected)})  # fmt: skip

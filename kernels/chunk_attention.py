@@ -13,6 +13,11 @@ calls of the same attention function, ``attend``:
   ``tests/test_qwen_tower.py``).
 * ``"padded"``: every chunk padded to the longest, padding keys masked, one call. One call whatever the lengths,
   but it computes the padding too and the mask keeps SDPA off its fastest GPU kernels; exact up to rounding.
+* ``"bucketed"``: chunks grouped by the power of two at or above their length, each padded to it (keys masked where
+  any is padded): one call per bucket, at most twice the work of the chunks themselves. Pruning inside the tower
+  leaves windows and frames of every length (a window keeps 0-16 of its 16 merge units), where "grouped" makes one
+  call per distinct length (dozens a layer) and "padded" pads a 40-row window to a whole 576-row frame. Equal
+  lengths that are powers of two (whole windows, edge windows) make the same calls as "grouped", bit for bit.
 
 Which is faster depends on the GPU and the shapes: ``python -m vlmzip.kernels.bench tower`` times both against the
 per-chunk loop on a Qwen2.5-VL-7B-like 64-frame video; ``DEFAULT_STRATEGY`` is the knob a measurement sets.
@@ -33,7 +38,7 @@ __all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "ChunkPlan", "chunk_attention", "ch
 #: additive key mask ``[n, 1, 1, L]`` or ``None``; returns ``[n, L, H, D]`` (transformers' attention functions' layout)
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
-STRATEGIES = ("grouped", "padded")
+STRATEGIES = ("grouped", "padded", "bucketed")
 #: the strategy ``chunk_attention`` uses when none is given, set by measurement (``python -m vlmzip.kernels.bench
 #: tower``): "grouped" is exact, and a first run on one H200 (bf16) found it as fast as "padded" (0.25 against
 #: 0.25 ms a windowed layer of 64 frames, 0.89 against 0.92 ms with edge windows; the per-window loop: 15.7 ms)
@@ -63,6 +68,30 @@ class ChunkPlan:
         valid = source < ends[:, None]
         gather = torch.where(valid, source, starts[:, None]).flatten()
         return gather, valid, valid.flatten().nonzero().squeeze(1)
+
+    @cached_property
+    def buckets(self) -> tuple[tuple[int, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor], ...]:
+        """Per power of two ``L``: ``(L, gather [n * L], valid [n, L] or None, slots [m], positions [m])`` for the
+        ``n`` chunks of length in ``(L / 2, L]``: padded rows' source positions (padding reads the chunk's first),
+        which slots are real (``None``: none is padded), and where each real slot's row goes."""
+        members: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
+        for length, n, index in self.groups:
+            if index is None:  # the one group of equal chunks: they cover the sequence in order
+                index = torch.arange(n * length, device=self.cu_seqlens.device)
+            members.setdefault(1 << (length - 1).bit_length(), []).append((length, n, index))
+        buckets = []
+        for size, groups in sorted(members.items()):
+            gathers, valids, positions = [], [], []
+            for length, n, index in groups:
+                chunks = index.view(n, length)
+                gathers.append(torch.cat([chunks, chunks[:, :1].expand(n, size - length)], dim=1))
+                valids.append((torch.arange(size, device=index.device) < length).expand(n, size))
+                positions.append(index)
+            valid = torch.cat(valids)
+            slots = valid.flatten().nonzero().squeeze(1)
+            padded = any(length != size for length, _, _ in groups)
+            buckets.append((size, torch.cat(gathers).flatten(), valid if padded else None, slots, torch.cat(positions)))
+        return tuple(buckets)
 
 
 def chunk_plan(
@@ -133,17 +162,28 @@ def chunk_attention(
     if strategy == "padded" and len(plan.groups) > 1:
         gather, valid, unpad = plan.padded
         n = valid.shape[0]
-        mask = torch.zeros(valid.shape, dtype=query.dtype, device=query.device)
-        mask = mask.masked_fill(~valid, torch.finfo(query.dtype).min)[:, None, None, :]
-        out = attend(*chunks(gather, n, plan.longest), mask).reshape(n * plan.longest, heads, dims)
-        return out.index_select(0, unpad).unsqueeze(0)
+        out = attend(*chunks(gather, n, plan.longest), _key_mask(valid, query.dtype))
+        return out.reshape(n * plan.longest, heads, dims).index_select(0, unpad).unsqueeze(0)
     if len(plan.groups) == 1 and plan.groups[0][2] is None:  # equal chunks: views, one call, no copy back
         length, n, _ = plan.groups[0]
         return attend(*chunks(None, n, length), None).reshape(1, total, heads, dims)
     out = query.new_empty(total, heads, dims)
+    if strategy == "bucketed":
+        for size, gather, valid, slots, positions in plan.buckets:
+            n = gather.numel() // size
+            mask = None if valid is None else _key_mask(valid, query.dtype)
+            rows = attend(*chunks(gather, n, size), mask).reshape(n * size, heads, dims)
+            out.index_copy_(0, positions, rows if valid is None else rows.index_select(0, slots))
+        return out.unsqueeze(0)
     for length, n, index in plan.groups:
         out.index_copy_(0, index, attend(*chunks(index, n, length), None).reshape(n * length, heads, dims))
     return out.unsqueeze(0)
+
+
+def _key_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[n, 1, 1, L]`` additive mask hiding the padded keys of ``valid [n, L]``."""
+    mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+    return mask.masked_fill(~valid, torch.finfo(dtype).min)[:, None, None, :]
 
 
 def chunk_attention_loop(

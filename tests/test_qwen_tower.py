@@ -227,8 +227,11 @@ def test_chunk_attention_matches_the_per_chunk_loop(lengths, attend, contiguous)
     for plan in plans:
         grouped = chunk_attention(q, k, v, plan, attend, "grouped", contiguous=contiguous)
         assert grouped.shape == (1, total, heads, dim) and torch.equal(grouped, expected)
-        padded = chunk_attention(q, k, v, plan, attend, "padded", contiguous=contiguous)
-        torch.testing.assert_close(padded, expected, rtol=0, atol=1e-6)  # padding changes the reductions' shapes
+        for strategy in ("padded", "bucketed"):  # padding changes the reductions' shapes
+            padded = chunk_attention(q, k, v, plan, attend, strategy, contiguous=contiguous)
+            torch.testing.assert_close(padded, expected, rtol=0, atol=1e-6)
+        if all(length & (length - 1) == 0 for length in lengths):  # powers of two: no padding, the grouped calls
+            assert torch.equal(chunk_attention(q, k, v, plan, attend, "bucketed", contiguous=contiguous), expected)
 
 
 def test_equal_chunks_are_planned_without_reading_the_bounds():
@@ -257,5 +260,5 @@ def test_chunk_attention_refuses_what_does_not_fit():
 def test_the_tower_bench_runs():
     """``python -m vlmzip.kernels.bench tower`` on the GPU; here a tiny CPU run so the code cannot rot."""
     rows = tower_bench(frames=2, side=8, heads=2, dim=8, window=4, device="cpu", dtype=torch.float32, repeats=1)
-    assert [row["path"] for row in rows[:3]] == ["loop", "grouped", "padded"] and len(rows) == 9
-    assert all(row["same"] for row in rows if row["path"] != "padded")
+    assert [row["path"] for row in rows[:4]] == ["loop", "grouped", "padded", "bucketed"] and len(rows) == 20
+    assert all(row["same"] for row in rows if row["path"] == "grouped")
