@@ -6,9 +6,11 @@ import pytest
 
 import vlmzip
 from vlmzip import Policy, PolicyError
+from vlmzip.eval.tiny import random_inputs, tiny_model
 from vlmzip.methods.fastv import FastV
 from vlmzip.methods.knorm import Knorm
 from vlmzip.methods.vtc_cls import VtcCls
+from vlmzip.policy import PRESETS
 
 
 def test_round_trip_all_stages():
@@ -73,3 +75,23 @@ def test_methods_lists_every_method_with_stage_and_parameters():
     assert listed["vtc-cls"].stage == "vision" and "layers" in listed["vtc-cls"].params
     assert listed["knorm"].stage == "decode"
     assert all(info.paper and info.title for info in listed.values())
+
+
+def test_a_preset_is_the_paper_at_every_stage_and_the_bare_name_in_a_chain_is_one_method():
+    preset = vlmzip.Policy.parse("mustdrop")
+    assert [m.name for m in preset.methods()] == ["mustdrop-vision", "mustdrop", "mustdrop-decode"]
+    assert preset == vlmzip.Policy.parse(PRESETS["mustdrop"])
+    assert [m.name for m in vlmzip.Policy.parse("vtc-cls:keep=64+mustdrop").methods()] == ["vtc-cls", "mustdrop"]
+    assert [m.name for m in vlmzip.Policy.parse("mustdrop:keep=0.5").methods()] == ["mustdrop"]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_runs_generate_on_a_tiny_model(name):
+    model = tiny_model("qwen2_5_vl")
+    inputs = random_inputs(model, [1, 1], seed=0)
+    vlmzip.compress(model, name)
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    stats = vlmzip.stats(model)
+    vlmzip.restore(model)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    assert set(stats.visual_tokens_kept) == {"vision", "prefill"}

@@ -2,7 +2,8 @@
 
 ``"vtc-cls:keep=64+fastv:layer=2,keep=0.5+knorm:keep=0.5"``: stages joined by ``+``, each
 ``method:param=value,param=value`` (a schedule's values joined by ``/``: ``layers=8/16/24``); ``"none"`` keeps
-everything.
+everything. A policy string that is exactly a preset's name (``PRESETS``) is that paper's method at every stage it
+acts in, with the published defaults; inside a ``+`` chain, or with parameters, the name is the one method.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from vlmzip.registry import method_class
 from vlmzip.stages import DecodeMethod, Method, PrefillMethod, VisionMethod
 
 _STAGE_TYPES = {"vision": VisionMethod, "prefill": PrefillMethod, "decode": DecodeMethod}
+
+#: a paper's method across the stages it acts in, with its published defaults (each part's docstring has them)
+PRESETS = {
+    "mustdrop": "mustdrop-vision+mustdrop+mustdrop-decode",
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class Policy:
             raise PolicyError(f"a policy string must be non-empty, got {text!r} (use 'none' to keep everything)")
         if text.strip() == "none":
             return cls()
+        text = PRESETS.get(text.strip(), text)
         stages: dict[str, Method] = {}
         for part in text.split("+"):
             method = _parse_method(part.strip())
