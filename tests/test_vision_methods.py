@@ -216,13 +216,36 @@ def test_mustdrop_vision_merges_windows_of_identical_tokens_and_counts_them_kept
 
     features = torch.randn(16, 8)
     features[[0, 1, 2, 4, 5, 6, 8, 9, 10]] = features[0].clone()  # the first 3x3 window of a 4x4 grid: one token
+    attention = torch.zeros(16)
+    attention[[2, 15]] = torch.tensor([1.0, 2.0])
     item = VisualItem(0, 0, "image", torch.arange(16), (1, 4, 4), features=features)
+    item.signals["vision_attention"] = attention
     selection = MustDropVision().select(item)
     assert selection.keep.tolist() == [3, 5, 7, 11, 12, 13, 14, 15]  # the window's centre (5) stands for it
     assert (selection.sources == 1).sum() == 9
     torch.testing.assert_close(selection.embeddings[1], features[0])
+    assert selection.protected.tolist() == [15]  # the key set: 8% of 16 tokens, the most attended one
+    # token 2 is the second most attended: merged into the window, its survivor (the centre, 5) is protected
+    assert MustDropVision(key_set=0.125).select(item).protected.tolist() == [5, 15]
     capped = MustDropVision(keep=3).select(item)
     assert len(capped.keep) == 3  # every window merged (4 tokens) and still over the cap: evenly spaced
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl"])
+def test_the_key_set_survives_a_prefill_cut(name):
+    model = tiny_model(name)
+    inputs = random_inputs(model, [1, 1], seed=7)
+    kept = {}
+    for key_set in (0.0, 0.25):
+        vlmzip.compress(model, f"mustdrop-vision:key_set={key_set}+fastv:layer=1,keep=1")
+        with torch.no_grad():
+            model(**inputs)
+        stats = vlmzip.stats(model)
+        vlmzip.restore(model)
+        kept[key_set] = (stats.visual_positions_kept["vision"], stats.visual_positions_kept["prefill"])
+    assert [len(p) for p in kept[0.0][1]] == [1, 1]  # no key set: FastV keeps its one token
+    for vision, prefill in zip(*kept[0.25]):
+        assert len(prefill) >= 4 and set(prefill) <= set(vision)  # 4 of 16 tokens' survivors, and FastV's choice
 
 
 # -- bad input ------------------------------------------------------------------------------------------------

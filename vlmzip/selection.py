@@ -292,6 +292,15 @@ def spatial_windows(grid: tuple[int, int, int], window: int) -> torch.Tensor:
     return (torch.arange(frames)[:, None] * (tile_rows * tile_cols) + per_frame).flatten()
 
 
+def window_similarity(features: torch.Tensor, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per window of ``tiles [n]`` (each token's window id), its size and the mean pairwise cosine similarity of its
+    tokens' ``features [n, D]`` (0 for a window of one), on the CPU: ``[windows]`` each."""
+    unit = torch.nn.functional.normalize(features.float(), dim=-1).cpu()
+    sizes = torch.bincount(tiles)
+    sums = torch.zeros(len(sizes), unit.shape[1]).index_add_(0, tiles, unit)
+    return sizes, (sums.square().sum(dim=1) - sizes) / (sizes * (sizes - 1)).clamp(min=1)
+
+
 def join_nearest(
     features: torch.Tensor, keep: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -85,6 +85,10 @@ class PrefillStage:
         rows = dataclasses.replace(rows, hidden=hidden)
         selection = self.method.select(cut, rows, self.method.score(cut, attention, rows))
         counts = selection.counts
+        if request.protected is not None:  # a vision method's key set: kept beside the cut's choice
+            protected = request.protected.gather(1, rows.position)
+            selection = dataclasses.replace(selection, keep=selection.keep | protected, counts=None)
+            counts = None
         if counts is None:
             counts = (selection.keep & rows.visual).sum(dim=1).tolist()
         if counts == request.visual_count and selection.hidden is None:

@@ -26,6 +26,7 @@ class Request:
     cache_ref: Callable[[], CompressedCache | None]  # weak: the caller owns the cache and frees it
     items: list[VisualItem] = field(default_factory=list)
     visual: torch.Tensor | None = None  # [B, L] visual placeholder rows of the prompt
+    protected: torch.Tensor | None = None  # [B, L] prompt rows no later cut may drop (a vision method's key set)
     phase: str = "prefill"
     step: int = 0  # forwards done: 0 during the prompt pass
     step_length: int = 0

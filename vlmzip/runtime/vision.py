@@ -125,6 +125,10 @@ class VisionStage:
         for item, selection in zip(request.items, self._selections(request.items), strict=True):
             rows = item.positions[selection.keep.to(item.positions.device)]
             keep[item.sample, rows] = True
+            if selection.protected is not None:
+                if request.protected is None:
+                    request.protected = torch.zeros_like(keep)
+                request.protected[item.sample, item.positions[selection.protected.to(item.positions.device)]] = True
             kept[item.sample] += len(rows)
             if selection.merged:
                 sources = selection.sources.to(rows.device)

@@ -67,12 +67,14 @@ class VisualSelection:
     ``embeddings [k, D]``, when given, replace the kept tokens' embeddings (merged tokens); ``sources [n]``
     then maps every original token to the survivor that stands for it (``-1``: dropped), so family inputs
     attached to each token (Qwen3-VL's DeepStack features) are merged alike, by the mean over each
-    survivor's sources. Merged tokens count as kept.
+    survivor's sources. Merged tokens count as kept. ``protected`` (a subset of ``keep``, local indices), when
+    given, are tokens later stages must not drop (MustDrop's key set): a prefill cut keeps them beside its choice.
     """
 
     keep: torch.Tensor
     embeddings: torch.Tensor | None = None
     sources: torch.Tensor | None = None
+    protected: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.keep.dim() != 1 or self.keep.dtype not in (torch.int32, torch.int64):
