@@ -195,7 +195,8 @@ class QuantizedKV:
         if drop <= 0:
             return self
         if count <= full:
-            return QuantizedKV((), self.full_keys[:, :, -count:], self.full_values[:, :, -count:], self.quantization)
+            window = slice(full - count, full)
+            return QuantizedKV((), self.full_keys[:, :, window], self.full_values[:, :, window], self.quantization)
         last = self.parts[-1]
         start = last.length - (count - full)  # of the last part
         if start >= 0 and start % last.keys.group_size == 0:
