@@ -9,7 +9,8 @@ Called only through ``decode_attention.decode_attention_triton``, which checks t
    ones unpacked and dequantised in registers: ``zero + code * scale``), and runs an online softmax over them.
    It writes the chunk's normalised output and log-sum-exp (base 2), ``-inf`` when it saw no valid key.
 2. ``_combine``, one program per query row: ``out = sum_c 2**(lse_c - lse) * out_c`` over the chunks, with
-   ``lse = log2 sum_c 2**lse_c``; zeros for a row that saw no key at all.
+   ``lse = log2 sum_c 2**lse_c``; zeros for a row that saw no key at all. It also writes the row's ``lse`` (natural
+   log, ``-inf`` for a row without keys) for callers that join segments (``decode_attention.merge_attention``).
 
 Deterministic (no atomics). Under Triton's interpreter, which multiplies bf16 tiles as raw integers, bf16 runs its
 products in fp32; on a GPU, 16-bit queries multiply 16-bit tiles (dequantised keys and values rounded to the
@@ -153,7 +154,7 @@ def _split(
 
 
 @triton.jit
-def _combine(part_ptr, lse_ptr, out_ptr, n_splits, head_dim, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+def _combine(part_ptr, lse_ptr, out_ptr, row_lse_ptr, n_splits, head_dim, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)  # rows of [B, Hq, q] in order: the partials' and the output's order
     dims = tl.arange(0, BLOCK_D)
     m = tl.full([], float("-inf"), tl.float32)
@@ -173,6 +174,9 @@ def _combine(part_ptr, lse_ptr, out_ptr, n_splits, head_dim, BLOCK_S: tl.constex
         m = m_new
     out = acc / tl.where(total > 0, total, 1.0)  # a row that saw no key: zeros
     tl.store(out_ptr + row * head_dim + dims, out.to(out_ptr.dtype.element_ty), mask=dims < head_dim)
+    # base 2 to natural log: times ln 2
+    row_lse = tl.where(total > 0, (m + tl.log2(tl.where(total > 0, total, 1.0))) * 0.6931471805599453, float("-inf"))
+    tl.store(row_lse_ptr + row, row_lse)
 
 
 def default_split_size(programs_per_chunk: int, n_keys: int, block_n: int = 64) -> int:
@@ -193,8 +197,9 @@ def launch(
     full_valid: torch.Tensor | None,
     split_size: int | None,
     config: Config = DEFAULT_CONFIG,
-) -> torch.Tensor:
-    """Run both kernels on checked arguments with at least one query row and one key."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run both kernels on checked arguments with at least one query row and one key: the output and the rows'
+    log-sum-exp (natural log, fp32 ``[B, Hq, q]``)."""
     batch, heads, n_q, dim = query.shape
     kv_heads = full_key.shape[1]
     n_rows = heads // kv_heads * n_q
@@ -223,10 +228,11 @@ def launch(
         BLOCK_D=max(16, triton.next_power_of_2(dim)), num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     out = torch.empty_like(query)
+    row_lse = torch.empty(batch, heads, n_q, dtype=torch.float32, device=query.device)
     block_s = min(64, triton.next_power_of_2(n_splits))
-    _combine[(batch * heads * n_q,)](part, lse, out, n_splits, dim, BLOCK_S=block_s,
+    _combine[(batch * heads * n_q,)](part, lse, out, row_lse, n_splits, dim, BLOCK_S=block_s,
                                      BLOCK_D=triton.next_power_of_2(dim))  # fmt: skip
-    return out
+    return out, row_lse
 
 
 def _packed_args(packed: PackedKV) -> tuple:

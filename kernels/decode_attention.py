@@ -13,7 +13,9 @@ among themselves (no causal mask): for ``q > 1`` (several tokens decoded at once
 so a caller that needs the new rows causal keeps them out of the cache until after the step. Grouped-query
 attention: ``Hq`` is a multiple of ``Hkv``, query head ``h`` reads key head ``h // (Hq // Hkv)``. Logits are
 ``query @ key * scaling``; a row that sees no valid key returns zeros. Output ``[B, Hq, q, d]`` in the query's
-dtype.
+dtype. With ``return_lse=True`` a function also returns each row's log-sum-exp of its logits (natural log, fp32
+``[B, Hq, q]``, ``-inf`` for a row that saw no key): attention over several packed segments of different bit widths
+(ZipVL's mixed precision) is then one call per segment, joined exactly by ``merge_attention``.
 
 ``decode_attention_reference`` dequantises both packed tensors and runs a softmax attention in fp32.
 ``decode_attention_triton`` (``_decode_attention_triton``) splits the context (flash-decoding): one program per
@@ -42,7 +44,7 @@ import torch
 from vlmzip.kernels.attention_mass import triton_available
 from vlmzip.kernels.kv_quant import PackedKV, check_packed, dequantize_reference
 
-__all__ = ["decode_attention", "decode_attention_reference", "decode_attention_triton"]
+__all__ = ["decode_attention", "decode_attention_reference", "decode_attention_triton", "merge_attention"]
 
 
 def decode_attention_reference(
@@ -56,9 +58,11 @@ def decode_attention_reference(
     packed_valid: torch.Tensor | None = None,
     full_valid: torch.Tensor | None = None,
     split_size: int | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention of ``query [B, Hq, q, d]`` over the dequantised packed segment followed by the full one,
-    in fp32 (module docstring); ``split_size`` is the kernel's and is ignored here."""
+    in fp32 (module docstring), and with ``return_lse`` the rows' log-sum-exp; ``split_size`` is the kernel's and is
+    ignored here."""
     _check(query, packed_key, packed_value, full_key, full_value, packed_valid, full_valid, split_size)
     batch, heads = query.shape[:2]
     groups = heads // full_key.shape[1]
@@ -70,7 +74,8 @@ def decode_attention_reference(
     logits = torch.matmul(query.float(), keys.transpose(-1, -2)) * scaling
     logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
     probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a row with no valid key is all NaN: zeros
-    return torch.matmul(probs, values).to(query.dtype)
+    out = torch.matmul(probs, values).to(query.dtype)
+    return (out, torch.logsumexp(logits, dim=-1)) if return_lse else out
 
 
 def decode_attention_triton(
@@ -84,15 +89,18 @@ def decode_attention_triton(
     packed_valid: torch.Tensor | None = None,
     full_valid: torch.Tensor | None = None,
     split_size: int | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``decode_attention_reference`` as two Triton kernels reading the packed cache directly (module docstring);
     ``split_size``: keys per program (default: enough programs to fill an H200 twice over)."""
     _check(query, packed_key, packed_value, full_key, full_value, packed_valid, full_valid, split_size)
     if query.shape[2] == 0 or packed_key.shape[2] + full_key.shape[2] == 0:  # nothing to launch
-        return torch.zeros_like(query)
-    return importlib.import_module("vlmzip.kernels._decode_attention_triton").launch(
+        nothing = torch.full(query.shape[:3], float("-inf"), device=query.device)
+        return (torch.zeros_like(query), nothing) if return_lse else torch.zeros_like(query)
+    out, lse = importlib.import_module("vlmzip.kernels._decode_attention_triton").launch(
         query, packed_key, packed_value, full_key, full_value, scaling, packed_valid, full_valid, split_size
     )
+    return (out, lse) if return_lse else out
 
 
 def decode_attention(
@@ -106,11 +114,23 @@ def decode_attention(
     packed_valid: torch.Tensor | None = None,
     full_valid: torch.Tensor | None = None,
     split_size: int | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The Triton kernel on CUDA tensors (where Triton imports), the reference elsewhere."""
     function = decode_attention_triton if query.is_cuda and triton_available() else decode_attention_reference
     return function(query, packed_key, packed_value, full_key, full_value, scaling, packed_valid=packed_valid,
-                    full_valid=full_valid, split_size=split_size)  # fmt: skip
+                    full_valid=full_valid, split_size=split_size, return_lse=return_lse)  # fmt: skip
+
+
+def merge_attention(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """One attention over several disjoint sets of keys from each set's ``(out [B, Hq, q, d], lse [B, Hq, q])``
+    (``return_lse=True``): every part weighed by its share ``exp(lse_i - lse)`` of the joint normaliser. A row that
+    saw no key in any part is zeros."""
+    lses = torch.stack([lse.float() for _, lse in parts])
+    total = torch.logsumexp(lses, dim=0)
+    weights = torch.exp(lses - total).nan_to_num(0.0)  # -inf - -inf: a row with no key anywhere
+    merged = sum(weight[..., None] * out.float() for weight, (out, _) in zip(weights, parts))
+    return merged.to(parts[0][0].dtype)
 
 
 def _valid(mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> torch.Tensor:

@@ -17,6 +17,8 @@ KEEPS_ALL_WITH = {
     "zipvl": "tau=1.0",
     "mustdrop": "global_threshold=0.0,individual_threshold=0.0",
     "mustdrop-vision": "threshold=2.0",
+    "kivi": "residual=1024",  # the full-precision window holds the whole context: nothing is quantized
+    "zipvl-kv": "residual=1024",
 }
 # what keep=0.25 leaves, where it is not a quarter of the visual tokens after the (last) cut
 KEEP_IS = {
@@ -26,7 +28,10 @@ KEEP_IS = {
     "mustdrop": "a cap",
     "mustdrop-vision": "a cap",
     "evs": "one frame at least",  # the first temporal step is kept whole: every later one is compared to it
+    "kivi": "everything",  # quantization evicts nothing: run at a window that quantizes instead of keep=0.25
+    "zipvl-kv": "everything",
 }
+QUANTIZING = "group_size=8,residual=8"  # what a method that keeps everything runs the quarter test with
 FRAME = 16  # tokens per image or temporal step of a tiny model
 KEEP_ALL = [
     "none",
@@ -65,14 +70,17 @@ def test_keep_everything_equals_the_unwrapped_model(family, model, batch, policy
 
 @pytest.mark.parametrize("method", list(QUARTER))
 def test_quarter_keeps_exactly_a_quarter_and_every_text_token(family, model, batch, method):
-    batch = _inputs_for(f"{method}:keep=0.25", family, model, batch)
-    vlmzip.compress(model, f"{method}:keep=0.25")
+    policy = f"{method}:{QUANTIZING}" if KEEP_IS.get(method) == "everything" else f"{method}:keep=0.25"
+    batch = _inputs_for(policy, family, model, batch)
+    vlmzip.compress(model, policy)
     out = greedy(model, batch, NEW_TOKENS)
     stats = vlmzip.stats(model)
     visual_in = visual_token_count(model, batch)
     expected = [n // 4 for n in visual_in]  # 16 tokens per image or frame pair
     if KEEP_IS.get(method) == "one frame at least":
         expected = [max(n, FRAME) for n in expected]
+    elif KEEP_IS.get(method) == "everything":
+        expected = visual_in
     assert stats.visual_tokens_in == visual_in
     assert out.sequences.shape[1] == batch["input_ids"].shape[1] + NEW_TOKENS
 

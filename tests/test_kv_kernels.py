@@ -274,6 +274,33 @@ def test_rows_that_see_no_key_get_zeros_and_one_key_gets_its_value(decode_kernel
         assert torch.equal(function(*args, **blind)[1], torch.zeros_like(query[1]))
 
 
+@pytest.mark.parametrize("name", ["gqa4_mixed_bits_q3", "padding_and_a_blind_sample"])
+def test_log_sum_exp_and_segments_joined_by_it_equal_one_attention(decode_kernel, name):
+    """``return_lse``: each row's log-sum-exp; attention over two segments called apart and joined with
+    ``merge_attention`` equals one call over both (what a store with two bit widths does)."""
+    args, masks = _decode_inputs(name, 1)
+    query, packed_key, packed_value, full_key, full_value, scaling = args
+    logits = torch.einsum("bhqd,bhkd->bhqk", query.double(), torch.cat(
+        [kq.dequantize_reference(packed_key).double(), full_key.double()], 2).repeat_interleave(
+            query.shape[1] // full_key.shape[1], 1)) * scaling  # fmt: skip
+    batch = query.shape[0]
+    valid = torch.cat([masks.get("packed_valid", torch.ones(batch, packed_key.shape[2], dtype=torch.bool)),
+                       masks["full_valid"] if "full_valid" in masks else torch.ones(batch, full_key.shape[2],
+                       dtype=torch.bool)], 1)  # fmt: skip
+    expected_lse = logits.masked_fill(~valid[:, None, None], float("-inf")).logsumexp(-1)
+    no_packed = {"packed_valid": torch.zeros(batch, packed_key.shape[2], dtype=torch.bool)}
+    rtol, atol = TOLERANCE[query.dtype]
+    for function in (decode_kernel, da.decode_attention_reference):
+        whole, lse = function(*args, **masks, return_lse=True)
+        # bf16: the kernel dequantises in fp32 registers, the reference rounds dequantised keys to bf16 first
+        torch.testing.assert_close(lse.double(), expected_lse, rtol=rtol, atol=max(atol, 1e-4))
+        packed_only = function(query, packed_key, packed_value, full_key[:, :, :0], full_value[:, :, :0], scaling,
+                               packed_valid=masks.get("packed_valid"), return_lse=True)  # fmt: skip
+        full_only = function(*args, **{**no_packed, "full_valid": masks.get("full_valid")}, return_lse=True)
+        merged = da.merge_attention([packed_only, full_only])
+        torch.testing.assert_close(merged.float(), whole.float(), rtol=rtol, atol=atol)
+
+
 def test_split_sizes_do_not_change_the_result(decode_kernel):
     args, masks = _decode_inputs("gqa4_mixed_bits_q3", 2)
     expected = da.decode_attention_reference(*args, **masks)

@@ -83,6 +83,8 @@ class Adapter:
             num_layers=len(self.decoder_layers),
             vision_layers=len(self.vision_attention_modules()),
             tower_cut=self.tower_cut,
+            head_dim=_head_dim(self.text_config),
+            context=getattr(self.text_config, "max_position_embeddings", 0) or 0,
         )
 
     # -- pruning inside the tower (a vision method's ``tower_layer``; runtime.tower) --------------------------
@@ -267,3 +269,8 @@ def repeat_like_generate(
 def _size(grid: tuple[int, int, int]) -> int:
     frames, rows, cols = grid
     return frames * rows * cols
+
+
+def _head_dim(config) -> int:
+    """Channels of one attention head of a text config (``head_dim``, or the hidden size split over the heads)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

@@ -40,6 +40,35 @@ def pack_left(keep: torch.Tensor, width: int | None = None) -> tuple[torch.Tenso
     return index, keep.gather(1, index)
 
 
+def nearest_valid(valid: torch.Tensor) -> torch.Tensor:
+    """``[B, L]``: for each row the nearest valid row at or before it, or, where none precedes it (left padding),
+    the first valid row after it; a valid row is its own. ``valid``: ``[B, L]`` bool with a valid row per sample."""
+    length = valid.shape[1]
+    columns = torch.arange(length, device=valid.device).expand_as(valid)
+    before = torch.where(valid, columns, -1).cummax(dim=1).values
+    after = torch.where(valid, columns, length).flip(1).cummin(dim=1).values.flip(1)
+    return torch.where(before >= 0, before, after).clamp(max=length - 1)
+
+
+def share_count(scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """``[B]``: the fewest of each sample's highest ``scores [B, L]`` (non-negative; 0 where not a candidate) whose
+    sum reaches ``tau`` of the sample's total (ZipVL's important set; ``tau`` in (0, 1))."""
+    ranked = scores.float().sort(dim=1, descending=True).values.cumsum(dim=1)
+    return (ranked < tau * ranked[:, -1:]).sum(dim=1) + 1
+
+
+def probe_rows(text: torch.Tensor, valid: torch.Tensor, last: int, random: int) -> torch.Tensor:
+    """``[B, L]``: ZipVL's probe queries, each sample's last ``last`` ``text`` rows and ``random`` of its ``valid``
+    rows in a fixed pseudo-random order of the sample's own rows (a prompt gets the same probes in any batch)."""
+    from_end = text.flip(1).long().cumsum(dim=1).flip(1)  # text rows at or after each row
+    chosen = text & (from_end <= last)
+    if random:
+        ordinal = valid.long().cumsum(dim=1)
+        noise = (ordinal * 2654435761) % 4294967296
+        chosen |= top_k_mask(noise.float(), valid, torch.full((len(noise),), random))
+    return chosen
+
+
 def gather_rows(tensor: torch.Tensor, index: torch.Tensor, dim: int, batch_dim: int = 0) -> torch.Tensor:
     """Select rows ``index [B, L']`` along sequence dimension ``dim`` of ``tensor`` (batch at ``batch_dim``).
 

@@ -16,7 +16,10 @@ class Stats:
     decoder layer of the prompt pass processed, per sample (their mean over layers is a schedule's
     "equivalent tokens"); ``kv_entries`` / ``kv_visual_entries`` are the valid entries
     (all / visual) each layer's cache stores, per sample; ``kv_bytes`` is what the cache's tensors occupy,
-    padding included.
+    padding included, and ``kv_bytes_by_layer`` the same per layer and kind: ``payload`` (packed codes), ``scales``
+    and ``zeros`` (their per-group scales and zero points) and ``full`` (entries in the model's dtype: an unquantized
+    layer, or a quantized one's full-precision window). Samples share every tensor of a layer, so a sample's share of
+    a layer's bytes is that layer's bytes over the batch size.
     """
 
     policy: str
@@ -27,6 +30,16 @@ class Stats:
     kv_entries: list[list[int]] = field(default_factory=list)
     kv_visual_entries: list[list[int]] = field(default_factory=list)
     kv_bytes: int = 0
+    kv_bytes_by_layer: list[dict[str, int]] = field(default_factory=list)
+
+    def kv_bytes_by_kind(self) -> dict[str, int]:
+        """``kv_bytes`` split into ``payload``, ``scales``, ``zeros`` and ``full`` (summed over layers)."""
+        total: dict[str, int] = {}
+        for layer in self.kv_bytes_by_layer:
+            for kind, count in layer.items():
+                total[kind] = total.get(kind, 0) + count
+        order = ["payload", "scales", "zeros", "full"]  # then anything a custom store reports
+        return dict(sorted(total.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
 
     def equivalent_visual_tokens(self) -> list[float]:
         """Per sample, the mean over the prompt pass's layers of the visual tokens each processed: what a
@@ -51,5 +64,6 @@ class Stats:
             visual = [layer[sample] for layer in self.kv_visual_entries if layer]
             lines.append(f"sample {sample} KV entries per layer: {entries} (visual: {visual})")
         if self.kv_entries:
-            lines.append(f"KV bytes: {self.kv_bytes:,}")
+            kinds = ", ".join(f"{kind} {count:,}" for kind, count in self.kv_bytes_by_kind().items())
+            lines.append(f"KV bytes: {self.kv_bytes:,}" + (f" ({kinds})" if kinds else ""))
         return "\n".join(lines)

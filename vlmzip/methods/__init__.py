@@ -12,6 +12,7 @@ from vlmzip.methods import (  # noqa: F401
     evs,
     fastv,
     fastvid,
+    kivi,
     knorm,
     look_m,
     mustdrop,
@@ -26,4 +27,5 @@ from vlmzip.methods import (  # noqa: F401
     vtc_cls,
     zeroth_order,
     zipvl,
+    zipvl_kv,
 )

@@ -40,6 +40,7 @@ class MustDropDecode(DecodeMethod):
             raise PolicyError(f"mustdrop-decode: from_layer={self.from_layer} must be >= 0 (0 cuts every layer)")
 
     def check_model(self, info: ModelInfo) -> None:
+        super().check_model(info)
         if self.from_layer >= info.num_layers:
             raise PolicyError(
                 f"mustdrop-decode: from_layer={self.from_layer} is beyond the language model's depth "

@@ -9,7 +9,7 @@ import torch
 from vlmzip.budget import Keep, kept_count
 from vlmzip.errors import PolicyError
 from vlmzip.registry import register_method
-from vlmzip.selection import top_k_mask
+from vlmzip.selection import probe_rows, share_count
 from vlmzip.stages import Cut, OneCutMethod, PromptRows
 
 
@@ -46,20 +46,11 @@ class ZipVL(OneCutMethod):
             raise PolicyError(f"zipvl: probes={self.probes} must be >= 1 and random_probes >= 0")
 
     def query_rows(self, rows: PromptRows) -> torch.Tensor:
-        text = rows.text
-        from_end = text.flip(1).long().cumsum(dim=1).flip(1)  # text rows at or after each row
-        chosen = text & (from_end <= self.probes)
-        if self.random_probes:  # a fixed pseudo-random order of each sample's own rows: batch-independent
-            ordinal = rows.valid.long().cumsum(dim=1)
-            noise = (ordinal * 2654435761) % 4294967296
-            chosen |= top_k_mask(noise.float(), rows.valid, torch.full((len(noise),), self.random_probes))
-        return chosen
+        return probe_rows(rows.text, rows.valid, self.probes, self.random_probes)
 
     def budget(self, cut: Cut, rows: PromptRows, scores: torch.Tensor) -> list[int]:
         if self.tau >= 1.0:  # all the attention: every visual token (cumulative sums may reach it early)
             return [min(kept_count(self.keep, n), held) for n, held in zip(rows.visual_in, rows.visual_count)]
-        visual = torch.where(rows.visual, scores.float(), 0.0)
-        ranked = visual.sort(dim=1, descending=True).values.cumsum(dim=1)
-        needed = (ranked < self.tau * ranked[:, -1:]).sum(dim=1) + 1
+        needed = share_count(torch.where(rows.visual, scores.float(), 0.0), self.tau)
         caps = [kept_count(self.keep, n) for n in rows.visual_in]
         return [min(need, cap, held) for need, cap, held in zip(needed.tolist(), caps, rows.visual_count)]

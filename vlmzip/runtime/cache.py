@@ -59,11 +59,17 @@ class CompressedLayer(DynamicLayer):
     positions strictly increase, so every entry within the window is among the last ``sliding_window - 1``.
     """
 
-    def __init__(self, sliding_window: int | None = None, facts: RowFacts | None = None) -> None:
+    def __init__(
+        self, sliding_window: int | None = None, facts: RowFacts | None = None, read_packed: bool = False
+    ) -> None:
         # CacheLayerMixin.__init__ would assign keys/values, which here are read from the store
         self.is_initialized = False
         self.sliding_window = sliding_window
         self.facts = facts if facts is not None else RowFacts()
+        # whether the session's attention function reads stores that can ``attend`` (decode stage): then ``update``
+        # hands the model the step's own keys and values, and that function reads the store packed
+        self.read_packed = read_packed
+        self.packed_step = False
         self.store: KVStore | None = None
         self.valid: torch.Tensor | None = None
         self.visual: torch.Tensor | None = None
@@ -105,6 +111,9 @@ class CompressedLayer(DynamicLayer):
         self.valid = self.facts.append(self.valid, meta.valid, keep_last)
         self.visual = self.facts.append(self.visual, meta.visual, keep_last)
         self.positions = self.facts.append(self.positions, new_positions, keep_last)
+        self.packed_step = self.read_packed and hasattr(full, "attend")
+        if self.packed_step:  # placeholders: the attention reads the store (runtime.decode.DecodeStage.attend)
+            return key_states, value_states
         return full.read()
 
     def next_positions(self, count: int) -> torch.Tensor:
@@ -140,6 +149,7 @@ class CompressedLayer(DynamicLayer):
     def reset(self) -> None:
         self.is_initialized = False
         self.store = self.valid = self.visual = self.positions = self.incoming = None
+        self.packed_step = False
 
     def offload(self) -> None:
         raise UnsupportedModelError("a vlmzip cache cannot be offloaded; restore the model first")
@@ -173,17 +183,26 @@ class CompressedLayer(DynamicLayer):
     def nbytes(self) -> int:
         return 0 if not self.is_initialized else self.store.nbytes
 
+    def byte_parts(self) -> dict[str, int]:
+        """``nbytes`` by kind: ``payload``, ``scales``, ``zeros`` of packed entries and ``full`` precision ones (a
+        store without ``byte_parts`` reports its bytes as ``other``)."""
+        if not self.is_initialized:
+            return {}
+        parts = getattr(self.store, "byte_parts", None)
+        return parts() if parts is not None else {"other": self.store.nbytes}
+
 
 class CompressedCache(DynamicCache):
-    """A ``DynamicCache`` of ``CompressedLayer``s for one request; ``logical_length`` counts positions seen."""
+    """A ``DynamicCache`` of ``CompressedLayer``s for one request; ``logical_length`` counts positions seen;
+    ``read_packed``: the session's attention function reads quantized stores packed during decode steps."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, read_packed: bool = False) -> None:
         layer_types, layer_kwargs = get_layer_types_and_kwargs(config)
         self.facts = RowFacts()
         layers = []
         for layer_type, kwargs in zip(layer_types, layer_kwargs):
             if layer_type == "full_attention":
-                layers.append(CompressedLayer(facts=self.facts))
+                layers.append(CompressedLayer(facts=self.facts, read_packed=read_packed))
             elif layer_type == "sliding_attention":
                 layers.append(CompressedLayer(sliding_window=kwargs["sliding_window"], facts=self.facts))
             else:

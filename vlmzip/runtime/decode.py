@@ -1,5 +1,6 @@
-"""The decode stage: run the decode method over the cache's layers when it is due, and give every decoder layer
-its own mask during generation (layers store different entries once a method ran)."""
+"""The decode stage: run the decode method over the cache's layers when it is due, give every decoder layer its own
+mask during generation (layers store different entries once a method ran), and, where a layer's store is quantized,
+compute the decode step's attention from the store as it is (``attend``: the packed cache is never expanded)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from typing import Any
 
 import torch
 
+from vlmzip.runtime.attention import scaling
 from vlmzip.runtime.cache import CompressedCache, CompressedLayer
 from vlmzip.runtime.masks import layer_mask
 from vlmzip.runtime.request import Request
-from vlmzip.stages import DecodeMethod, LayerEntries
+from vlmzip.stages import AttentionFunction, DecodeMethod, LayerEntries
 
 
 class DecodeStage:
@@ -18,6 +20,12 @@ class DecodeStage:
 
     def __init__(self, method: DecodeMethod | None, text_config: Any, backend: str) -> None:
         self.method, self.text_config, self.backend = method, text_config, backend
+
+    @property
+    def reads_packed(self) -> bool:
+        """Whether decode steps read quantized stores packed: the method ``quantizes``, so the session routes the
+        text config's attention through ``attend`` and the cache hands the model placeholders for those layers."""
+        return self.method is not None and self.method.quantizes
 
     def after_forward(self, request: Request, cache: CompressedCache) -> None:
         """Run the method on every full-attention layer if it is due after this forward."""
@@ -34,15 +42,23 @@ class DecodeStage:
                 visual, stored = torch.stack([candidates.sum(dim=1), layer.valid.sum(dim=1)]).tolist()
                 counts[id(layer.valid)] = (visual, stored)
             visual, stored = counts[id(layer.valid)]
-            result = self.method.compress(self._entries(idx, layer, request, visual, stored, final))
+            entries = self._entries(idx, layer, request, visual, stored, final)
+            result = self.method.encode(entries, self.method.compress(entries))
             if result is None:
+                continue
+            if result.index is None:  # every entry in place, in another form: the row facts stay shared
+                layer.store = result.store
                 continue
             width = result.index.shape[1]
             key = (tuple(result.counts), width)
-            if key not in shared:
+            if result.valid is not None:  # the method laid its entries out itself
+                valid = result.valid.to(layer.valid.device)
+            elif key in shared:
+                valid = shared[key]
+            else:
                 columns = torch.arange(width, device=layer.valid.device)
-                shared[key] = columns >= width - torch.tensor(result.counts, device=layer.valid.device)[:, None]
-            layer.keep_entries(result.index, shared[key], result.store)
+                valid = shared[key] = columns >= width - torch.tensor(result.counts, device=layer.valid.device)[:, None]
+            layer.keep_entries(result.index, valid, result.store)
 
     def _entries(
         self,
@@ -67,7 +83,24 @@ class DecodeStage:
             step=request.step,
             attention=captured.mass() if captured is not None and request.step == 0 else None,
             prompt_final=final,
+            store=layer.store,
         )
+
+    def attend(self, request: Request, base: AttentionFunction, module, query, key, value, attention_mask, **kwargs):
+        """A decode step's attention for one layer: the model's own ``base`` unless the layer's store can attend
+        (``CompressedLayer.packed_step``: then ``key``/``value`` are placeholders), in which case the store computes
+        it over its packed entries and window under the layer's ``valid`` (the step's own entries included). Calls the
+        kernel cannot serve (several rows, which must stay causal among themselves; soft-capped or windowed logits;
+        nothing packed yet) run ``base`` over the dequantized ``read()`` with the mask the layer was given."""
+        cache = request.cache_ref()
+        layer = cache.layers[module.layer_idx] if cache is not None else None
+        if layer is None or not layer.packed_step:
+            return base(module, query, key, value, attention_mask, **kwargs)
+        plain = query.shape[2] == 1 and all(kwargs.get(name) is None for name in ("softcap", "sliding_window", "s_aux"))
+        out = layer.store.attend(query, scaling(module, query, kwargs), layer.valid) if plain else None
+        if out is None:
+            return base(module, query, *layer.store.read(), attention_mask, **kwargs)
+        return out.transpose(1, 2).contiguous(), None
 
     def layer_mask(self, request: Request, layer: CompressedLayer, dtype: torch.dtype) -> Any:
         """The mask of a decode step's rows over ``layer``'s entries and themselves, built once per distinct

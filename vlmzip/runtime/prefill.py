@@ -4,23 +4,23 @@ asking for attention statistics) reads.
 Decoder-layer pre-hooks carry out the schedule: before a layer whose attention a method reads, they note the
 query rows to capture; before a cut layer, they ask the method for its selection and cut the hidden states;
 before every later layer, they cut what the decoder stack passes to all layers (mask, rotary ``(cos, sin)``,
-position ids), once per object. The attention function registered for the text config captures the query
-rows' attention while the model's own backend (or the method's ``attend``) computes the layer.
+position ids), once per object. The session's attention function for the text config hands prompt-pass calls to
+``attend``, which captures the query rows' attention while the model's own backend (or the method's ``attend``)
+computes the layer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from vlmzip.runtime.attention import AttentionFunctions, query_attention
+from vlmzip.runtime.attention import query_attention
 from vlmzip.runtime.masks import cut_mask
 from vlmzip.runtime.request import Request
 from vlmzip.selection import gather_positions, gather_rows, pack_left
-from vlmzip.stages import Cut, DecodeMethod, ModelInfo, PrefillMethod
+from vlmzip.stages import AttentionFunction, Cut, DecodeMethod, ModelInfo, PrefillMethod
 
 _CUT_INPUTS = ("attention_mask", "position_embeddings", "position_ids")
 
@@ -35,25 +35,17 @@ class PrefillStage:
         info: ModelInfo,
         text_config: Any,
         backend: str,
-        current: Callable[[], Request | None],
     ) -> None:
         self.method, self.text_config, self.backend = method, text_config, backend
-        self.current = current  # the request in flight
         self.cuts: dict[int, Cut] = {cut.layer: cut for cut in method.schedule(info)} if method is not None else {}
         self.score_layers = {cut.score_layer: cut for cut in self.cuts.values() if cut.score_layer is not None}
         self.decode = decode if decode is not None and _overrides(decode, DecodeMethod, "query_rows") else None
-        self.functions: AttentionFunctions | None = None
 
     @property
     def needs_attention(self) -> bool:
         """Whether the text config needs vlmzip's attention function (scores to capture, or ``attend``)."""
         replaces = self.method is not None and _overrides(self.method, PrefillMethod, "attend")
         return bool(self.score_layers) or replaces or self.decode is not None
-
-    def install(self, functions: AttentionFunctions) -> None:
-        if self.needs_attention:
-            self.functions = functions
-            functions.use("text_config", self.backend, self._attention)
 
     def before_layer(self, idx: int, request: Request, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
         """Run the schedule before decoder layer ``idx`` of the prompt pass; returns the (cut) hidden states."""
@@ -126,11 +118,9 @@ class PrefillStage:
             return self.text_config.sliding_window
         return None
 
-    def _attention(self, module, query, key, value, attention_mask, **kwargs):
-        request = self.current()
-        base = self.functions.base(self.backend, module)
-        if request is None or request.phase != "prefill":
-            return base(module, query, key, value, attention_mask, **kwargs)
+    def attend(self, request: Request, base: AttentionFunction, module, query, key, value, attention_mask, **kwargs):
+        """A prompt-pass layer's attention: capture the query rows asked for, then the method's ``attend`` (or the
+        model's own ``base``)."""
         for consumer, (rows, valid) in request.queries.get(module.layer_idx, {}).items():
             request.attention[consumer, module.layer_idx] = query_attention(
                 module, query, key, attention_mask, rows, valid, kwargs

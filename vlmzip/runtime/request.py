@@ -49,6 +49,7 @@ class Request:
     # what the cache held after the last forward: (valid, visual) per layer, and bytes
     kv_rows: list[tuple[torch.Tensor | None, torch.Tensor | None]] = field(default_factory=list)
     kv_bytes: int = 0
+    kv_bytes_by_layer: list[dict[str, int]] = field(default_factory=list)
     _rows: PromptRows | None = None
 
     def set_rows(self, valid: torch.Tensor, prompt: torch.Tensor, lm_index: torch.Tensor | None) -> None:

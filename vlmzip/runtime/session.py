@@ -8,7 +8,7 @@
 * a forward pre-hook on every decoder layer: the prefill stage's schedule during the prompt pass
   (``runtime.prefill``), row facts for the cache, and per-layer masks during decoding (``runtime.decode``);
 * hooks on the vision tower, and attention functions wrapping the model's own backends where a method reads
-  attention or replaces it (``runtime.attention``).
+  attention or replaces it, or where decode steps read a quantized cache packed (``runtime.attention``).
 
 ``remove`` undoes every one of these.
 """
@@ -58,9 +58,8 @@ class Session:
         self.request: Request | None = None
         self.last_request: Request | None = None  # the last request that ran to the end of a forward
         self.vision = VisionStage(adapter, policy.vision, info, backend)
-        self.prefill = PrefillStage(
-            policy.prefill, policy.decode, info, self.text_config, backend, lambda: self.request
-        )
+        self.backend = backend
+        self.prefill = PrefillStage(policy.prefill, policy.decode, info, self.text_config, backend)
         self.decode = DecodeStage(policy.decode, self.text_config, backend)
         self.functions = AttentionFunctions(model, f"vlmzip{next(_SESSION_IDS)}")
         self._handles: list[Any] = []
@@ -73,7 +72,8 @@ class Session:
         ]
         for idx, layer in enumerate(self.adapter.decoder_layers):
             self._handles.append(layer.register_forward_pre_hook(self._layer_hook(idx), with_kwargs=True))
-        self.prefill.install(self.functions)
+        if self.prefill.needs_attention or self.decode.reads_packed:
+            self.functions.use("text_config", self.backend, self._text_attention)
         self._handles += self.vision.install(self.functions)
 
     def remove(self) -> None:
@@ -124,8 +124,10 @@ class Session:
 
     def _fresh_cache(self, cache: Any) -> CompressedCache:
         if cache is None or type(cache).__name__ == "DynamicCache":
-            return CompressedCache(self.text_config)
+            return CompressedCache(self.text_config, read_packed=self.decode.reads_packed)
         if isinstance(cache, CompressedCache):
+            for layer in cache.layers:
+                layer.read_packed = self.decode.reads_packed
             return cache
         raise UnsupportedModelError(
             f"vlmzip needs its own KV cache, but got a {type(cache).__name__}; pass no cache or a DynamicCache"
@@ -166,11 +168,22 @@ class Session:
             # references only (no device work): stats are counted when asked for
             request.kv_rows = [(layer.valid, layer.visual) for layer in cache.layers]
             request.kv_bytes = cache.nbytes()
+            request.kv_bytes_by_layer = [layer.byte_parts() for layer in cache.layers]
         request.phase = "decode"
         request.step += 1
         self.last_request = request
 
     # -- the language model and its layers -----------------------------------------------------------------
+    def _text_attention(self, module: nn.Module, query, key, value, attention_mask, **kwargs):
+        """The text config's attention (registered only where a stage needs it): the prompt pass's to the prefill
+        stage (captures, a method's ``attend``), decode steps' to the decode stage (quantized stores read packed)."""
+        request = self.request
+        base = self.functions.base(self.backend, module)
+        if request is None:
+            return base(module, query, key, value, attention_mask, **kwargs)
+        stage = self.prefill if request.phase == "prefill" else self.decode
+        return stage.attend(request, base, module, query, key, value, attention_mask, **kwargs)
+
     def _before_language_model(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         request = self.request
         if request is None or request.phase != "prefill" or request.rows_valid is not None:
@@ -211,6 +224,7 @@ class Session:
                 (visual & valid).sum(dim=1).tolist() if valid is not None else [] for valid, visual in request.kv_rows
             ]
             stats.kv_bytes = request.kv_bytes
+            stats.kv_bytes_by_layer = request.kv_bytes_by_layer
         return stats
 
 

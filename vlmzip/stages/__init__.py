@@ -21,6 +21,7 @@ from vlmzip.stages.prefill import (
     scale_layers,
     validate_layers,
 )
+from vlmzip.stages.quantized import PackedPart, Quantization, QuantizedKV, mixed_store
 from vlmzip.stages.vision import SIGNALS, VisionMethod, VisualItem, VisualSelection, by_size
 
 __all__ = [
@@ -35,8 +36,11 @@ __all__ = [
     "Method",
     "ModelInfo",
     "OneCutMethod",
+    "PackedPart",
     "PrefillMethod",
     "PromptRows",
+    "Quantization",
+    "QuantizedKV",
     "QueryAttention",
     "RowSelection",
     "ScheduleCut",
@@ -47,6 +51,7 @@ __all__ = [
     "VisualSelection",
     "by_size",
     "equivalent_budgets",
+    "mixed_store",
     "scale_layers",
     "validate_layers",
 ]

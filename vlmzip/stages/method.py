@@ -89,6 +89,8 @@ class ModelInfo:
     vision_layers: int  # encoder layers of the vision tower
     min_prefill_layer: int = 1  # first layer where the prefill stage may cut (Qwen3-VL: after DeepStack)
     tower_cut: bool = False  # whether vision methods may prune inside the tower (``at_layer``)
+    head_dim: int = 0  # channels of a key or value head of the language model (0: unknown)
+    context: int = 0  # positions the language model was built for (``max_position_embeddings``; 0: unknown)
 
 
 def stage_option(default: Any) -> Any:
