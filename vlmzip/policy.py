@@ -19,6 +19,7 @@ _STAGE_TYPES = {"vision": VisionMethod, "prefill": PrefillMethod, "decode": Deco
 #: a paper's method across the stages it acts in, with its published defaults (each part's docstring has them)
 PRESETS = {
     "mustdrop": "mustdrop-vision+mustdrop+mustdrop-decode",
+    "zipvl": "zipvl+zipvl-kv",
 }
 
 
