@@ -34,6 +34,10 @@ def model(family, backend):
 
 @pytest.fixture
 def batch(model):
+    return batch_of_two(model)
+
+
+def batch_of_two(model) -> dict:
     """Two prompts of different lengths and image counts, left-padded."""
     return random_inputs(model, [1, 2], text_lengths=[3, 7])
 
@@ -42,6 +46,13 @@ def greedy(model, inputs, new_tokens: int = 5):
     return model.generate(
         **inputs, max_new_tokens=new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True
     )
+
+
+def full_attention_layers(model) -> list[int]:
+    """The decoder layers whose cache a decode method compresses (sliding-window layers are left alone)."""
+    config = model.config.get_text_config()
+    types = getattr(config, "layer_types", None)
+    return [i for i in range(config.num_hidden_layers) if not types or types[i] != "sliding_attention"]
 
 
 def max_logit_diff(a, b) -> float:

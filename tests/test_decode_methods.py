@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import greedy, max_logit_diff
+from conftest import batch_of_two, full_attention_layers, greedy, max_logit_diff
 
 import vlmzip
-from vlmzip.eval.tiny import random_inputs, split_batch, tiny_model, visual_token_count
+from vlmzip.eval.tiny import split_batch, tiny_model, visual_token_count
 from vlmzip.runtime.cache import CompressedLayer
 
 TINY = ("llava", "qwen2_5_vl", "gemma3")  # one family per attention layout: Llama, M-RoPE, sliding + bidirectional
@@ -25,22 +25,9 @@ def tiny(request):
     return request.param
 
 
-def _batch(model) -> dict:
-    return random_inputs(model, [1, 2], text_lengths=[3, 7])  # left-padded: different lengths and image counts
-
-
-def _full_layers(model) -> list[int]:
-    types = getattr(model.config.get_text_config(), "layer_types", None) or []
-    return [
-        i
-        for i in range(model.config.get_text_config().num_hidden_layers)
-        if not types or types[i] != "sliding_attention"
-    ]
-
-
 def test_keep_everything_equals_the_unwrapped_model(tiny, backend):
     model = tiny_model(tiny, attn_implementation=backend)
-    batch = _batch(model)
+    batch = batch_of_two(model)
     reference = greedy(model, batch, NEW_TOKENS)
     for policy in KEEP_ALL:
         vlmzip.compress(model, policy)
@@ -53,8 +40,8 @@ def test_keep_everything_equals_the_unwrapped_model(tiny, backend):
 @pytest.mark.parametrize("policy", EVICTING)
 def test_exact_counts_per_layer_and_generation_to_the_end(tiny, backend, policy):
     model = tiny_model(tiny, attn_implementation=backend)
-    batch = _batch(model)
-    full = _full_layers(model)
+    batch = batch_of_two(model)
+    full = full_attention_layers(model)
     if len(full) < model.config.get_text_config().num_hidden_layers:  # what sliding layers hold untouched
         vlmzip.compress(model, "none")
         untouched = greedy(model, batch, NEW_TOKENS).cache
@@ -88,7 +75,7 @@ def _expected(policy: str, layer: int, visual_in: list[int], stats) -> list[int]
 @pytest.mark.parametrize("policy", EVICTING)
 def test_a_batch_equals_each_sample_alone(tiny, policy):
     model = tiny_model(tiny)
-    batch = _batch(model)
+    batch = batch_of_two(model)
     vlmzip.compress(model, policy)
     together = greedy(model, batch, NEW_TOKENS)
     for row, single in enumerate(split_batch(model, batch)):
@@ -123,13 +110,13 @@ def _stored_visual(layer: CompressedLayer, sample: int) -> list[int]:
 
 def test_snapkv_keeps_what_the_observation_window_attends_to_most_pooled(tiny):
     model = tiny_model(tiny)
-    batch = _batch(model)
+    batch = batch_of_two(model)
     attentions, _ = _reference(tiny, batch)
     window, kernel, keep = 4, 3, 5
     cache = _compressed_cache(model, batch, f"snapkv:window={window},kernel={kernel},keep={keep}")
     valid = batch["attention_mask"].bool()
     visual = torch.isin(batch["input_ids"], torch.tensor(_visual_ids(model))) & valid
-    for layer in _full_layers(model):
+    for layer in full_attention_layers(model):
         for sample in range(len(valid)):
             rows = valid[sample].nonzero().flatten()[-window:]  # the observation window: the last prompt rows
             votes = attentions[layer][sample, :, rows, :].sum(dim=1).mean(dim=0)  # summed over it, head mean
@@ -143,7 +130,7 @@ def test_snapkv_keeps_what_the_observation_window_attends_to_most_pooled(tiny):
 @pytest.mark.parametrize("merge", ["average", "pivotal", "weighted"])
 def test_look_m_evicts_by_text_attention_and_merges_by_key_similarity(merge):
     model = tiny_model("llava")
-    batch = _batch(model)
+    batch = batch_of_two(model)
     attentions, full = _reference("llava", batch)
     cache = _compressed_cache(model, batch, f"look-m:keep=0.25,merge={merge}")
     valid = batch["attention_mask"].bool()
@@ -190,7 +177,7 @@ def _merge_by_hand(keys, values, kept: list[int], evicted: list[int], merge: str
 
 def test_look_m_generation_reads_the_merged_store(monkeypatch):
     model = tiny_model("llava")
-    batch = _batch(model)
+    batch = batch_of_two(model)
     with torch.no_grad():
         original = model(**batch, use_cache=True).cache.layers[1].keys  # unwrapped: every entry, none merged
     cache = _compressed_cache(model, batch, "look-m:keep=0.25")
@@ -219,11 +206,11 @@ def test_look_m_generation_reads_the_merged_store(monkeypatch):
 
 def test_mustdrop_decode_cuts_earlier_layers_to_what_survived_the_prefill_stage(tiny):
     model = tiny_model(tiny)
-    batch = _batch(model)
+    batch = batch_of_two(model)
     cache = _compressed_cache(model, batch, "pyramiddrop+mustdrop-decode:from_layer=1")
     stats = vlmzip.stats(model)
     final = stats.visual_positions_kept["prefill"]  # the prompt positions the last cut kept
-    for layer in _full_layers(model):
+    for layer in full_attention_layers(model):
         held = stats.visual_tokens_by_layer[layer]
         for sample in range(len(final)):
             stored = _stored_visual(cache.layers[layer], sample)
@@ -232,7 +219,7 @@ def test_mustdrop_decode_cuts_earlier_layers_to_what_survived_the_prefill_stage(
             else:  # before `from_layer`: every entry the layer processed
                 assert len(stored) == held[sample]
     capped = _compressed_cache(model, batch, "pyramiddrop+mustdrop-decode:from_layer=0,keep=2")
-    for layer in _full_layers(model):  # a cap keeps survivors only, at most `keep` of them
+    for layer in full_attention_layers(model):  # a cap keeps survivors only, at most `keep` of them
         for sample in range(len(final)):
             stored = _stored_visual(capped.layers[layer], sample)
             assert set(stored) <= set(final[sample]) and len(stored) == min(2, len(final[sample]))

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import greedy, max_logit_diff
+from conftest import batch_of_two, full_attention_layers, greedy, max_logit_diff
 
 import vlmzip
-from vlmzip.eval.tiny import random_inputs, tiny_model, visual_token_count
+from vlmzip.eval.tiny import tiny_model, visual_token_count
 from vlmzip.kernels import kv_quant as kq
 from vlmzip.runtime.decode import DecodeStage
 from vlmzip.selection import share_count
@@ -25,16 +25,6 @@ EVICT = "knorm:keep=0.5,bits=4,group_size=8,residual=4"
 @pytest.fixture(params=TINY)
 def tiny(request):
     return request.param
-
-
-def _batch(model) -> dict:
-    return random_inputs(model, [1, 2], text_lengths=[3, 7])  # left-padded: different lengths and image counts
-
-
-def _full_layers(model) -> list[int]:
-    types = getattr(model.config.get_text_config(), "layer_types", None)
-    depth = model.config.get_text_config().num_hidden_layers
-    return [i for i in range(depth) if not types or types[i] != "sliding_attention"]
 
 
 def _store_bytes(store) -> int:
@@ -113,7 +103,7 @@ def test_attend_over_two_bit_widths_equals_dense_attention_over_the_read_back_ca
 @pytest.mark.parametrize("policy", [KIVI, ZIPVL, EVICT])
 def test_generation_runs_to_the_end_with_counts_and_bytes_exact(tiny, backend, policy):
     model = tiny_model(tiny, attn_implementation=backend)
-    batch = _batch(model)
+    batch = batch_of_two(model)
     vlmzip.compress(model, policy)
     out = greedy(model, batch, NEW_TOKENS)
     stats = vlmzip.stats(model)
@@ -122,7 +112,7 @@ def test_generation_runs_to_the_end_with_counts_and_bytes_exact(tiny, backend, p
     assert out.cache.get_seq_length() == prompt + NEW_TOKENS - 1  # the last token is never fed back
     visual_in = visual_token_count(model, batch)
     text = (batch["attention_mask"].sum(dim=1) - torch.tensor(visual_in)).tolist()
-    full = _full_layers(model)
+    full = full_attention_layers(model)
     for index, layer in enumerate(out.cache.layers):
         assert stats.kv_bytes_by_layer[index] == layer.store.byte_parts()
         assert sum(stats.kv_bytes_by_layer[index].values()) == _store_bytes(layer.store)
@@ -140,12 +130,13 @@ def test_generation_runs_to_the_end_with_counts_and_bytes_exact(tiny, backend, p
 
 def test_8_bit_kivi_with_a_window_over_everything_equals_the_unwrapped_model_and_restore_is_exact(tiny, backend):
     model = tiny_model(tiny, attn_implementation=backend)
-    batch = _batch(model)
+    batch = batch_of_two(model)
     reference = greedy(model, batch, NEW_TOKENS)
     vlmzip.compress(model, "kivi:bits=8,residual=1024")
     out = greedy(model, batch, NEW_TOKENS)
     assert torch.equal(out.sequences, reference.sequences) and max_logit_diff(out, reference) == 0
-    assert all(layer.store.packed_length == 0 for i, layer in enumerate(out.cache.layers) if i in _full_layers(model))
+    full = full_attention_layers(model)
+    assert all(layer.store.packed_length == 0 for i, layer in enumerate(out.cache.layers) if i in full)
     vlmzip.compress(model, ZIPVL)  # a run that quantizes, then restore
     greedy(model, batch, NEW_TOKENS)
     vlmzip.restore(model)
@@ -157,13 +148,13 @@ def test_8_bit_kivi_with_a_window_over_everything_equals_the_unwrapped_model_and
 @pytest.mark.parametrize("policy", [KIVI, ZIPVL])
 def test_the_read_back_cache_is_within_half_a_scale_of_the_unquantized_one(tiny, policy):
     model = tiny_model(tiny)
-    batch = _batch(model)
+    batch = batch_of_two(model)
     with torch.no_grad():
         original = model(**batch, use_cache=True).cache  # unwrapped: the keys and values quantization starts from
     vlmzip.compress(model, policy)
     with torch.no_grad():
         cache = model(**batch, use_cache=True).cache
-    for index in _full_layers(model):
+    for index in full_attention_layers(model):
         layer, store = cache.layers[index], cache.layers[index].store
         read = store.read()
         start = 0
@@ -185,7 +176,7 @@ def test_the_read_back_cache_is_within_half_a_scale_of_the_unquantized_one(tiny,
 
 def test_zipvl_keeps_the_probes_most_attended_entries_at_high_bits(tiny):
     model = tiny_model(tiny)
-    batch = _batch(model)
+    batch = batch_of_two(model)
     eager = tiny_model(tiny, attn_implementation="eager")
     with torch.no_grad():
         attentions = eager(**batch, output_attentions=True).attentions
@@ -197,7 +188,7 @@ def test_zipvl_keeps_the_probes_most_attended_entries_at_high_bits(tiny):
     probes = text & (text.flip(1).long().cumsum(1).flip(1) <= 4)  # the last 4 text rows
     width = valid.shape[1]
     packed = (width - 8) // 8 * 8
-    for index in _full_layers(model):
+    for index in full_attention_layers(model):
         store = cache.layers[index].store
         heads = attentions[index].mean(dim=1)  # [B, L, L], head mean
         mass = torch.stack([heads[b][probes[b]].mean(dim=0) for b in range(len(valid))])
@@ -219,14 +210,14 @@ def test_zipvl_keeps_the_probes_most_attended_entries_at_high_bits(tiny):
 
 def test_eviction_then_quantization_stores_what_eviction_alone_keeps(tiny):
     model = tiny_model(tiny)
-    batch = _batch(model)
+    batch = batch_of_two(model)
     vlmzip.compress(model, "knorm:keep=0.5")
     with torch.no_grad():
         evicted = model(**batch, use_cache=True).cache
     vlmzip.compress(model, EVICT)
     with torch.no_grad():
         both = model(**batch, use_cache=True).cache
-    for index in _full_layers(model):
+    for index in full_attention_layers(model):
         plain, quantized_layer = evicted.layers[index], both.layers[index]
         assert torch.equal(plain.positions[plain.valid], quantized_layer.positions[quantized_layer.valid])
         assert isinstance(quantized_layer.store, QuantizedKV) and quantized_layer.store.parts[0].bits == 4
@@ -239,7 +230,7 @@ def test_eviction_then_quantization_stores_what_eviction_alone_keeps(tiny):
 def test_decode_steps_read_the_packed_cache_and_match_dense_attention_over_it(case, monkeypatch):
     family, backend = case.split("-")
     model = tiny_model(family, attn_implementation=backend)
-    batch = _batch(model)
+    batch = batch_of_two(model)
     calls = []
     kernel = quantized.decode_attention
 
@@ -252,8 +243,9 @@ def test_decode_steps_read_the_packed_cache_and_match_dense_attention_over_it(ca
         calls.clear()
         vlmzip.compress(model, policy)
         packed = greedy(model, batch, NEW_TOKENS)
-        parts = sum(len(packed.cache.layers[i].store.parts) for i in _full_layers(model))  # a call per packed part
-        assert len(calls) == parts * (NEW_TOKENS - 1) and parts >= len(_full_layers(model))  # every decode step
+        full = full_attention_layers(model)
+        parts = sum(len(packed.cache.layers[i].store.parts) for i in full)  # a call per packed part
+        assert len(calls) == parts * (NEW_TOKENS - 1) and parts >= len(full)  # every decode step
         assert all(rows == 1 and length > 0 for rows, length, _ in calls)
         with monkeypatch.context() as patch:  # the same cache, read back dense by the model's own attention
             patch.setattr(DecodeStage, "reads_packed", property(lambda self: False))
@@ -266,7 +258,7 @@ def test_decode_steps_read_the_packed_cache_and_match_dense_attention_over_it(ca
 
 def test_beams_and_repeated_samples_reorder_and_repeat_the_packed_cache():
     model = tiny_model("llava")
-    batch = _batch(model)
+    batch = batch_of_two(model)
     vlmzip.compress(model, KIVI)
     out = model.generate(**batch, max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False)
     assert out.shape == (4, batch["input_ids"].shape[1] + 4)
