@@ -31,11 +31,13 @@ halves stay paired, so
 
 Scales and zero points are read at their own granularity: a row per byte row of keys (``[BLOCK_N / PER, d]``,
 contiguous), one per word of values when a group holds whole words (else one per byte), and broadcast in
-registers. Queries and partial outputs use the keys' and values' channel orders only in packed programs.
+registers. Only packed programs permute the query's and the output's channels.
 
-**Work, counted** on the SASS that Triton 3.6 builds for an H200 (sm_90, ptxas of the wheel, compiled on a CPU
-with ``triton.compile``; the bench layer: Hq=28, Hkv=4, d=128, bf16, 2-bit keys and values, groups of 32; per
-thread and packed-loop iteration, divided by the key and value elements a thread handles):
+**Work, counted** on the SASS that Triton 3.6 builds for an H200, without one: ``triton.compile`` of ``_split``
+(an ``ASTSource`` with the signature, constexprs and 16-byte divisibility a launch specialises) for
+``GPUTarget("cuda", 90, 32)``, read with the wheel's ``cuobjdump -sass``; the bench layer (Hq=28, Hkv=4, d=128,
+bf16, 2-bit keys and values, groups of 32, 16,256 packed tokens); instructions in the packed loop's body per
+thread, divided by the key and value elements a thread handles an iteration:
 
 ==============================  =====================  ================  ===================  ================
 per K or V element              before (64/4/2)        before (32/4/1)   after (64/4/1)       after (32/4/1)
@@ -51,14 +53,22 @@ registers / CTAs an SM holds    212 / 2                205 / 2           255 / 2
 ==============================  =====================  ================  ===================  ================
 
 (64/4/2: ``Config(block_n=64, num_warps=4, num_stages=2)``.) Per token and KV head that is 136 warp-instructions
-before and 52 (64/4/1; 62 at 32/4/1, 50.7 at 128/8/1) after: 2.6x fewer, with the scattered per-element byte,
-scale and zero loads (each byte loaded 4 times) gone. Half the remaining work is the attention itself (the
-full-precision window's loop costs 20.5 warp-instructions a token at 64/4/1). Queries pad to 8 rows, not 16
-(``_MIN_ROWS``; 7 rows a KV head in the bench layer). Predicted from the instruction ratio at the measured
-instruction rate (the old kernel issued ~1.0-1.3 warp-instructions per SM and cycle; the new one has ~10x fewer
-long-latency loads, so the rate should not drop): B=1, 16K context, ~9-13 us a step (before 28.7-35.7; the floor
-of its 6.5 MB is 1.4 us, so it stays instruction-bound); B=8, ~55-80 us (before 179-291; SDPA 68.7); B=32,
-S=1000, ~18-25 us (before 55; SDPA 20). A step also pays the combine (~2 us at B=1).
+before and 52 after (64/4/1; 62 at 32/4/1, 51 at 128/8/1): 2.6x fewer, and the per-element byte, scale and zero
+gathers (each byte loaded 4 times) are gone: 0.13 global-load instructions an element instead of 1.4. About half of
+what remains is the attention itself (the full-precision window's loop costs 23 warp-instructions a token) and
+Triton's shared-memory staging of the dot operands. Query tiles pad to 8 rows, not 16 (``_MIN_ROWS``; the bench
+layer has 7 rows a KV head). Folding the key scales into the query instead (``q . (code * scale + zero) =
+(q * scale) . code + q . zero`` a key group) was counted and left out: the query tile is an operand of every warp's
+mma, so each warp rescales all of it every tile, which costs what the fold saves (533 against 524 instructions at
+32/4/1) and ~80 registers (its fp32 copy).
+
+**Prediction** for the bench shapes (one step from CUDA graphs), from the counts above: the old kernel issued
+~1.0-1.3 warp-instructions per SM and cycle (8.8M of them at B=1 in 26-33 us, 1.98 GHz); at that rate the new one
+takes B=1 (16K context): ~10-13 us of split kernel + ~2 us of combine, **12-15 us** (before 28.7-35.7; its 6.5 MB
+floor is 1.4 us: still instruction-bound); B=8: **80-105 us** (before 179-291; SDPA 68.7); B=32, S=1000: **20-24
+us** (before 55; SDPA 20). With ten times fewer long-latency loads the rate should rise; at 2 per SM and cycle:
+~8.5, ~53 and ~14 us (3-4x). Registers: 255 at 64/4/1 (2 programs an SM), 128 at 32/4/1 and 64/8/1 (4): a
+split size giving more programs than 2 an SM suits those.
 
 Deterministic (no atomics). Under Triton's interpreter, which multiplies bf16 tiles as raw integers and has no bf16
 arithmetic, bf16 runs its products and its dequantisation in fp32 (the codes still built as bf16 magic floats);
@@ -87,7 +97,8 @@ _MIN_ROWS = 8
 
 
 class Config(NamedTuple):
-    """Launch parameters of the split kernel: keys per tile, warps and software-pipeline stages."""
+    """Launch parameters of the split kernel: keys per tile, warps and software-pipeline stages (default: the
+    fewest instructions counted for the bench layer without spills, module docstring; not yet timed)."""
 
     block_n: int = 64
     num_warps: int = 4

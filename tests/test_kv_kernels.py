@@ -336,6 +336,90 @@ def test_dispatcher_runs_the_reference_on_the_cpu_and_empty_calls_give_zeros(dec
         assert torch.equal(function(*nothing), torch.zeros_like(query))
 
 
+# name: (key bits, layout, group; value bits, layout, group; d, S_packed, S_full, dtype, mask). The packed tile's
+# token order follows the tensors packed along tokens (field by field when they pack as many tokens a byte, else in
+# order); values read a scale per word when a group holds whole words, else per byte; rows of 4, 2 or 1 bytes read
+# as words of that size; lengths that end inside a tile.
+LAYOUTS = {
+    "kivi_2_bit": (2, "tokens", 16, 2, "channels", 16, 64, 80, 5, torch.bfloat16, True),
+    "kivi_4_bit_byte_scales": (4, "tokens", 8, 4, "channels", 4, 32, 72, 3, torch.float16, False),
+    "kivi_8_bit": (8, "tokens", 4, 8, "channels", 8, 32, 52, 0, torch.bfloat16, True),
+    "kivi_mixed_bits_fp32": (4, "tokens", 12, 2, "channels", 8, 24, 48, 4, torch.float32, True),
+    "swapped_layouts": (2, "channels", 8, 4, "tokens", 4, 32, 64, 3, torch.bfloat16, True),
+    "both_along_tokens": (2, "tokens", 8, 2, "tokens", 16, 16, 64, 2, torch.float16, False),
+    "both_along_tokens_mixed_bits": (2, "tokens", 8, 4, "tokens", 4, 16, 56, 2, torch.float32, True),
+    "both_along_channels": (4, "channels", 8, 2, "channels", 16, 48, 40, 3, torch.bfloat16, False),
+    "two_byte_value_rows": (2, "tokens", 4, 2, "channels", 4, 8, 40, 1, torch.float16, True),
+    "one_byte_value_rows": (4, "tokens", 2, 2, "channels", 12, 12, 38, 2, torch.bfloat16, False),
+}
+
+
+def _layout_inputs(name: str, seed: int) -> tuple[tuple, dict]:
+    """Decode arguments (B=2, Hq=6, Hkv=2, q=1) of a ``LAYOUTS`` case, with random validity when it has a mask."""
+    k_bits, k_along, k_group, v_bits, v_along, v_group, dim, n_packed, n_full, dtype, mask = LAYOUTS[name]
+    gen = torch.Generator().manual_seed(100 * seed + list(LAYOUTS).index(name))
+    query = torch.randn(2, 6, 1, dim, generator=gen).to(dtype)
+    keys, values = (torch.randn(2, 2, n_packed + n_full, dim, generator=gen) for _ in range(2))
+    keys = (keys + torch.randn(dim, generator=gen) * 3).to(dtype)  # outlier channels
+    packed_key = kq.quantize_reference(keys[:, :, :n_packed], k_bits, k_group, k_along)
+    packed_value = kq.quantize_reference(values[:, :, :n_packed].to(dtype), v_bits, v_group, v_along)
+    masks = {}
+    if mask:
+        masks["packed_valid"] = torch.rand(2, n_packed, generator=gen) > 0.3
+        masks["full_valid"] = torch.rand(2, n_full, generator=gen) > 0.3
+    full = (keys[:, :, n_packed:], values[:, :, n_packed:].to(dtype))
+    return (query, packed_key, packed_value, *full, dim**-0.5), masks
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_triton_decode_matches_the_reference_for_every_layout_and_width(decode_kernel, name):
+    args, masks = _layout_inputs(name, 0)
+    expected = da.decode_attention_reference(*args, **masks)
+    rtol, atol = TOLERANCE[expected.dtype]
+    # one chunk; chunks that start and stop inside a tile and a group; one-tile chunks
+    for split in (None, 24, 16):
+        got = decode_kernel(*args, **masks, split_size=split)
+        torch.testing.assert_close(got.float(), expected.float(), rtol=rtol, atol=atol, msg=f"split_size={split}")
+
+
+def test_payloads_are_read_as_the_widest_words_their_rows_strides_and_offsets_allow(decode_kernel):
+    """A payload read 4 bytes at a time unless a row, a stride or the view's offset is not a multiple of 4 (then 2,
+    then 1): a cache whose payload rows sit at odd offsets of a wider buffer is read byte by byte."""
+    triton_side = importlib.import_module("vlmzip.kernels._decode_attention_triton")
+    (query, packed_key, packed_value, full_key, full_value, scaling), masks = _layout_inputs("kivi_2_bit", 1)
+
+    def lanes(packed: kq.PackedKV) -> int:
+        return triton_side._packed_args(packed, "K")[1]["K_LANES"]
+
+    def shifted(packed: kq.PackedKV) -> kq.PackedKV:  # the same payload one byte into rows one byte longer
+        rows = packed.payload
+        buffer = torch.zeros(*rows.shape[:-1], rows.shape[-1] + 1, dtype=torch.uint8)
+        buffer[..., 1:] = rows
+        return kq.PackedKV(buffer[..., 1:], packed.scale, packed.zero, packed.bits, packed.group_size,
+                           packed.group_along)  # fmt: skip
+
+    assert (lanes(packed_key), lanes(packed_value)) == (4, 4)
+    assert [lanes(p) for p in _layout_inputs("two_byte_value_rows", 0)[0][1:3]] == [4, 2]
+    assert [lanes(p) for p in _layout_inputs("one_byte_value_rows", 0)[0][1:3]] == [4, 1]
+    key, value = shifted(packed_key), shifted(packed_value)
+    assert (lanes(key), lanes(value)) == (1, 1) and not key.payload.is_contiguous()
+    args = (query, key, value, full_key, full_value, scaling)
+    expected = da.decode_attention_reference(query, packed_key, packed_value, full_key, full_value, scaling, **masks)
+    torch.testing.assert_close(decode_kernel(*args, **masks, split_size=24).float(), expected.float(),
+                               rtol=1e-2, atol=1e-2)  # fmt: skip
+
+
+def test_a_query_group_wider_than_a_tile_of_rows_and_a_single_row(decode_kernel):
+    """Query tiles hold at least 8 rows: one row (multi-head attention) pads, 12 rows take a tile of 16."""
+    for heads, n_q in ((2, 1), (6, 4)):
+        (query, *rest), masks = _layout_inputs("kivi_2_bit", 2)
+        query = torch.randn(2, heads, n_q, query.shape[-1]).to(query.dtype)
+        args = (query, *rest)
+        expected = da.decode_attention_reference(*args, **masks)
+        torch.testing.assert_close(decode_kernel(*args, **masks, split_size=32).float(), expected.float(),
+                                   rtol=1e-2, atol=1e-2)  # fmt: skip
+
+
 def _refusal_args(**change) -> tuple[tuple, dict]:
     """Decode arguments that fit (B=2, Hq=4, Hkv=2, q=1, S_packed=16, S_full=3, d=16), with ``change`` applied."""
     fitting = {
