@@ -183,13 +183,14 @@ class CompressedLayer(DynamicLayer):
     def nbytes(self) -> int:
         return 0 if not self.is_initialized else self.store.nbytes
 
-    def byte_parts(self) -> dict[str, int]:
-        """``nbytes`` by kind: ``payload``, ``scales``, ``zeros`` of packed entries and ``full`` precision ones (a
-        store without ``byte_parts`` reports its bytes as ``other``)."""
-        if not self.is_initialized:
-            return {}
-        parts = getattr(self.store, "byte_parts", None)
-        return parts() if parts is not None else {"other": self.store.nbytes}
+
+def store_byte_parts(store: KVStore | None) -> dict[str, int]:
+    """A layer's ``nbytes`` by kind: ``payload``, ``scales``, ``zeros`` of packed entries and ``full`` precision ones
+    (a store without ``byte_parts`` reports its bytes as ``other``; no store: nothing)."""
+    if store is None:
+        return {}
+    parts = getattr(store, "byte_parts", None)
+    return parts() if parts is not None else {"other": store.nbytes}
 
 
 class CompressedCache(DynamicCache):

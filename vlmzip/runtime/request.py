@@ -46,10 +46,9 @@ class Request:
     cut_inputs: dict[tuple, tuple[Any, Any]] = field(default_factory=dict)  # (name, id, window) -> (original, cut)
     step_rows: RowMeta | None = None  # the rows a decode step feeds every layer
     step_masks: dict[tuple, tuple] = field(default_factory=dict)  # one mask per distinct cache-layer history
-    # what the cache held after the last forward: (valid, visual) per layer, and bytes
+    # what the cache held after the last forward: (valid, visual) per layer, and its stores (below)
     kv_rows: list[tuple[torch.Tensor | None, torch.Tensor | None]] = field(default_factory=list)
-    kv_bytes: int = 0
-    kv_bytes_by_layer: list[dict[str, int]] = field(default_factory=list)
+    kv_stores: list[Any] = field(default_factory=list)  # each layer's KVStore (None: empty), bytes counted on demand
     _rows: PromptRows | None = None
 
     def set_rows(self, valid: torch.Tensor, prompt: torch.Tensor, lm_index: torch.Tensor | None) -> None:

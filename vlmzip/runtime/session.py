@@ -28,7 +28,7 @@ from vlmzip.adapter import Adapter
 from vlmzip.errors import InputError, UnsupportedModelError
 from vlmzip.policy import Policy
 from vlmzip.runtime.attention import AttentionFunctions
-from vlmzip.runtime.cache import CompressedCache, RowMeta
+from vlmzip.runtime.cache import CompressedCache, RowMeta, store_byte_parts
 from vlmzip.runtime.decode import DecodeStage
 from vlmzip.runtime.prefill import PrefillStage
 from vlmzip.runtime.request import Request
@@ -167,8 +167,7 @@ class Session:
             cache.logical_length += request.step_length
             # references only (no device work): stats are counted when asked for
             request.kv_rows = [(layer.valid, layer.visual) for layer in cache.layers]
-            request.kv_bytes = cache.nbytes()
-            request.kv_bytes_by_layer = [layer.byte_parts() for layer in cache.layers]
+            request.kv_stores = [layer.store for layer in cache.layers]
         request.phase = "decode"
         request.step += 1
         self.last_request = request
@@ -223,8 +222,8 @@ class Session:
             stats.kv_visual_entries = [
                 (visual & valid).sum(dim=1).tolist() if valid is not None else [] for valid, visual in request.kv_rows
             ]
-            stats.kv_bytes = request.kv_bytes
-            stats.kv_bytes_by_layer = request.kv_bytes_by_layer
+            stats.kv_bytes_by_layer = [store_byte_parts(store) for store in request.kv_stores]
+            stats.kv_bytes = sum(0 if store is None else store.nbytes for store in request.kv_stores)
         return stats
 
 
