@@ -157,6 +157,45 @@ def test_videos_exact_counts_and_a_batch_equals_each_sample_alone(qwen, backend)
         assert worst < 1e-4
 
 
+def test_frames_given_as_images_are_one_video_per_sample(family, backend, monkeypatch):  # conftest: every one
+    """A sample of two or more images of one size (and nothing else) is a frame list: one video of those frames,
+    its tokens and tower signals in image order; a batch equals each sample alone."""
+    model = tiny_model(family, attn_implementation=backend)
+    batch = random_inputs(model, [3, 2], text_lengths=[5, 7], seed=1)
+    seen = []
+    select = FastVID.select
+
+    def spy(self, item):
+        seen.append(item)
+        return select(self, item)
+
+    monkeypatch.setattr(FastVID, "select", spy)
+    vlmzip.compress(model, "fastvid:keep=0.25")
+    together = greedy(model, batch, 3)
+    stats = vlmzip.stats(model)
+    assert stats.visual_tokens_in == [48, 32] and stats.visual_tokens_kept["vision"] == [12, 8]
+    image = model.config.image_token_id
+    for sample, item in enumerate(seen[:2]):
+        assert (item.sample, item.kind, item.grid) == (sample, "video", (3 - sample, 4, 4))
+        assert item.positions.tolist() == (batch["input_ids"][sample] == image).nonzero().flatten().tolist()
+        assert [frame.grid for frame in item.frames] == [(1, 4, 4)] * (3 - sample)
+        assert torch.equal(
+            item.signals["vision_attention"], torch.cat([f.signals["vision_attention"] for f in item.frames])
+        )
+    for row, single in enumerate(split_batch(model, batch)):
+        alone = greedy(model, single, 3)
+        assert torch.equal(alone.sequences[0, -3:], together.sequences[row, -3:])
+    vlmzip.restore(model)
+
+
+def test_frames_given_as_images_are_not_chosen_inside_the_tower():
+    model = tiny_model("qwen2_5_vl")
+    vlmzip.compress(model, "evs:keep=0.5")
+    with pytest.raises(vlmzip.UnsupportedModelError, match="frames given as images are chosen after the vision tower"):
+        model(**random_inputs(model, [2, 3], text_lengths=[5, 7]))
+    vlmzip.restore(model)
+
+
 # -- bad input -----------------------------------------------------------------------------------------------
 def test_images_are_refused_naming_the_method_and_the_fix(family):  # every family: conftest
     model = tiny_model(family)
@@ -164,7 +203,7 @@ def test_images_are_refused_naming_the_method_and_the_fix(family):  # every fami
     with pytest.raises(InputError) as error:
         model.generate(**random_inputs(model, [1, 2], text_lengths=[3, 7]), max_new_tokens=2)
     assert isinstance(error.value, ValueError)
-    words = ["fastvid prunes video inputs only", "sample 0 holds image input", "as a video", "visionzip"]
+    words = ["fastvid prunes video inputs only", "sample 0 holds image input", "as a video", "two or more images"]
     assert all(word in str(error.value) for word in words), str(error.value)
     if family in QWEN:  # an image beside a video is refused too: keeping it whole would break keep's count
         mixed = random_inputs(model, [1, 0], text_lengths=[4, 6], video_frames=[4, 2])

@@ -87,6 +87,8 @@ class VisionStage:
         request.visual = torch.zeros_like(request.prompt_valid)
         if request.inputs.get("input_ids") is not None:
             request.items = self.adapter.visual_items(request.inputs, self.runs)
+            if self.method is not None and "image" not in self.method.media:
+                request.items = frames_as_videos(request.items)
             for item in request.items:
                 request.visual[item.sample, item.positions] = True
             self._check_media(request.items)
@@ -102,8 +104,8 @@ class VisionStage:
                 raise InputError(
                     f"{self.method.name} prunes {' and '.join(sorted(media))} inputs only, but sample {item.sample} "
                     f"holds {item.kind} input ({item.num_tokens} tokens, grid {item.grid}); give video frames as a "
-                    "video (the processor's videos=...), or use a vision method that takes images (uniform, "
-                    "visionzip, divprune, cdpruner)"
+                    "video (the processor's videos=...) or as two or more images of one size per sample (and "
+                    "nothing else), or use a vision method that takes images (uniform, visionzip, divprune, cdpruner)"
                 )
 
     # -- the cut at the language model's input -------------------------------------------------------------
@@ -161,6 +163,11 @@ class VisionStage:
         choices made inside the tower for the images the items show."""
         if self.tower_cut is None:
             return self.method.select_batch(items)
+        if any(item.frames for item in items):
+            raise UnsupportedModelError(
+                f"{self.method.name}: frames given as images are chosen after the vision tower only; drop at_layer, "
+                "or give the frames as a video"
+            )
         selections = []
         for item, (run, row) in zip(items, self.adapter.encoded_by(self.runs, items)):
             if run is None or run.choices is None or row >= len(run.choices):
@@ -188,10 +195,14 @@ class VisionStage:
 
     def _signals(self, request: Request, embeds: torch.Tensor) -> None:
         needs = self.method.needs
+        encoded = [frame for item in request.items for frame in (item.frames or [item])]  # as the tower saw them
         if "vision_attention" in needs:
-            self.adapter.vision_scores(self.runs, request.items)
+            self.adapter.vision_scores(self.runs, encoded)
         if "tower_features" in needs:
-            self.adapter.tower_features(self.runs, request.items)
+            self.adapter.tower_features(self.runs, encoded)
+        for item in request.items:
+            for name in (needs & {"vision_attention", "tower_features"}) if item.frames else ():
+                item.signals[name] = torch.cat([frame.signals[name] for frame in item.frames])
         if "text_embeddings" in needs:
             text = request.prompt_valid & ~request.visual
             for item in request.items:
@@ -242,6 +253,27 @@ class VisionStage:
             return
         masses = _packed_masses(pending) if uses_kernel(pending[0][1]) else _grouped_masses(pending)
         self.runs[-1].attention.setdefault(pending[0][0], []).extend(masses)
+
+
+def frames_as_videos(items: list[VisualItem]) -> list[VisualItem]:
+    """``items`` with each sample's images joined into one video of those frames, where the sample holds two or
+    more images of one grid and nothing else (a frame list given as images); other items as they are."""
+    by_sample: dict[int, list[VisualItem]] = defaultdict(list)
+    for item in items:
+        by_sample[item.sample].append(item)
+    joined = []
+    for sample, own in by_sample.items():
+        grids = {item.grid for item in own}
+        if len(own) < 2 or any(item.kind != "image" for item in own) or len(grids) > 1 or own[0].grid[0] != 1:
+            joined += own
+            continue
+        _, rows, cols = own[0].grid
+        positions = torch.cat([item.positions for item in own])
+        joined.append(VisualItem(sample, -1, "video", positions, (len(own), rows, cols), own[0].kind_index, frames=own))
+    for index, item in enumerate(joined):  # in request order: samples in order, one item per joined sample
+        item.index = index
+        item.sample_index = sum(other.sample == item.sample for other in joined[:index])
+    return joined
 
 
 def _grouped_masses(pending: list[tuple]) -> list[torch.Tensor]:

@@ -53,6 +53,8 @@ class VisualItem:
     features: torch.Tensor | None = None
     signals: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     project: Callable[[torch.Tensor], torch.Tensor] | None = None
+    #: the images this video is made of, when a video-only method reads a sample's images as its frames
+    frames: list[VisualItem] | None = None
 
     @property
     def num_tokens(self) -> int:
