@@ -188,10 +188,14 @@ def test_frames_given_as_images_are_one_video_per_sample(family, backend, monkey
     vlmzip.restore(model)
 
 
-def test_frames_given_as_images_are_not_chosen_inside_the_tower():
-    model = tiny_model("qwen2_5_vl")
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("qwen2_5_vl", "frames given as images are chosen after the vision tower"), ("llava", "use .* \\(fastvid\\)")],
+)
+def test_frames_given_as_images_are_not_chosen_inside_the_tower(name, message):
+    model = tiny_model(name)
     vlmzip.compress(model, "evs:keep=0.5")
-    with pytest.raises(vlmzip.UnsupportedModelError, match="frames given as images are chosen after the vision tower"):
+    with pytest.raises(vlmzip.UnsupportedModelError, match=message):
         model(**random_inputs(model, [2, 3], text_lengths=[5, 7]))
     vlmzip.restore(model)
 

@@ -31,7 +31,10 @@ class TowerPlan:
 
     def pixels(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """The tower's input cut into each item's tokens: ``[n, U, P]`` per item (``U`` patches of ``P`` values)."""
-        raise UnsupportedModelError(f"{type(self).__name__}: this tower does not give each token's pixels")
+        raise UnsupportedModelError(
+            "this family's vision tower does not give each token's pixels, so a method that reads them (evs) cannot "
+            "run on it; for frames given as images use a method that chooses after the tower (fastvid)"
+        )
 
     def cut(self, hidden: torch.Tensor, keep: list[torch.Tensor]) -> torch.Tensor:
         """The rows of the kept tokens ``keep`` (ascending, per item) for the layers from the cut on."""
