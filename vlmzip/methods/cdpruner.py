@@ -8,8 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from vlmzip.registry import register_method
-from vlmzip.selection import ascending, batched_greedy_dpp
-from vlmzip.stages import VisionMethod, VisualItem, VisualSelection, by_size
+from vlmzip.selection import batched_greedy_dpp
+from vlmzip.stages import VisionMethod, VisualItem, VisualSelection, greedy_by_size, unit_features
 
 
 @register_method
@@ -34,20 +34,16 @@ class CDPruner(VisionMethod):
     needs = frozenset({"text_embeddings"})
 
     def select_batch(self, items: list[VisualItem]) -> list[VisualSelection]:
-        return by_size(items, self._select_same_size)
+        return greedy_by_size(self, items, self._choose)
 
-    def _select_same_size(self, items: list[VisualItem]) -> list[VisualSelection]:
-        count = self.budget(items[0])
-        if count == items[0].num_tokens:
-            return [VisualSelection(torch.arange(count)) for _ in items]
-        unit = F.normalize(torch.stack([item.features for item in items]).double(), dim=-1)
+    def _choose(self, items: list[VisualItem], count: int) -> torch.Tensor:
+        unit = unit_features(items, torch.float64)
         relevance = torch.stack([_relevance(u, item.signals["text_embeddings"]) for u, item in zip(unit, items)])
         low = relevance.amin(dim=1, keepdim=True)
         span = relevance.amax(dim=1, keepdim=True) - low
         quality = torch.where(span > 0, (relevance - low) / span, 1.0)  # no host round trip per item
         kernel = quality[:, :, None] * (unit @ unit.mT) * quality[:, None, :]
-        chosen = batched_greedy_dpp(kernel, torch.full((len(items),), count))
-        return [VisualSelection(keep) for keep in ascending(chosen)]
+        return batched_greedy_dpp(kernel, torch.full((len(items),), count))
 
 
 def _relevance(unit: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 from vlmzip.registry import register_method
-from vlmzip.selection import ascending, batched_greedy_max_min
-from vlmzip.stages import VisionMethod, VisualItem, VisualSelection, by_size
+from vlmzip.selection import batched_greedy_max_min
+from vlmzip.stages import VisionMethod, VisualItem, VisualSelection, greedy_by_size, unit_features
 
 
 @register_method
@@ -29,12 +28,8 @@ class DivPrune(VisionMethod):
     deviation = "none beyond batching: each image (or video) of a batched request is pruned on its own (all at once)"
 
     def select_batch(self, items: list[VisualItem]) -> list[VisualSelection]:
-        return by_size(items, self._select_same_size)
+        return greedy_by_size(self, items, self._choose)
 
-    def _select_same_size(self, items: list[VisualItem]) -> list[VisualSelection]:
-        count = self.budget(items[0])
-        if count == items[0].num_tokens:
-            return [VisualSelection(torch.arange(count)) for _ in items]
-        unit = F.normalize(torch.stack([item.features for item in items]).float(), dim=-1)
-        chosen = batched_greedy_max_min(1 - unit @ unit.mT, torch.full((len(items),), count))
-        return [VisualSelection(keep) for keep in ascending(chosen)]
+    def _choose(self, items: list[VisualItem], count: int) -> torch.Tensor:
+        unit = unit_features(items)
+        return batched_greedy_max_min(1 - unit @ unit.mT, torch.full((len(items),), count))

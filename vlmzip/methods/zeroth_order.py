@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 from vlmzip.errors import PolicyError
 from vlmzip.registry import register_method
 from vlmzip.scoring import batched_projection_sensitivity
-from vlmzip.selection import ascending, batched_greedy_diverse
-from vlmzip.stages import VisionMethod, VisualItem, VisualSelection, by_size
+from vlmzip.selection import batched_greedy_diverse
+from vlmzip.stages import VisionMethod, VisualItem, VisualSelection, greedy_by_size, unit_features
 
 
 @register_method
@@ -53,13 +52,9 @@ class ZerothOrder(VisionMethod):
         project = pruned[0].project if pruned else None
         found = batched_projection_sensitivity(project, inputs, self.directions, self.epsilon, self.seed)
         sensitivity = dict(zip(map(id, pruned), found))
-        return by_size(items, lambda group: self._select_same_size(group, sensitivity))
+        return greedy_by_size(self, items, lambda group, count: self._choose(group, count, sensitivity))
 
-    def _select_same_size(self, items: list[VisualItem], sensitivity: dict[int, torch.Tensor]) -> list[VisualSelection]:
-        count = self.budget(items[0])
-        if count == items[0].num_tokens:
-            return [VisualSelection(torch.arange(count)) for _ in items]
-        unit = F.normalize(torch.stack([item.features for item in items]).float(), dim=-1)
+    def _choose(self, items: list[VisualItem], count: int, sensitivity: dict[int, torch.Tensor]) -> torch.Tensor:
+        unit = unit_features(items)
         scores = torch.stack([sensitivity[id(item)] for item in items])
-        chosen = batched_greedy_diverse(scores, unit @ unit.mT, torch.full((len(items),), count), self.diversity)
-        return [VisualSelection(keep) for keep in ascending(chosen)]
+        return batched_greedy_diverse(scores, unit @ unit.mT, torch.full((len(items),), count), self.diversity)

@@ -22,7 +22,15 @@ from vlmzip.stages.prefill import (
     validate_layers,
 )
 from vlmzip.stages.quantized import PackedPart, Quantization, QuantizedKV, mixed_store
-from vlmzip.stages.vision import SIGNALS, VisionMethod, VisualItem, VisualSelection, by_size
+from vlmzip.stages.vision import (
+    SIGNALS,
+    VisionMethod,
+    VisualItem,
+    VisualSelection,
+    by_size,
+    greedy_by_size,
+    unit_features,
+)
 
 __all__ = [
     "SIGNALS",
@@ -50,6 +58,8 @@ __all__ = [
     "VisualItem",
     "VisualSelection",
     "by_size",
+    "greedy_by_size",
+    "unit_features",
     "equivalent_budgets",
     "mixed_store",
     "scale_layers",

@@ -21,6 +21,7 @@ import torch
 
 from vlmzip.budget import Keep, kept_count
 from vlmzip.errors import PolicyError, UnsupportedModelError
+from vlmzip.selection import ascending
 from vlmzip.stages.method import Method, ModelInfo, Stage, stage_option
 
 #: signals the runtime can compute for a vision method, by the name a method lists in ``needs``
@@ -208,3 +209,24 @@ def by_size(
         for order, selection in zip(members, choose([items[i] for i in members]), strict=True):
             selections[order] = selection
     return selections
+
+
+def greedy_by_size(
+    method: VisionMethod, items: list[VisualItem], choose: Callable[[list[VisualItem], int], torch.Tensor]
+) -> list[VisualSelection]:
+    """``select_batch`` of a method that picks tokens greedily: per group of one token count (``by_size``), every
+    item keeps all its tokens where ``method.budget`` is all of them; otherwise ``choose(group, count)`` returns the
+    picks ``[B, width]`` (``-1`` past an item's count, as ``selection``'s batched greedy helpers do)."""
+
+    def same_size(group: list[VisualItem]) -> list[VisualSelection]:
+        count = method.budget(group[0])
+        if count == group[0].num_tokens:
+            return [VisualSelection(torch.arange(count)) for _ in group]
+        return [VisualSelection(keep) for keep in ascending(choose(group, count))]
+
+    return by_size(items, same_size)
+
+
+def unit_features(items: list[VisualItem], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The items' ``features`` stacked and L2-normalised, ``[B, n, D]`` (items of one token count)."""
+    return torch.nn.functional.normalize(torch.stack([item.features for item in items]).to(dtype), dim=-1)
