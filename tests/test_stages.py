@@ -77,7 +77,7 @@ class CountingAttention(OneCutMethod):
     keep: float = 1.0
     calls: tuple = ()  # never set from a policy: the test passes a list to append to
 
-    def attend(self, base, module, query, key, value, attention_mask, **kwargs):
+    def attend(self, layer, base, module, query, key, value, attention_mask, **kwargs):
         self.calls[0].append((module.layer_idx, query.shape[2]))
         return base(module, query, key, value, attention_mask, **kwargs)
 

@@ -10,6 +10,7 @@ KV cache at every stage of inference, without retraining.
 
 import vlmzip.methods  # noqa: F401  (registers the built-in methods)
 from vlmzip.api import compress, policy_of, restore, stats
+from vlmzip.blindsight import calibrate_blindsight
 from vlmzip.errors import InputError, PolicyError, UnsupportedModelError, VlmzipError
 from vlmzip.policy import Policy
 from vlmzip.registry import FamilyInfo, MethodInfo, families, methods, register_method
@@ -26,6 +27,7 @@ __all__ = [
     "Stats",
     "UnsupportedModelError",
     "VlmzipError",
+    "calibrate_blindsight",
     "compress",
     "families",
     "methods",

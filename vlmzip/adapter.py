@@ -85,6 +85,11 @@ class Adapter:
             tower_cut=self.tower_cut,
             head_dim=_head_dim(self.text_config),
             context=getattr(self.text_config, "max_position_embeddings", 0) or 0,
+            model_type=getattr(self.model.config, "model_type", "") or "",
+            heads=getattr(self.text_config, "num_attention_heads", 0) or 0,
+            kv_heads=getattr(self.text_config, "num_key_value_heads", None)
+            or getattr(self.text_config, "num_attention_heads", 0)
+            or 0,
         )
 
     # -- pruning inside the tower (a vision method's ``tower_layer``; runtime.tower) --------------------------

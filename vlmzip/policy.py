@@ -1,5 +1,9 @@
 """A policy: at most one method per stage (vision, prefill, decode), with a one-line string form.
 
+The prefill stage may name two methods when one cuts rows and the other only supplies the prompt pass's attention
+(``"fastv:layer=2,keep=0.25+minference"``: sparse attention in every layer, the cut at layer 2); they become one
+``ComposedPrefill``.
+
 ``"vtc-cls:keep=64+fastv:layer=2,keep=0.5+knorm:keep=0.5"``: stages joined by ``+``, each
 ``method:param=value,param=value`` (a schedule's values joined by ``/``: ``layers=8/16/24``); ``"none"`` keeps
 everything. A policy string that is exactly a preset's name (``PRESETS``) is that paper's method at every stage it
@@ -51,6 +55,9 @@ class Policy:
         stages: dict[str, Method] = {}
         for part in text.split("+"):
             method = _parse_method(part.strip())
+            if method.stage == "prefill" and "prefill" in stages:  # one that cuts, one that supplies attention
+                stages["prefill"] = PrefillMethod.compose(stages["prefill"], method)
+                continue
             if method.stage in stages:
                 raise PolicyError(
                     f"policy {text!r} has two {method.stage}-stage methods "

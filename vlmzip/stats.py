@@ -10,16 +10,18 @@ from typing import Any
 class Stats:
     """Counts from the last request (a ``forward`` or a whole ``generate``), per sample of the batch.
 
-    ``visual_tokens_kept`` maps each stage that cut the sequence (``"vision"``, ``"prefill"``) to the visual
-    tokens per sample that remained after it (a prefill schedule: after its last cut), ``visual_positions_kept``
-    their prompt positions (indices into ``input_ids``); ``visual_tokens_by_layer`` the visual tokens each
-    decoder layer of the prompt pass processed, per sample (their mean over layers is a schedule's
-    "equivalent tokens"); ``kv_entries`` / ``kv_visual_entries`` are the valid entries
-    (all / visual) each layer's cache stores, per sample; ``kv_bytes`` is what the cache's tensors occupy,
-    padding included, and ``kv_bytes_by_layer`` the same per layer and kind: ``payload`` (packed codes), ``scales``
-    and ``zeros`` (their per-group scales and zero points) and ``full`` (entries in the model's dtype: an unquantized
-    layer, or a quantized one's full-precision window). Samples share every tensor of a layer, so a sample's share of
-    a layer's bytes is that layer's bytes over the batch size.
+    ``visual_tokens_kept`` maps each stage that cut the sequence (``"vision"``, ``"prefill"``) to the visual tokens per
+    sample that remained after it (a prefill schedule: after its last cut), ``visual_positions_kept`` their prompt
+    positions (indices into ``input_ids``); ``visual_tokens_by_layer`` the visual tokens each decoder layer of the
+    prompt pass processed, per sample (their mean over layers is a schedule's "equivalent tokens"); ``kv_entries`` /
+    ``kv_visual_entries`` are the valid entries (all / visual) each layer's cache stores, per sample; ``kv_bytes`` is
+    what the cache's tensors occupy, padding included, and ``kv_bytes_by_layer`` the same per layer and kind:
+    ``payload`` (packed codes), ``scales`` and ``zeros`` (their per-group scales and zero points) and ``full`` (entries
+    in the model's dtype: an unquantized layer, or a quantized one's full-precision window). Samples share every tensor
+    of a layer, so a sample's share of a layer's bytes is that layer's bytes over the batch size. ``attention_density``
+    is, for each prompt-pass layer whose attention a prefill method supplied (block-sparse prefill; empty otherwise),
+    per sample, the share of the layer's causal attention blocks (over heads) that were computed: 1.0 where the layer
+    ran dense (a prompt shorter than the method's ``min_length``, or a mask the sparse kernel cannot express).
     """
 
     policy: str
@@ -31,6 +33,13 @@ class Stats:
     kv_visual_entries: list[list[int]] = field(default_factory=list)
     kv_bytes: int = 0
     kv_bytes_by_layer: list[dict[str, int]] = field(default_factory=list)
+    attention_density: list[list[float]] = field(default_factory=list)
+
+    def mean_attention_density(self) -> list[float]:
+        """Per sample, the mean over the sparse-attention layers of ``attention_density`` (1.0 when none)."""
+        if not self.attention_density:
+            return [1.0] * len(self.visual_tokens_in)
+        return [sum(layers) / len(layers) for layers in zip(*self.attention_density)]
 
     def kv_bytes_by_kind(self) -> dict[str, int]:
         """``kv_bytes`` split into ``payload``, ``scales``, ``zeros`` and ``full`` (summed over layers)."""
@@ -59,6 +68,9 @@ class Stats:
             lines.append(f"visual tokens per layer, per sample: {by_sample}")
             equivalent = ", ".join(f"{n:.1f}" for n in self.equivalent_visual_tokens())
             lines.append(f"equivalent visual tokens (mean over layers): [{equivalent}]")
+        if self.attention_density:
+            density = ", ".join(f"{d:.3f}" for d in self.mean_attention_density())
+            lines.append(f"attention blocks computed (mean over layers, per sample): [{density}]")
         for sample in range(len(self.visual_tokens_in) if self.kv_entries else 0):
             entries = [layer[sample] for layer in self.kv_entries if layer]
             visual = [layer[sample] for layer in self.kv_visual_entries if layer]

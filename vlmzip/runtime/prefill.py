@@ -20,7 +20,7 @@ from vlmzip.runtime.attention import query_attention
 from vlmzip.runtime.masks import cut_mask
 from vlmzip.runtime.request import Request
 from vlmzip.selection import gather_positions, gather_rows, pack_left
-from vlmzip.stages import AttentionFunction, Cut, DecodeMethod, ModelInfo, PrefillMethod
+from vlmzip.stages import AttentionFunction, Cut, DecodeMethod, ModelInfo, PrefillMethod, PromptLayer
 
 _CUT_INPUTS = ("attention_mask", "position_embeddings", "position_ids")
 
@@ -44,7 +44,7 @@ class PrefillStage:
     @property
     def needs_attention(self) -> bool:
         """Whether the text config needs vlmzip's attention function (scores to capture, or ``attend``)."""
-        replaces = self.method is not None and _overrides(self.method, PrefillMethod, "attend")
+        replaces = self.method is not None and self.method.supplies_attention
         return bool(self.score_layers) or replaces or self.decode is not None
 
     def before_layer(self, idx: int, request: Request, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -125,9 +125,20 @@ class PrefillStage:
             request.attention[consumer, module.layer_idx] = query_attention(
                 module, query, key, attention_mask, rows, valid, kwargs
             )
-        if self.method is not None:
-            return self.method.attend(base, module, query, key, value, attention_mask, **kwargs)
-        return base(module, query, key, value, attention_mask, **kwargs)
+        if self.method is None or not self.method.supplies_attention:
+            return base(module, query, key, value, attention_mask, **kwargs)
+        idx = module.layer_idx
+        rows = request.rows()
+        layer = PromptLayer(
+            idx,
+            rows,
+            list(request.rows_count),
+            request.items_by_row().gather(1, request.rows_prompt),
+            self._sliding_window(idx),
+            lambda density: request.attention_density.__setitem__(idx, density),
+        )
+        request.attention_density[idx] = None  # dense unless the method records otherwise
+        return self.method.attend(layer, base, module, query, key, value, attention_mask, **kwargs)
 
 
 def _overrides(method: object, base: type, step: str) -> bool:

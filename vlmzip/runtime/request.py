@@ -49,7 +49,11 @@ class Request:
     # what the cache held after the last forward: (valid, visual) per layer, and its stores (below)
     kv_rows: list[tuple[torch.Tensor | None, torch.Tensor | None]] = field(default_factory=list)
     kv_stores: list[Any] = field(default_factory=list)  # each layer's KVStore (None: empty), bytes counted on demand
+    # the share of causal attention blocks each prompt-pass layer computed, per sample ([B] tensor; None: dense),
+    # for layers whose attention a prefill method supplied; read on the host only when stats are asked for
+    attention_density: dict[int, torch.Tensor | None] = field(default_factory=dict)
     _rows: PromptRows | None = None
+    _items: torch.Tensor | None = None
 
     def set_rows(self, valid: torch.Tensor, prompt: torch.Tensor, lm_index: torch.Tensor | None) -> None:
         self.rows_valid, self.rows_prompt, self.lm_index = valid, prompt, lm_index
@@ -64,6 +68,22 @@ class Request:
                 self.rows_valid, self.rows_visual, self.rows_prompt, list(self.visual_count), self.visual_entering
             )
         return self._rows
+
+    def items_by_row(self) -> torch.Tensor:
+        """``[B, L]`` over the prompt's columns: the visual item each belongs to (its order in the sample), -1 text."""
+        if self._items is None:
+            self._items = torch.full_like(self.prompt_valid, -1, dtype=torch.long)
+            for item in self.items:
+                self._items[item.sample, item.positions.to(self._items.device)] = item.sample_index
+        return self._items
+
+    def density_by_layer(self) -> list[list[float]]:
+        """``attention_density`` as per-layer lists of per-sample floats (1.0 where a layer ran dense)."""
+        batch = len(self.rows_count)
+        return [
+            [1.0] * batch if density is None else density.float().tolist()
+            for _, density in sorted(self.attention_density.items())
+        ]
 
     def record(self, stage: str, visual_count: list[int]) -> None:
         """Remember what the rows hold after ``stage``: ``visual_count`` visual tokens per sample (their

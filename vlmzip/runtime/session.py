@@ -217,6 +217,7 @@ class Session:
         stats = Stats(
             str(self.policy), request.visual_in, dict(request.kept), request.kept_positions(), request.visual_by_layer
         )
+        stats.attention_density = request.density_by_layer()
         if request.kv_rows:
             stats.kv_entries = [valid.sum(dim=1).tolist() if valid is not None else [] for valid, _ in request.kv_rows]
             stats.kv_visual_entries = [

@@ -9,10 +9,12 @@ from vlmzip.stages.decode import DecodeMethod, DenseKV, KVStore, LayerEntries, S
 from vlmzip.stages.method import Method, ModelInfo, Stage
 from vlmzip.stages.prefill import (
     AttentionFunction,
+    ComposedPrefill,
     Cut,
     EquivalentSchedule,
     OneCutMethod,
     PrefillMethod,
+    PromptLayer,
     PromptRows,
     QueryAttention,
     RowSelection,
@@ -22,6 +24,7 @@ from vlmzip.stages.prefill import (
     validate_layers,
 )
 from vlmzip.stages.quantized import PackedPart, Quantization, QuantizedKV, mixed_store
+from vlmzip.stages.sparse import SparseAttention
 from vlmzip.stages.vision import (
     SIGNALS,
     VisionMethod,
@@ -35,6 +38,7 @@ from vlmzip.stages.vision import (
 __all__ = [
     "SIGNALS",
     "AttentionFunction",
+    "ComposedPrefill",
     "Cut",
     "DecodeMethod",
     "DenseKV",
@@ -46,12 +50,14 @@ __all__ = [
     "OneCutMethod",
     "PackedPart",
     "PrefillMethod",
+    "PromptLayer",
     "PromptRows",
     "Quantization",
     "QuantizedKV",
     "QueryAttention",
     "RowSelection",
     "ScheduleCut",
+    "SparseAttention",
     "Stage",
     "StoredEntries",
     "VisionMethod",

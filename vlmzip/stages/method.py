@@ -91,6 +91,9 @@ class ModelInfo:
     tower_cut: bool = False  # whether vision methods may prune inside the tower (``at_layer``)
     head_dim: int = 0  # channels of a key or value head of the language model (0: unknown)
     context: int = 0  # positions the language model was built for (``max_position_embeddings``; 0: unknown)
+    model_type: str = ""  # the model's ``config.model_type`` ("" unknown)
+    heads: int = 0  # query heads of a language-model layer (0: unknown)
+    kv_heads: int = 0  # key/value heads of a language-model layer (0: unknown)
 
 
 def stage_option(default: Any) -> Any:

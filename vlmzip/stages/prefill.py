@@ -5,7 +5,8 @@ it), which prompt rows' attention it reads (``query_rows``), and turns that atte
 and a selection of the rows each sample keeps. Samples of one batch may keep different numbers of rows. The
 runtime captures the attention, cuts hidden states, masks, rotary embeddings and position ids, keeps text
 rows whatever the method says, and counts what each sample kept. A method may also replace the attention
-of the prompt pass itself (``attend``; block-sparse prefill).
+of the prompt pass itself (``attend``; block-sparse prefill): a policy may pair one method that cuts with one
+that only supplies attention (``ComposedPrefill``).
 """
 
 from __future__ import annotations
@@ -106,16 +107,37 @@ class RowSelection:
     counts: list[int] | None = None
 
 
+@dataclass
+class PromptLayer:
+    """What ``attend`` knows about the prompt-pass layer it computes.
+
+    ``index`` is the decoder layer; ``rows`` the rows the hidden states hold (left-padded ``[B, L]``, as the layer's
+    query and key rows), ``lengths`` their real rows per sample (on the host); ``items [B, L]`` the visual item each
+    row belongs to (its order among the sample's images and videos, from 0; ``-1``: a text or padding row);
+    ``window`` the layer's sliding window (``None``: full attention). ``record(density)`` notes the share of the
+    layer's causal attention blocks computed per sample (``[B]``; ``stats.attention_density``): a layer that does not
+    call it counts as dense.
+    """
+
+    index: int
+    rows: PromptRows
+    lengths: list[int]
+    items: torch.Tensor
+    window: int | None
+    record: Callable[[torch.Tensor], None]
+
+
 @dataclass(frozen=True)
 class PrefillMethod(Method):
     """Drops visual rows inside the language model during the prompt pass.
 
-    A method defines its ``schedule`` (``OneCutMethod`` gives the common one: a single cut before ``layer``) and
-    may override: ``query_rows`` (which rows' attention scores; default the last prompt token), ``score``
-    (default: the query rows' mean attention, averaged over heads), ``budget`` (per-sample, possibly
-    data-dependent), ``select`` (any other choice, merging) and ``attend`` (the attention of the prompt pass).
-    Parameters are the subclass's fields; a budget is ``keep``, a fraction of each sample's visual rows or a
-    count (what it counts, e.g. rows after the last cut or "equivalent tokens", the method's docstring says).
+    A method defines its ``schedule`` (``OneCutMethod`` gives the common one: a single cut before ``layer``) and may
+    override: ``query_rows`` (which rows' attention scores; default the last prompt token), ``score`` (default: the
+    query rows' mean attention, averaged over heads), ``budget`` (per-sample, possibly data-dependent), ``select`` (any
+    other choice, merging) and ``attend`` (the attention of the prompt pass). A method that only supplies attention
+    defines no ``schedule`` (it cuts nothing), so a policy can pair it with one that cuts (``"fastv+minference"``:
+    ``ComposedPrefill``). Parameters are the subclass's fields; a budget is ``keep``, a fraction of each sample's visual
+    rows or a count (what it counts, e.g. rows after the last cut or "equivalent tokens", the method's docstring says).
     """
 
     stage: ClassVar[Stage] = "prefill"
@@ -141,11 +163,29 @@ class PrefillMethod(Method):
                 )
             previous = cut.layer
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (self.cuts or self.supplies_attention):
+            raise PolicyError(
+                f"{type(self).__name__} does nothing: a prefill method defines schedule(info) (or derives from "
+                "OneCutMethod), attend(...), or both"
+            )
+
+    @property
+    def cuts(self) -> bool:
+        """Whether the method cuts rows: it defines a ``schedule``."""
+        return _overrides(self, "schedule")
+
+    @property
+    def supplies_attention(self) -> bool:
+        """Whether the method computes the prompt pass's attention itself: it defines ``attend``."""
+        return _overrides(self, "attend")
+
     def schedule(self, info: ModelInfo) -> tuple[Cut, ...]:
         """The cuts on a model of ``info.num_layers`` decoder layers, by increasing layer (``scale_layers`` maps a
-        paper's layers to that depth). A method may return ``Cut`` subclasses that carry what its own
-        ``budget`` needs."""
-        raise NotImplementedError(f"{type(self).__name__} must define schedule(info), or derive from OneCutMethod")
+        paper's layers to that depth); none by default. A method may return ``Cut`` subclasses that carry what its
+        own ``budget`` needs."""
+        return ()
 
     def query_rows(self, rows: PromptRows) -> torch.Tensor:
         """Which rows' attention scores the visual rows, ``[B, L]`` bool (default: the last prompt token)."""
@@ -170,6 +210,7 @@ class PrefillMethod(Method):
 
     def attend(
         self,
+        layer: PromptLayer,
         base: AttentionFunction,
         module: torch.nn.Module,
         query: torch.Tensor,
@@ -178,8 +219,72 @@ class PrefillMethod(Method):
         attention_mask: Any,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The attention of a prompt-pass layer (``module.layer_idx``): by default the model's own ``base``."""
+        """The attention of prompt-pass layer ``layer.index`` (query ``[B, Hq, L, d]``, key and value ``[B, Hkv, L,
+        d]``, the mask and keyword arguments the model passed): ``(output [B, L, Hq, d], weights or None)``, as
+        ``base`` (the model's own backend, the default) returns it."""
         return base(module, query, key, value, attention_mask, **kwargs)
+
+    @staticmethod
+    def compose(first: PrefillMethod, second: PrefillMethod) -> PrefillMethod:
+        """One prefill method of two: the one that cuts and the one that supplies attention (either order);
+        ``PolicyError`` naming both when they do not split that way."""
+        roles = {method: (method.cuts, method.supplies_attention) for method in (first, second)}
+        cutter = [m for m, (cuts, attends) in roles.items() if cuts and not attends]
+        attender = [m for m, (cuts, attends) in roles.items() if attends and not cuts]
+        if len(cutter) == 1 and len(attender) == 1 and cutter[0] is not attender[0]:
+            return ComposedPrefill(cutter[0], attender[0])
+        kinds = {True: "cuts", False: "supplies attention"}
+        both = [m.name for m, (cuts, attends) in roles.items() if cuts and attends]
+        reason = (
+            f"{' and '.join(both)} both cuts and supplies attention"
+            if both
+            else f"both {kinds[first.cuts]} (two prefill methods combine only as one that cuts and one that supplies "
+            "attention, e.g. 'fastv+minference')"
+        )
+        raise PolicyError(f"prefill methods {first.name} and {second.name} cannot be combined: {reason}")
+
+
+@dataclass(frozen=True)
+class ComposedPrefill(PrefillMethod):
+    """Two prefill methods as one: ``cutter``'s schedule and choices, ``attention``'s ``attend`` in every
+    prompt-pass layer (before and after the cuts). A policy string joins them with ``+``."""
+
+    name = "composed"
+    cutter: PrefillMethod
+    attention: PrefillMethod
+
+    def validate(self) -> None:
+        if not (self.cutter.cuts and not self.cutter.supplies_attention and self.attention.supplies_attention):
+            raise PolicyError(f"{self.cutter.name}+{self.attention.name}: use PrefillMethod.compose to pair methods")
+
+    def __str__(self) -> str:
+        return f"{self.cutter}+{self.attention}"
+
+    def check_model(self, info: ModelInfo) -> None:
+        self.cutter.check_model(info)
+        self.attention.check_model(info)
+
+    def schedule(self, info: ModelInfo) -> tuple[Cut, ...]:
+        return self.cutter.schedule(info)
+
+    def query_rows(self, rows: PromptRows) -> torch.Tensor:
+        return self.cutter.query_rows(rows)
+
+    def score(self, cut: Cut, attention: QueryAttention | None, rows: PromptRows) -> torch.Tensor:
+        return self.cutter.score(cut, attention, rows)
+
+    def budget(self, cut: Cut, rows: PromptRows, scores: torch.Tensor) -> list[int]:
+        return self.cutter.budget(cut, rows, scores)
+
+    def select(self, cut: Cut, rows: PromptRows, scores: torch.Tensor) -> RowSelection:
+        return self.cutter.select(cut, rows, scores)
+
+    def attend(self, layer, base, module, query, key, value, attention_mask, **kwargs):
+        return self.attention.attend(layer, base, module, query, key, value, attention_mask, **kwargs)
+
+
+def _overrides(method: PrefillMethod, step: str) -> bool:
+    return getattr(type(method), step) is not getattr(PrefillMethod, step)
 
 
 @dataclass(frozen=True)
