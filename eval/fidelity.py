@@ -266,6 +266,8 @@ def _table_jobs(model: str, medium: str, source: str, methods: Sequence[vlmzip.M
     base = Job(model, medium, source, "none", "", "", "1", "none", device)
     jobs = [base, replace(base, label="blank", blank=True)]
     for method in methods:
+        if method.attention_only:
+            continue  # sparse prefill attention drops no token: it has no place on the kept-fraction axis
         keeps = (KEEPS if policy(method, KEEPS[0]) else ()) + ((DEFAULT,) if own_budget(method) else ())
         jobs += [_method_job(base, method, keep) for keep in keeps]
     return jobs

@@ -58,6 +58,7 @@ class MethodInfo:
     title: str = ""
     deviation: str = ""
     module: str = ""  # where it is defined: ``vlmzip.methods.*`` for the built-in ones
+    attention_only: bool = False  # a prefill method that supplies attention and cuts nothing (sparse prefill)
 
     @property
     def builtin(self) -> bool:
@@ -77,7 +78,16 @@ def methods() -> list[MethodInfo]:
     """Every registered method with its stage, paper and parameters (with defaults), sorted by stage."""
     order = {"vision": 0, "prefill": 1, "decode": 2}
     infos = [
-        MethodInfo(cls.name, cls.stage, cls.paper, cls.defaults(), cls.title, cls.deviation, cls.__module__)
+        MethodInfo(
+            cls.name,
+            cls.stage,
+            cls.paper,
+            cls.defaults(),
+            cls.title,
+            cls.deviation,
+            cls.__module__,
+            cls.stage == "prefill" and not cls.cuts,
+        )
         for cls in _METHODS.values()
     ]
     return sorted(infos, key=lambda info: (order[info.stage], info.name))

@@ -107,6 +107,17 @@ class RowSelection:
     counts: list[int] | None = None
 
 
+class _class_property:
+    """A read-only property of the class, also read through its instances (what a method's steps are)."""
+
+    def __init__(self, getter: Callable[[type], Any]) -> None:
+        self.getter = getter
+        self.__doc__ = getter.__doc__
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        return self.getter(owner)
+
+
 @dataclass
 class PromptLayer:
     """What ``attend`` knows about the prompt-pass layer it computes.
@@ -171,15 +182,15 @@ class PrefillMethod(Method):
                 "OneCutMethod), attend(...), or both"
             )
 
-    @property
-    def cuts(self) -> bool:
+    @_class_property
+    def cuts(cls) -> bool:
         """Whether the method cuts rows: it defines a ``schedule``."""
-        return _overrides(self, "schedule")
+        return cls.schedule is not PrefillMethod.schedule
 
-    @property
-    def supplies_attention(self) -> bool:
+    @_class_property
+    def supplies_attention(cls) -> bool:
         """Whether the method computes the prompt pass's attention itself: it defines ``attend``."""
-        return _overrides(self, "attend")
+        return cls.attend is not PrefillMethod.attend
 
     def schedule(self, info: ModelInfo) -> tuple[Cut, ...]:
         """The cuts on a model of ``info.num_layers`` decoder layers, by increasing layer (``scale_layers`` maps a
@@ -233,15 +244,16 @@ class PrefillMethod(Method):
         attender = [m for m, (cuts, attends) in roles.items() if attends and not cuts]
         if len(cutter) == 1 and len(attender) == 1 and cutter[0] is not attender[0]:
             return ComposedPrefill(cutter[0], attender[0])
-        kinds = {True: "cuts", False: "supplies attention"}
         both = [m.name for m, (cuts, attends) in roles.items() if cuts and attends]
         reason = (
             f"{' and '.join(both)} both cuts and supplies attention"
             if both
-            else f"both {kinds[first.cuts]} (two prefill methods combine only as one that cuts and one that supplies "
-            "attention, e.g. 'fastv+minference')"
+            else ("both cut rows" if first.cuts else "both supply attention")
         )
-        raise PolicyError(f"prefill methods {first.name} and {second.name} cannot be combined: {reason}")
+        raise PolicyError(
+            f"two prefill-stage methods ({first.name} and {second.name}) cannot be combined: {reason}; use at most "
+            "one per stage, or one that cuts with one that only supplies attention (e.g. 'fastv+minference')"
+        )
 
 
 @dataclass(frozen=True)
@@ -281,10 +293,6 @@ class ComposedPrefill(PrefillMethod):
 
     def attend(self, layer, base, module, query, key, value, attention_mask, **kwargs):
         return self.attention.attend(layer, base, module, query, key, value, attention_mask, **kwargs)
-
-
-def _overrides(method: PrefillMethod, step: str) -> bool:
-    return getattr(type(method), step) is not getattr(PrefillMethod, step)
 
 
 @dataclass(frozen=True)
