@@ -23,7 +23,7 @@ METHODS = ("minference", "flexprefill", "xattention", "blindsight")
 TINY = "min_length=0,block=16"  # tiny prompts: small blocks, sparse at any length
 EVERY_BLOCK = {"minference": "vertical=100000", "flexprefill": "min_budget=100000", "xattention": "threshold=1.0"}
 SPARSE = {
-    "minference": "vertical=3,slash=2,last_q=4",
+    "minference": "vertical=40,slash=8,last_q=4",  # 30 forced columns and 8 diagonals, 10 chosen columns
     "flexprefill": "gamma=0.5,min_budget=0",
     "xattention": "threshold=0.5,stride=4",
 }

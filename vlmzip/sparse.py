@@ -245,14 +245,19 @@ def antidiagonal_scores(
 ) -> torch.Tensor:
     """XAttention's block scores ``[B, H, n, n]`` (fp32): rows-first ``query`` and ``key`` cut into ``stride x
     stride`` tiles, each tile scored by the sum of its antidiagonal (query ``a * stride + stride - 1 - t`` with key
-    ``c * stride + t``), ``scale / stride`` times that sum softmaxed over the causal tiles of each tile row (tiles past
-    a sample's length hidden), and the probabilities summed over each ``block x block`` block."""
+    ``c * stride + t``), ``scale / stride`` times that sum softmaxed over the causal tiles of each tile row (rows past a
+    sample's length count as zeros, tiles wholly past it are hidden), and the probabilities summed over each ``block x
+    block`` block."""
     batch, heads, length, dim = query.shape
     groups = heads // key.shape[1]
     n = -(-length // block)
     padded = n * block
 
+    rows = torch.arange(length, device=query.device)
+    real_rows = (rows[None, :] < layout.lengths[:, None])[:, None, :, None]  # padding rows score as zeros
+
     def tiles(x: torch.Tensor, reverse: bool) -> torch.Tensor:
+        x = x * real_rows
         x = torch.cat([x, x.new_zeros(*x.shape[:2], padded - length, dim)], dim=2)
         x = x.unflatten(2, (padded // stride, stride))  # [B, H, T, stride, d]
         return (x.flip(3) if reverse else x).flatten(3)  # [B, H, T, stride * d]

@@ -18,10 +18,10 @@ class MInference(SparseAttention):
     """ "MInference 1.0: Accelerating Pre-filling for Long-Context LLMs via Dynamic Sparse Attention" (vertical-slash).
 
     Per layer and head, the softmax attention of the last ``last_q`` queries scores every key (summed over those
-    queries: vertical) and every diagonal offset (slash); the ``vertical`` top keys (the first 30 always among them)
-    and the ``slash`` top diagonals (the nearest 100 always among them) are computed, rounded up to the ``block x
-    block`` blocks holding them. Published: last 64 queries, 1000 vertical and 6096 slash lines (the default pattern
-    of heads without a searched configuration), 64x64 blocks in the reference kernel.
+    queries: vertical) and every diagonal offset (slash); the ``vertical`` top keys (the first 30 among them) and the
+    ``slash`` top diagonals (the nearest 100 among them) are computed, rounded up to the ``block x block`` blocks
+    holding them. Published: last 64 queries, 1000 vertical and 6096 slash lines (the default pattern of heads
+    without a searched configuration), 64x64 blocks in the reference kernel.
     """
 
     name = "minference"
@@ -53,16 +53,18 @@ class MInference(SparseAttention):
         scale: float,
     ) -> torch.Tensor:
         vertical, slash = last_rows_scores(query, key, layout, self.last_q, scale)
-        length = query.shape[2]
-        index = torch.arange(length, device=query.device)
+        index = torch.arange(query.shape[2], device=query.device)
         real = index[None, None, :] < layout.lengths[:, None, None]
-        vertical = torch.where(index < 30, float("inf"), vertical).masked_fill(~real, -1.0)
-        slash = torch.where(index < 100, float("inf"), slash).masked_fill(~real, -1.0)
-        return vertical_slash_blocks(_top(vertical, self.vertical), _top(slash, self.slash), self.block)
+        columns = _top(vertical, real, index < min(30, self.vertical), self.vertical)
+        return vertical_slash_blocks(columns, _top(slash, real, index < min(100, self.slash), self.slash), self.block)
 
 
-def _top(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """The ``count`` highest entries of each row (never one scored -1: past the sample's length)."""
-    top = scores.topk(min(count, scores.shape[-1]), dim=-1)
-    chosen = torch.zeros_like(scores, dtype=torch.bool).scatter(-1, top.indices, top.values >= 0)
-    return chosen
+def _top(scores: torch.Tensor, real: torch.Tensor, forced: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``forced`` lines and the highest-scoring others, ``count`` in all, among the ``real`` ones (no ties
+    broken by the tensor's length: a sample selects the same lines alone as in a batch)."""
+    forced = forced & real
+    rest = torch.where(real & ~forced, scores, -1.0)
+    top = rest.topk(min(count, scores.shape[-1]), dim=-1)
+    rank = torch.arange(top.indices.shape[-1], device=scores.device)
+    take = (top.values >= 0) & (rank < count - forced.sum(dim=-1, keepdim=True))
+    return forced | torch.zeros_like(real.expand_as(scores)).scatter(-1, top.indices, take)
