@@ -107,6 +107,7 @@ class Result:
     visual_tokens_in: list[int] = field(default_factory=list)
     visual_tokens_kept: dict[str, list[int]] = field(default_factory=dict)
     equivalent_visual_tokens: float = 0.0
+    attention_density: float = 1.0  # sparse prefill: mean share of causal attention blocks computed (stats)
 
 
 class _Phases:
@@ -194,6 +195,7 @@ def measure(
         visual_tokens_in=stats.visual_tokens_in if stats else visual,
         visual_tokens_kept=stats.visual_tokens_kept if stats else {},
         equivalent_visual_tokens=statistics.mean(stats.equivalent_visual_tokens() if stats else visual),
+        attention_density=statistics.mean(stats.mean_attention_density()) if stats else 1.0,
     )
 
 
