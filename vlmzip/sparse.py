@@ -47,23 +47,22 @@ class Layout:
     lengths: torch.Tensor
     key_end: torch.Tensor | None
     window: int | None
+    padded: bool | None = None  # whether any sample is padded (read once from ``shift``; None: not yet)
 
-    @property
-    def padded(self) -> bool:
-        return bool(self.shift.any())
+    def __post_init__(self) -> None:
+        if self.padded is None:
+            self.padded = bool(self.shift.any())
 
     def rows_first(self, x: torch.Tensor, dim: int = 2) -> torch.Tensor:
         """``x`` (the layer's row order along ``dim``) in rows-first order."""
-        return self._roll(x, self.shift, dim)
+        return self._roll(x, self.shift, dim) if self.padded else x
 
     def layer_order(self, x: torch.Tensor, dim: int = 2) -> torch.Tensor:
         """``x`` (rows-first along ``dim``) back in the layer's row order."""
-        return self._roll(x, -self.shift, dim)
+        return self._roll(x, -self.shift, dim) if self.padded else x
 
     @staticmethod
     def _roll(x: torch.Tensor, shift: torch.Tensor, dim: int) -> torch.Tensor:
-        if not bool(shift.any()):
-            return x
         length = x.shape[dim]
         index = (torch.arange(length, device=x.device) + shift.to(x.device)[:, None]) % length  # [B, S]
         shape = [1] * x.dim()
@@ -91,21 +90,22 @@ def mask_layout(mask: torch.Tensor | None, valid: torch.Tensor, window: int | No
         return Layout(shift, lengths, None, window) if torch.equal(mask.bool().to(valid.device), valid) else None
     if mask.dim() != 4 or mask.shape[1] != 1 or tuple(mask.shape[2:]) != (length, length):
         return None
-    ends = []
+    ends, wrong = [], torch.zeros((), dtype=torch.bool, device=mask.device)  # one read on the host, at the end
     for start in range(0, length, _MASK_CHUNK):
         rows = torch.arange(start, min(start + _MASK_CHUNK, length), device=mask.device)
         part = mask[:, 0, start : start + len(rows)]
         seen = part if part.dtype == torch.bool else part == 0
-        if part.dtype != torch.bool and bool((~seen & (part > torch.finfo(part.dtype).min / 2)).any()):
-            return None  # a finite bias, not a mask
+        if part.dtype != torch.bool:  # a finite bias is not a mask
+            wrong |= (~seen & (part > torch.finfo(part.dtype).min / 2)).any()
         end = torch.where(seen, columns.to(mask.device), -1).amax(dim=-1)  # [B, c]
         expected = (columns[None, None, :] >= shift[:, None, None]) & (columns[None, None, :] <= end[..., None])
         if window is not None:
             expected &= columns[None, None, :] > rows[None, :, None] - window
         real = rows[None, :] >= shift[:, None]
-        if not bool(((seen != expected) & real[..., None]).sum() == 0):
-            return None
+        wrong |= ((seen != expected) & real[..., None]).any()
         ends.append(end)
+    if bool(wrong):
+        return None
     end = torch.cat(ends, dim=1).to(valid.device)
     key_end = Layout._roll(end - shift[:, None], shift, 1)
     key_end = torch.where(columns[None, :] < lengths[:, None], key_end, -1)
