@@ -36,6 +36,15 @@ def test_bench_measures_every_policy_and_reports_what_was_kept():
     assert vlmzip.policy_of(model) is None  # every measurement restores the model
 
 
+def test_bench_reports_the_attention_density_a_sparse_prefill_reached():
+    model = build("tiny-qwen2_5_vl", device="cpu", dtype=torch.float32)
+    workload = Workload(images=0, frames=8, frame_patches=8, text_tokens=80)  # ~150 tokens: ten 16-row blocks
+    sparse = "xattention:min_length=0,block=16,threshold=0.3,stride=4"
+    unwrapped, none, result = run(model, [sparse], [1], workload, new_tokens=2, repeats=1)
+    assert unwrapped.attention_density == none.attention_density == 1.0
+    assert 0 < result.attention_density < 1.0 and result.visual_tokens_kept == {}
+
+
 @pytest.mark.parametrize("arch", ["tiny-llava", "tiny-qwen2_5_vl", "tiny-gemma3"])
 def test_ideal_is_the_language_model_on_the_shortened_prompt(arch):
     """The ideal row's prompt pass equals the unwrapped language model called on the text and first N visual
