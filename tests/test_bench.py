@@ -110,3 +110,17 @@ def test_bench_command_writes_results(tmp_path, capsys):
 def test_bench_rejects_bad_input(args, message, capsys):
     assert main(["bench", "--device", "cpu", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_sparse_selection_bench_times_each_method_against_sdpa(capsys):
+    from vlmzip.eval import sparse_select
+
+    policies = ["minference:block=16,vertical=40,slash=8", "xattention:block=16,stride=4", "flexprefill:block=16"]
+    argv = ["--length", "200", "--heads", "4", "--kv-heads", "2", "--dim", "8", "--dtype", "float32", "--repeats", "1"]
+    assert sparse_select.main([*argv, *(arg for p in policies for arg in ("--policy", p))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(" 200 " in line for line in lines[1:])
+    row = sparse_select.measure(policies[0], 200, 4, 2, 8, "cpu", torch.float32, 1)
+    assert row["select_ms"] > 0 and row["sdpa_ms"] > 0 and 0 < row["density"] < 1
+    with pytest.raises(vlmzip.PolicyError, match="is not a sparse-prefill method"):
+        sparse_select.measure("fastv", 200, 4, 2, 8, "cpu", torch.float32, 1)
