@@ -20,6 +20,7 @@ from vlmzip.methods import (  # noqa: F401
     mustdrop_vision,
     pyramiddrop,
     random,
+    random_kv,
     snapkv,
     sparsevlm,
     uniform,
