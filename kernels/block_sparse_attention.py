@@ -39,6 +39,8 @@ __all__ = [
     "block_sparse_attention_triton",
     "check_block_sparse",
     "choose_backend",
+    "flex_attend",
+    "flex_block_mask",
 ]
 
 #: what ``block_sparse_attention``'s ``backend`` takes ("auto": ``choose_backend``'s pick)
@@ -266,32 +268,54 @@ def block_sparse_attention_flex(
     key_end: torch.Tensor | None = None,
     window: int | None = None,
 ) -> torch.Tensor:
-    """The reference's result from FlexAttention: a ``BlockMask`` built from the same lists (``block_lists``: its
-    partial blocks are Flex's ``kv_indices``, the full ones ``full_kv_indices``) and a ``mask_mod`` for the element
-    mask, compiled on CUDA. Off CUDA, Flex runs unfused and evaluates only the ``mask_mod`` on every element,
-    ignoring the lists, so there the ``mask_mod`` also looks up the block mask."""
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
-
+    """The reference's result from FlexAttention over ``flex_block_mask``'s ``BlockMask``, compiled on CUDA (off
+    CUDA Flex runs unfused: slow, for tests)."""
     check_block_sparse(query, key, value, block_mask, block_q, block_k, key_start, key_end, window)
     _check_tensors(query, key, value)
-    batch, heads, length, _ = query.shape
-    if length == 0:
+    if query.shape[2] == 0:
         return torch.empty_like(query)
+    blocks = flex_block_mask(
+        query, block_mask, block_q=block_q, block_k=block_k, key_start=key_start, key_end=key_end, window=window
+    )
+    return flex_attend(query, key, value, blocks, scale)
+
+
+def flex_block_mask(
+    query: torch.Tensor,
+    block_mask: torch.Tensor,
+    *,
+    block_q: int = 128,
+    block_k: int = 128,
+    key_start: torch.Tensor | None = None,
+    key_end: torch.Tensor | None = None,
+    window: int | None = None,
+):
+    """FlexAttention's ``BlockMask`` for checked arguments: built from ``block_lists`` (its partial blocks are
+    Flex's ``kv_indices``, the full ones ``full_kv_indices``) with a ``mask_mod`` for the element mask. Off CUDA
+    Flex runs unfused and evaluates only the ``mask_mod``, on every element, ignoring the lists, so there the
+    ``mask_mod`` also looks up the block mask."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    length = query.shape[2]
     block_mask = block_mask.to(query.device)
     lists = block_lists(block_mask, length, block_q, block_k, key_start, key_end, window)
     n_k = lists.indices.shape[-1]
     after = lists.partial[..., None] + torch.arange(n_k, device=query.device)
     full_indices = lists.indices.gather(-1, after.clamp(max=n_k - 1))
-    fused = query.is_cuda
-    mask_mod = _flex_mask_mod(
-        query, length, block_q, block_k, key_start, key_end, window, None if fused else block_mask
-    )
-    blocks = BlockMask.from_kv_blocks(
+    looked_up = None if query.is_cuda else block_mask
+    mask_mod = _flex_mask_mod(query, length, block_q, block_k, key_start, key_end, window, looked_up)
+    return BlockMask.from_kv_blocks(
         lists.partial, lists.indices, lists.total - lists.partial, full_indices, BLOCK_SIZE=(block_q, block_k),
         mask_mod=mask_mod, seq_lengths=(length, length), compute_q_blocks=False,
     )  # fmt: skip
-    attend = _compiled_flex() if fused else flex_attention
-    return attend(query, key, value, block_mask=blocks, scale=scale, enable_gqa=heads != key.shape[1])
+
+
+def flex_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, blocks, scale: float | None):
+    """FlexAttention over ``blocks`` (``flex_block_mask``): compiled on CUDA, unfused elsewhere."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    attend = _compiled_flex() if query.is_cuda else flex_attention
+    return attend(query, key, value, block_mask=blocks, scale=scale, enable_gqa=query.shape[1] != key.shape[1])
 
 
 def _flex_mask_mod(query, length, block_q, block_k, key_start, key_end, window, block_mask):
