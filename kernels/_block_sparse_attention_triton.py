@@ -17,32 +17,52 @@ first (``tile = n_tiles - 1 - program_id(0)``): under a causal mask the late row
 starting them first leaves short programs to fill the tail.
 
 **Work, counted** (d = 128, bf16, one computed 128x128 block of one head): ``QK^T`` and ``PV`` are 2 x 2 x 128 x
-128 x 128 = **4.19 MFLOP** on the tensor cores, 16,384 exponentials (+ one rescale per row a tile), and **64 KiB**
-of keys and values read (the query tile, 32 KiB, once a program; the output once). At H200 rates (989 dense bf16
-TFLOP/s, 4.8 TB/s) that is 4.2 ns of mma against 13.7 ns of DRAM: only the first read of a key block comes from
-DRAM; the ``Hq / Hkv = 7`` heads of a group and the query tiles of a head read it again from the 50 MB L2 (one KV
-head's keys and values are 16 MiB at 32K, and consecutive programs share a head: the grid's first axis is the
-query tile). Compute-bound, like dense flash attention.
+128 x 128 = **8.39 MFLOP** on the tensor cores, 16,384 exponentials (+ one rescale a row and tile), and **64 KiB**
+of keys and values read (the 32 KiB query tile once a program; the output once). At H200 rates (989 dense bf16
+TFLOP/s, 4.8 TB/s) that is 8.5 ns of mma against 13.7 ns of DRAM, but only the first read of a key block comes
+from DRAM: the ``Hq / Hkv = 7`` heads of a group and the other query tiles of a head read it again from the 50 MB
+L2 (one KV head's keys and values are 16 MiB at 32K, and the programs running at once share a head: the grid's
+first axis is the query tile). Compute-bound, like dense flash attention.
 
 **The floor at 32K, density 0.15** (Qwen2.5-VL-7B's layer: B=1, Hq=28, Hkv=4, d=128, bf16; 256 x 256 blocks of
-128, 32,896 causal blocks a head, 15% of them = 4,934 computed): 28 x 4,934 x 4.19 MFLOP = **0.579 TFLOP**. At
-the measured dense ceiling (~642 TFLOP/s: causal SDPA at 16K, H32 d128) that is **0.90 ms**; dense causal SDPA
-over the same layer is 28/32 x 14.75 ms = **12.9 ms**, so the floor is 14.3x and the issue's bar (>= 5x) asks for
-~2.6 ms, ~220 TFLOP/s achieved on the computed blocks. Stock FlexAttention reached 1.72 / 3.64 / 6.56 ms (H32) at
-density 0.065 / 0.163 / 0.312: ~290 TFLOP/s (two thirds of the ~420-640 that dense kernels reach), the number to
-beat. DRAM is not the limit: the distinct keys and values are 67 MB (14 us). Sparse kernels lose to dense ones
-on the partial blocks (the diagonal's masked compares: 1 of ~6.6 listed blocks a row at this density), the list
-loads (one 4-byte index a key tile) and the shorter loops (fewer iterations to hide the pipeline's ramp).
+128, 32,896 causal blocks a head, 15% of them = 4,934 computed): 28 x 4,934 x 8.39 MFLOP = **1.16 TFLOP**. At the
+measured dense ceiling (~642 TFLOP/s: causal SDPA at 16K, H32 d128) that is **1.81 ms**; dense causal SDPA over the
+same layer is 28/32 x 14.75 ms = **12.9 ms**, so the floor is 7.1x, and the issue's bar (>= 5x: **2.58 ms**) asks
+for **~450 TFLOP/s** on the computed blocks, 70% of the dense ceiling. Stock FlexAttention (H32, 32K) reached
+1.72 / 3.64 / 6.56 ms at density 0.065 / 0.163 / 0.312: 334 / 395 / 420 TFLOP/s, which at 0.15 would be ~2.9 ms,
+4.4x: the bar needs ~15% more than Flex's rate. DRAM is not the limit (the distinct keys and values are 67 MB:
+14 us). What a sparse kernel loses against a dense one: the partial blocks' compares (the diagonal: 1 of the
+~19 blocks a row lists on average at 0.15 and 32K), one 4-byte index load a key tile, and shorter loops (the
+pipeline's ramp paid per query tile over ~19 blocks instead of ~129 on average).
 
-**Default config, chosen for Hopper before measuring** (``DEFAULT_CONFIG``; the lead times the variants):
-``BLOCK_M=128, BLOCK_N=64, 8 warps, 3 stages``. 8 warps are two warpgroups, each issuing wgmma over 64 of the
-128 rows; a 128-row tile reads each key tile once for twice the rows a 64-row tile does. ``BLOCK_N=64`` keeps the
-fp32 logits (128 x 64 / 256 threads = 32 registers) and the bf16 probabilities beside the 64-register fp32
-accumulator (128 x 128) under the 255-register cap without spills, where 128 x 128 tiles spill at d = 128 unless
-Triton splits the warpgroups' work. 3 stages: a key tile and a value tile are 16 KiB each, so three of each and
-the 32 KiB query tile take 128 KiB of the 227 KiB of shared memory: one program an SM, with the next two tiles in
-flight during each step. A persistent grid (programs that loop over tiles) was left out: at 32K a layer has
-28 x 256 = 7,168 programs for 132 SMs, and the longest-first order already leaves a short tail.
+**Default config, chosen for Hopper before measuring** (``DEFAULT_CONFIG``; the lead times the variants with
+``python -m vlmzip.kernels.bench sparse --configs``): ``BLOCK_M=128, BLOCK_N=64, 8 warps, 3 stages`` — also what
+torch's FlexAttention picks on an H100 for bf16, d = 128. 8 warps are two warpgroups, each issuing wgmma over 64 of
+the 128 rows; a 128-row tile reads each key tile once for twice the rows a 64-row one does. The SASS that Triton
+3.6 builds for ``GPUTarget("cuda", 90, 32)`` (``triton.compile`` of ``_forward`` on this CPU machine, read with the
+wheel's ``cuobjdump``; bf16, d = 128, causal, blocks of 128), registers a thread / spill stores / shared memory:
+
+===============  ======================  ===============  ======================  ======================
+BLOCK_M/N        warps/stages            registers        spill stores (STL)      shared KiB
+===============  ======================  ===============  ======================  ======================
+128/64           8/3 (default)           182              0                       128
+128/64           8/2, 8/4                185, 182         0, 0                    96, 160
+128/128          8/2, 8/3                255, 255         0, 8                    160, 224
+128/32           8/3                     137              0                       80
+128/64           4/3                     255              53                      128
+64/64            4/3, 4/4                191, 191         0, 0                    112, 144
+64/128           4/2, 4/3                255, 255         12, 10                  144, 208
+===============  ======================  ===============  ======================  ======================
+
+The default holds the fp32 accumulator (128 x 128 / 256 threads = 64 registers), the logits (32) and the bf16
+probabilities without a spill; its three stages of 16 KiB key and value tiles and the 32 KiB query tile fill 128
+of the 227 KiB of shared memory, and at 182 registers x 256 threads one program runs an SM. Both loops compile
+to wgmma with cp.async prefetching (the index load feeding the key and value addresses is pipelined too). 128 x
+128 tiles save half the row-statistics updates but sit at the register cap (spilling at 3 stages); 4 warps on
+128-row tiles spill. A persistent grid (programs that loop over tiles) was left out: at 32K a layer has 28 x 256 =
+7,168 programs for 132 SMs, and the longest-first order already leaves a short tail. All query heads of a KV
+group in one program would read each key tile once for the group, but only where the heads list the same blocks
+(a broadcast mask); with per-head masks they do not, and L2 already serves the group's repeated reads.
 
 Deterministic (no atomics). Under Triton's interpreter, which multiplies bf16 tiles as raw integers, bf16 runs its
 products in fp32; on a GPU 16-bit inputs multiply in their dtype with fp32 accumulation, softmax weights rounded to
@@ -63,8 +83,9 @@ _LOG2E = 1.4426950408889634
 
 
 class Config(NamedTuple):
-    """Launch parameters: query rows and keys per tile (each at most the mask's block; smaller tiles cut a block),
-    warps and software-pipeline stages. The default is chosen for an H200 (module docstring), not yet timed."""
+    """Launch parameters: query rows and keys per tile (each clipped to the mask's block; smaller tiles cut a
+    block), warps and software-pipeline stages. The default is chosen for an H200 from the compiled kernel's
+    registers and shared memory (module docstring), not yet timed."""
 
     block_m: int = 128
     block_n: int = 64
