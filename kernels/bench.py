@@ -8,8 +8,10 @@ timing), FlexAttention compiled with the same blocks, and the Triton kernel (``D
 ``--configs`` a sweep of ``SPARSE_CONFIGS``). Prints median ms, the time to build each path's block lists from the
 dense mask (``block_lists``; Flex: its ``BlockMask`` too; part of a selection method's cost), achieved TFLOP/s
 over the blocks computed (4 * 128 * 128 * d FLOPs a block and head; SDPA: the causal half), the speed-up over
-SDPA and, at lengths up to 8K, the max abs difference from Flex's output. ``--smoke`` runs a tiny case on the CPU
-(``TRITON_INTERPRET=1 python -m vlmzip.kernels.bench sparse --smoke``) to show the script runs end to end.
+SDPA and, at lengths up to 8K, the max abs difference from Flex's output. First ``sparse_check`` compares both
+fused paths with the reference on 1,000 tokens under left padding, bidirectional spans and a window. ``--smoke``
+runs a tiny case on the CPU (``TRITON_INTERPRET=1 python -m vlmzip.kernels.bench sparse --smoke``) to show the
+script runs end to end.
 
 ``decode`` (``decode_bench``): one decode step of one Qwen2.5-VL-7B-like layer (Hq=28, Hkv=4, d=128, bf16) over
 a 16,384-token context at batch 1 and 8, as ``kernels.decode_attention`` reads a KIVI cache (``--bits``, default
@@ -331,6 +333,48 @@ def random_block_mask(heads: int, length: int, block: int, density: float, gener
     return (drawn | forced) & causal
 
 
+def sparse_check(
+    length: int = 1000,
+    block: int = 128,
+    heads: int = 28,
+    kv_heads: int = 4,
+    dim: int = 128,
+    device: str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+) -> list[dict]:
+    """The fused paths against the reference on the masks the timing leaves out (the tests run them only under
+    Triton's interpreter): two samples of ``length`` tokens (not a multiple of ``block``), per-head masks at
+    density 0.5 with left padding (``key_start``), bidirectional spans (``key_end``), a sliding window, and a
+    broadcast mask of every block (dense). Returns one row per (case, path) with the max abs difference; prints
+    them."""
+    generator = torch.Generator(device=device).manual_seed(1)
+    query, key, value = (
+        torch.randn(2, n, length, dim, device=device, dtype=dtype, generator=generator)
+        for n in (heads, kv_heads, kv_heads)
+    )
+    grid = bsa.block_grid(length, block, block)
+    ends = torch.arange(length, device=device).repeat(2, 1)
+    ends[0, length // 4 : length // 2] = length // 2  # an image's tokens see the whole image
+    ends[1, length // 2 :] = length - 1
+    half = torch.rand(2, heads, *grid, device=device, generator=generator) < 0.5
+    cases = [
+        ("dense", torch.ones(2, 1, *grid, dtype=torch.bool, device=device), {}),
+        ("padded", half, {"key_start": torch.tensor([0, length // 3], device=device)}),
+        ("spans", half, {"key_end": ends, "key_start": torch.tensor([7, 0], device=device)}),
+        ("window", half, {"window": length // 5}),
+    ]
+    rows = []
+    print(f"{'case':8} {'path':8} {'max |diff|':>11}")
+    for name, block_mask, masks in cases:
+        args = {"block_q": block, "block_k": block, **masks}
+        expected = bsa.block_sparse_attention_reference(query, key, value, block_mask, **args).float()
+        for path in ("triton", "flex"):
+            out = bsa.block_sparse_attention(query, key, value, block_mask, backend=path, **args)
+            rows.append({"case": name, "path": path, "diff": (out.float() - expected).abs().max().item()})
+            print(f"{name:8} {path:8} {rows[-1]['diff']:11.2e}")
+    return rows
+
+
 def sparse_bench(
     lengths: tuple[int, ...] = (8192, 32768, 131072),
     densities: tuple[float, ...] = (0.05, 0.1, 0.15, 0.3),
@@ -419,6 +463,7 @@ def main(argv: list[str] | None = None) -> None:
 
         if not kernel.INTERPRETED:
             raise SystemExit("--smoke runs the kernel on the CPU: set TRITON_INTERPRET=1 (before Python starts)")
+        sparse_check(length=70, block=16, heads=4, kv_heads=2, dim=16, device="cpu", dtype=torch.float32)
         sparse_bench(**SPARSE_SMOKE, configs=SPARSE_CONFIGS[:2] if args.configs else None)
         return
     if not torch.cuda.is_available():
@@ -428,6 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "tower":
         tower_bench(frames=args.frames)
     elif args.what == "sparse":
+        sparse_check()
         sparse_bench(tuple(args.lengths), tuple(args.densities), configs=SPARSE_CONFIGS if args.configs else None)
     else:
         decode_bench(context=args.context, bits=args.bits)

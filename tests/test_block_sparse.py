@@ -242,6 +242,11 @@ def test_the_sparse_bench_parses_its_arguments_and_runs_on_the_cpu(kernel, capsy
     kernel interpreted, Flex unfused) so that the code cannot rot."""
     args = bench.parser().parse_args(["sparse", "--lengths", "8192", "--densities", "0.1", "0.2", "--configs"])
     assert (args.what, args.lengths, args.densities, args.configs) == ("sparse", [8192], [0.1, 0.2], True)
+    checked = bench.sparse_check(length=70, block=16, heads=4, kv_heads=2, dim=16, device="cpu", dtype=torch.float32)
+    assert [(row["case"], row["path"]) for row in checked[::2]] == [
+        ("dense", "triton"), ("padded", "triton"), ("spans", "triton"), ("window", "triton")
+    ]  # fmt: skip
+    assert all(row["diff"] < 1e-5 for row in checked)
     rows = bench.sparse_bench(**bench.SPARSE_SMOKE, configs=[(32, 16, 4, 1), (16, 16, 4, 1)])
     paths = [row["path"] for row in rows]
     assert paths == ["sdpa", "flex", "triton 32/16/4/1", "triton 16/16/4/1"]
