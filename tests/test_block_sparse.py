@@ -21,7 +21,7 @@ pytestmark = [
 ]
 
 # fp32 within ~1e-5; bf16 within a rounding of the output (the interpreter multiplies bf16 tiles in fp32)
-TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 1e-2)}
+TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 1e-2), torch.float16: (2e-3, 2e-3)}
 SMALL = (32, 16, 4, 1)  # a Config of tiles smaller than most test blocks: several tiles a block
 
 
@@ -96,6 +96,16 @@ def test_the_default_config_and_a_head_dim_below_its_tile(kernel):
     block_mask = _mask(1, 4, 150, 64, 64, 0.7, seed=4)
     expected = bsa.block_sparse_attention_reference(query, key, value, block_mask, block_q=64, block_k=64)
     _close(kernel(query, key, value, block_mask, block_q=64, block_k=64), expected, torch.float32)
+
+
+def test_fp16_and_an_empty_prompt(kernel):
+    query, key, value = _inputs(1, 4, 2, 70, 16, torch.float16, seed=17)
+    block_mask = _mask(1, 4, 70, 16, 16, 0.6, seed=18)
+    expected = bsa.block_sparse_attention_reference(query, key, value, block_mask, block_q=16, block_k=16)
+    _close(kernel(query, key, value, block_mask, block_q=16, block_k=16), expected, torch.float16)
+    empty = torch.ones(1, 1, 0, 0, dtype=torch.bool)
+    for function in (kernel, bsa.block_sparse_attention_flex):
+        assert function(query[:, :, :0], key[:, :, :0], value[:, :, :0], empty).shape == (1, 4, 0, 16)
 
 
 def test_every_block_selected_is_dense_causal_attention(kernel):
