@@ -383,7 +383,8 @@ def _check_tensors(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) 
 def choose_backend(query: torch.Tensor, block_mask: torch.Tensor, block_q: int = 128, block_k: int = 128) -> str:
     """The backend ``backend="auto"`` runs for these inputs: the reference off CUDA (or without Triton), the Triton
     kernel on CUDA. Both fused paths compute the same thing; this is where a per-shape choice between them goes
-    once they are timed on the GPU (``python -m vlmzip.kernels.bench sparse``: lengths, densities, block sizes)."""
+    once they are timed on the GPU (``python -m vlmzip.kernels.bench sparse``: lengths, densities, block sizes).
+    Flex's first call for a shape also compiles (seconds, once a process), the kernel's a Triton JIT (~1 s)."""
     if not query.is_cuda or not triton_available():
         return "reference"
     return "triton"
