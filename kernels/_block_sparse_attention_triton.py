@@ -62,7 +62,9 @@ to wgmma with cp.async prefetching (the index load feeding the key and value add
 128-row tiles spill. A persistent grid (programs that loop over tiles) was left out: at 32K a layer has 28 x 256 =
 7,168 programs for 132 SMs, and the longest-first order already leaves a short tail. All query heads of a KV
 group in one program would read each key tile once for the group, but only where the heads list the same blocks
-(a broadcast mask); with per-head masks they do not, and L2 already serves the group's repeated reads.
+(a broadcast mask); with per-head masks they do not, and L2 already serves the group's repeated reads. Triton 3.6's
+automatic warp specialization (``tl.range(..., warp_specialize=True)`` on the full-block loop) does not compile
+for sm_90 here (its ``make_ttgir`` pass fails on the indirectly addressed loads), so it is not a config option.
 
 Deterministic (no atomics). Under Triton's interpreter, which multiplies bf16 tiles as raw integers, bf16 runs its
 products in fp32; on a GPU 16-bit inputs multiply in their dtype with fp32 accumulation, softmax weights rounded to
