@@ -22,6 +22,7 @@ from vlmzip.methods import (  # noqa: F401
     random,
     snapkv,
     sparsevlm,
+    text_relevance,
     uniform,
     visionzip,
     vtc_cls,
