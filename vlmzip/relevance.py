@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlmzip.errors import PolicyError, UnsupportedModelError
+from vlmzip.errors import PolicyError
 from vlmzip.stages import ModelInfo, VisionMethod, VisualItem
 from vlmzip.stages.method import optional
 
@@ -65,19 +65,19 @@ def clip_directory(method: str, path: str) -> Path:
 
 
 def load_clip(method: str, path: str) -> Clip:
-    """The OpenCLIP model in directory ``path`` (``clip_directory``), on the CPU in fp32; ``UnsupportedModelError``
-    where open_clip is not importable, ``PolicyError`` for a directory it cannot be loaded from offline."""
+    """The OpenCLIP model in directory ``path`` (``clip_directory``), on the CPU in fp32; ``PolicyError`` where
+    open_clip is not importable or the directory cannot be loaded from offline."""
     directory = clip_directory(method, path)
+    config = json.loads((directory / CONFIG_NAME).read_text()).get("model_cfg", {})
+    _check_offline(method, directory, config)
     try:
         import open_clip
     except Exception as error:  # ImportError, or a torchvision built for another torch (RuntimeError)
-        raise UnsupportedModelError(
+        raise PolicyError(
             f"{method}: clip={path!r} needs open_clip_torch, which cannot be imported here ({type(error).__name__}: "
             f"{error}); install it with `{OPENCLIP_INSTALL}` (with a torchvision built for this torch), or drop clip= "
             "to score by the language model's own text embeddings"
         ) from None
-    config = json.loads((directory / CONFIG_NAME).read_text()).get("model_cfg", {})
-    _check_offline(method, directory, config)
     model = open_clip.create_model(f"local-dir:{directory}", load_weights=True).eval()
     visual = model.visual
     preprocess = getattr(visual, "preprocess_cfg", {}) or {}
