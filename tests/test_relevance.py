@@ -14,12 +14,12 @@ import sys
 import pytest
 import torch
 from conftest import batch_of_two, greedy, max_logit_diff
-from tokenizers import Tokenizer, models, pre_tokenizers
 from torch.nn import functional as F
-from transformers import PreTrainedTokenizerFast
 
 import vlmzip
 from vlmzip.errors import PolicyError, UnsupportedModelError
+from vlmzip.eval.bench import Workload, build, run
+from vlmzip.eval.clip import save_random_clip, with_word_tokenizer
 from vlmzip.eval.tiny import random_inputs, split_batch, tiny_model
 from vlmzip.methods.cdpruner import CDPruner
 from vlmzip.methods.text_relevance import TextRelevance
@@ -53,31 +53,12 @@ CLIP_CONFIG = {
 CLIP_PREPROCESS = {"mean": [0.4, 0.45, 0.5], "std": [0.25, 0.26, 0.27]}
 
 
-def with_tokenizer(model, directory):
-    """``model`` as if loaded from ``directory``, which holds a word-level tokenizer of its vocabulary (id ``i`` is
-    the word ``w{i}``), as ``from_pretrained`` from a checkpoint directory leaves it."""
-    vocab = {f"w{i}": i for i in range(model.config.get_text_config().vocab_size)}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(directory)
-    model.name_or_path = str(directory)
-    return model
-
-
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     """A tiny random OpenCLIP model saved as open_clip's local-directory layout (config + weights)."""
     if isinstance(OPEN_CLIP, str):
         pytest.skip(f"open_clip_torch cannot be imported here ({OPEN_CLIP})")
-    directory = tmp_path_factory.mktemp("clip")
-    (directory / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": CLIP_CONFIG, "preprocess_cfg": CLIP_PREPROCESS})
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = OPEN_CLIP.create_model(f"local-dir:{directory}", load_weights=False)
-    torch.save(model.state_dict(), directory / "open_clip_pytorch_model.bin")
-    return directory
+    return save_random_clip(tmp_path_factory.mktemp("clip"), CLIP_CONFIG, CLIP_PREPROCESS)
 
 
 def _spy(monkeypatch, method_class):
@@ -108,7 +89,7 @@ class _Signals(TextRelevance):
 
 
 def test_text_is_the_question_and_image_the_pixels_the_tower_saw(family, tmp_path, monkeypatch):
-    model = with_tokenizer(tiny_model(family), tmp_path)
+    model = with_word_tokenizer(tiny_model(family), tmp_path)
     inputs = _inputs(model, family)
     seen = _spy(monkeypatch, _Signals)
     vlmzip.compress(model, vlmzip.Policy(vision=_Signals(keep=4)))
@@ -282,7 +263,7 @@ def _clip_model(directory):
 
 @needs_open_clip
 def test_clip_relevance_equals_a_plain_recomputation(family, clip_dir, tmp_path, monkeypatch):
-    model = with_tokenizer(tiny_model(family), tmp_path)
+    model = with_word_tokenizer(tiny_model(family), tmp_path)
     seen = _spy(monkeypatch, TextRelevance)
     vlmzip.compress(model, f"text-relevance:keep=5,clip={clip_dir}")
     greedy(model, _inputs(model, family), 1)
@@ -298,7 +279,7 @@ def test_clip_relevance_equals_a_plain_recomputation(family, clip_dir, tmp_path,
 
 @needs_open_clip
 def test_clip_counts_are_exact_and_a_batch_equals_each_sample_alone(family, backend, clip_dir, tmp_path):
-    model = with_tokenizer(tiny_model(family, attn_implementation=backend), tmp_path)
+    model = with_word_tokenizer(tiny_model(family, attn_implementation=backend), tmp_path)
     batch = batch_of_two(model)
     vlmzip.compress(model, f"text-relevance:keep=0.25,clip={clip_dir}")
     together = greedy(model, batch, 2)
@@ -316,7 +297,7 @@ def test_clip_counts_are_exact_and_a_batch_equals_each_sample_alone(family, back
 @needs_open_clip
 @pytest.mark.parametrize("qwen", QWEN)
 def test_clip_scores_videos_with_exact_counts(qwen, clip_dir, tmp_path):
-    model = with_tokenizer(tiny_model(qwen), tmp_path)
+    model = with_word_tokenizer(tiny_model(qwen), tmp_path)
     batch = random_inputs(model, [1, 0, 2], text_lengths=[4, 6, 5], video_frames=[4, 2, 0])
     for method in ("text-relevance", "cdpruner"):
         vlmzip.compress(model, f"{method}:keep=0.25,clip={clip_dir}")
@@ -326,7 +307,7 @@ def test_clip_scores_videos_with_exact_counts(qwen, clip_dir, tmp_path):
 
 @needs_open_clip
 def test_clip_keep_everything_equals_the_unwrapped_model(family, clip_dir, tmp_path):
-    model = with_tokenizer(tiny_model(family), tmp_path)
+    model = with_word_tokenizer(tiny_model(family), tmp_path)
     batch = _inputs(model, family)
     reference = greedy(model, batch, 3)
     for method in ("text-relevance", "cdpruner"):
@@ -338,7 +319,7 @@ def test_clip_keep_everything_equals_the_unwrapped_model(family, clip_dir, tmp_p
 
 @needs_open_clip
 def test_cdpruner_clip_relevance_replaces_the_text_embedding_term(clip_dir, tmp_path, monkeypatch):
-    model = with_tokenizer(tiny_model("llava"), tmp_path)
+    model = with_word_tokenizer(tiny_model("llava"), tmp_path)
     batch = random_inputs(model, [2, 2], text_lengths=[5, 7])
     seen = _spy(monkeypatch, CDPruner)
     chosen = {}
@@ -360,7 +341,7 @@ def test_cdpruner_clip_relevance_replaces_the_text_embedding_term(clip_dir, tmp_
 
 @needs_open_clip
 def test_the_clip_is_loaded_once_per_method_and_moved_with_the_model(clip_dir, tmp_path):
-    model = with_tokenizer(tiny_model("llava"), tmp_path)
+    model = with_word_tokenizer(tiny_model("llava"), tmp_path)
     method = TextRelevance(keep=4, clip=str(clip_dir))
     vlmzip.compress(model, vlmzip.Policy(vision=method))  # loads it (a checkpoint that does not load fails here)
     loaded = method.clip_model
@@ -368,3 +349,24 @@ def test_the_clip_is_loaded_once_per_method_and_moved_with_the_model(clip_dir, t
     greedy(model, random_inputs(model, [1], text_lengths=[3]), 1)
     assert method.clip_model is loaded and loaded.model.visual.proj.dtype == torch.float64
     assert vlmzip.stats(model).visual_tokens_kept["vision"] == [4]
+
+
+# -- vlmzip bench: random models carry a tokenizer, so a clip= policy runs on them ------------------------------------
+def test_bench_models_carry_a_tokenizer_for_the_question(monkeypatch):
+    model = build("tiny-qwen2_vl", device="cpu", dtype=torch.float32)
+    seen = _spy(monkeypatch, _Signals)
+    vlmzip.compress(model, vlmzip.Policy(vision=_Signals(keep=4)))
+    inputs = Workload(images=1, frame_patches=8, text_tokens=5).inputs(model, 2)
+    greedy(model, inputs, 1)
+    ids = inputs["input_ids"]
+    for item in (item for _, items, _ in seen for item in items):
+        after = ids[item.sample, int(item.positions.max()) + 1 :]
+        assert item.signals["text"] == " ".join(f"w{i}" for i in after.tolist())
+
+
+@needs_open_clip
+def test_bench_measures_a_clip_policy(clip_dir):
+    model = build("tiny-llava", device="cpu", dtype=torch.float32)
+    policies = [f"text-relevance:keep=4,clip={clip_dir}", f"cdpruner:keep=4,clip={clip_dir}"]
+    results = run(model, policies, [2], Workload(text_tokens=6), new_tokens=2, repeats=1)
+    assert [r.visual_tokens_kept for r in results[2:]] == [{"vision": [4, 4]}] * 2
