@@ -126,6 +126,18 @@ def test_text_is_the_question_and_image_the_pixels_the_tower_saw(family, tmp_pat
         torch.testing.assert_close(got, own.float().clamp(low, high), rtol=0, atol=1e-5)
 
 
+def test_text_is_all_the_samples_text_where_nothing_follows_its_images(tmp_path, monkeypatch):
+    model = with_word_tokenizer(tiny_model("llava"), tmp_path)
+    inputs = random_inputs(model, [1], text_lengths=[4])
+    ids = inputs["input_ids"][0]
+    visual = ids == model.config.image_token_id
+    inputs["input_ids"] = ids[torch.cat([(~visual).nonzero(), visual.nonzero()]).flatten()][None]  # image last
+    seen = _spy(monkeypatch, _Signals)
+    vlmzip.compress(model, vlmzip.Policy(vision=_Signals(keep=4)))
+    greedy(model, inputs, 1)
+    assert seen[0][1][0].signals["text"] == " ".join(f"w{i}" for i in ids[~visual].tolist())
+
+
 def test_a_method_that_reads_text_needs_the_models_tokenizer():
     model = tiny_model("llava")  # built from a config: no directory, no tokenizer
     with pytest.raises(UnsupportedModelError, match="tokenizer.*name_or_path"):
