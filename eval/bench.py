@@ -1,7 +1,8 @@
 """``vlmzip bench``: speed and memory of compressed models against the unwrapped model, in one process.
 
 Real-size architectures are built from bundled configs with random weights (speed does not depend on the
-weights); ``--model PATH`` loads a checkpoint offline instead. For every batch size the unwrapped model is
+weights), with a word-level tokenizer of their vocabulary (``vlmzip.eval.clip``: methods that read the question's
+text need one); ``--model PATH`` loads a checkpoint offline instead. For every batch size the unwrapped model is
 measured first, then ``none`` (vlmzip installed with nothing to do: the hooks' own cost), then each policy,
 all on the same inputs. Times are medians over ``--repeats`` after a warm-up, with the spread (max - min).
 
@@ -42,6 +43,7 @@ from torch import nn
 from transformers import AutoModelForImageTextToText, PretrainedConfig
 
 import vlmzip
+from vlmzip.eval.clip import with_word_tokenizer
 from vlmzip.eval.families import bench_archs
 from vlmzip.eval.tiny import FAMILIES, random_inputs, tiny_model
 from vlmzip.registry import adapter_for
@@ -65,10 +67,11 @@ def build(
     if path is not None:
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, device_map=device, local_files_only=True)
     elif arch in TINY_ARCHS:
-        model = tiny_model(TINY_ARCHS[arch]).to(device=device, dtype=dtype)
+        model = with_word_tokenizer(tiny_model(TINY_ARCHS[arch]).to(device=device, dtype=dtype))
     elif arch in ARCHS:
         with torch.device(device):
             model = AutoModelForImageTextToText.from_config(ARCHS[arch](), dtype=dtype, attn_implementation="sdpa")
+        with_word_tokenizer(model)  # for methods that read the question's text (a clip= relevance)
     else:
         known = ", ".join([*ARCHS, *TINY_ARCHS])
         raise vlmzip.VlmzipError(f"unknown architecture {arch!r}; known: {known} (or pass --model PATH)")

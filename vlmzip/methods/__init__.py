@@ -23,6 +23,7 @@ from vlmzip.methods import (  # noqa: F401
     random_kv,
     snapkv,
     sparsevlm,
+    text_relevance,
     uniform,
     visionzip,
     vtc_cls,
