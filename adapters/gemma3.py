@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD
 
 from vlmzip.adapter import Adapter, VisionRun
 from vlmzip.errors import UnsupportedModelError
@@ -26,6 +27,7 @@ class Gemma3Adapter(Adapter):
     family = "Gemma-3"
     notes = "bidirectional image blocks, sliding-window layers (left alone by decode-stage methods)"
     vision_query = "mean"  # SigLIP has no [CLS]: score a patch by the mean attention it receives
+    image_mean, image_std = tuple(IMAGENET_STANDARD_MEAN), tuple(IMAGENET_STANDARD_STD)
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD
 from transformers.vision_utils import get_vision_window_index
 
 from vlmzip.adapter import Adapter, VisionRun
@@ -151,6 +152,21 @@ class QwenVLAdapter(Adapter):
     def project(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.projector(inputs.reshape(-1, inputs.shape[-1]))
 
+    def images(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
+        # the tower's input is the processor's patch rows (t, h/m, w/m, m, m) x columns (C, tp, p, p): put the
+        # patches back in place, each temporal patch's tp frames in order
+        vision = self.model.config.vision_config
+        p, m, tp = vision.patch_size, self.merge_size, vision.temporal_patch_size
+        for run, _, of_kind in self._runs_of_kinds(runs, items, "read their pixels"):
+            if run.pixels is None:
+                raise InputError("vlmzip saw no pixels for this request's vision-tower forward: pass pixel_values")
+            grid_thw = torch.as_tensor(run.grids).tolist()
+            per_item = run.pixels.split([t * h * w for t, h, w in grid_thw])
+            for item in of_kind:
+                (t, h, w), rows = grid_thw[item.kind_index], per_item[item.kind_index]
+                frames = rows.view(t, h // m, w // m, m, m, -1, tp, p, p).permute(0, 6, 5, 1, 3, 7, 2, 4, 8)
+                item.signals["image"] = self.unnormalise(frames.reshape(t * tp, -1, h * p, w * p))
+
     def _token_scores(self, run: VisionRun) -> torch.Tensor:
         """Mean attention each language-model token's patches receive from its item's patches, summed
         over the captured layers: ``[tokens of the run]`` in the order of the merger's output.
@@ -230,6 +246,7 @@ class Qwen2_5_VLAdapter(QwenVLAdapter):  # noqa: N801 (named like the model clas
 class Qwen3VLAdapter(QwenVLAdapter):
     model_types = ("qwen3_vl",)
     family = "Qwen3-VL"
+    image_mean, image_std = tuple(IMAGENET_STANDARD_MEAN), tuple(IMAGENET_STANDARD_STD)
     notes = "images and videos; M-RoPE positions kept; DeepStack features cut (and merged) with the visual rows"
 
     def model_info(self) -> ModelInfo:

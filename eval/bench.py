@@ -1,7 +1,8 @@
 """``vlmzip bench``: speed and memory of compressed models against the unwrapped model, in one process.
 
 Real-size architectures are built from bundled configs with random weights (speed does not depend on the
-weights); ``--model PATH`` loads a checkpoint offline instead. For every batch size the unwrapped model is
+weights), with a word-level tokenizer of their vocabulary (``vlmzip.eval.clip``: methods that read the question's
+text need one); ``--model PATH`` loads a checkpoint offline instead. For every batch size the unwrapped model is
 measured first, then ``none`` (vlmzip installed with nothing to do: the hooks' own cost), then each policy,
 all on the same inputs. Times are medians over ``--repeats`` after a warm-up, with the spread (max - min).
 
@@ -16,6 +17,14 @@ unwrapped model's prompt pass with its language model fed the prompt's text and 
 each sample, under a plain causal mask (the vision tower still encodes every image). No vlmzip code runs in it:
 a hook on the language model shortens its inputs. ``--ideal-at-eq`` adds, after each policy, the ideal at the
 equivalent visual tokens it measured: the figure a prefill method's speed compares with.
+
+Decode is reported twice: tokens per second of ``generate`` (wall time, host included: at small batches the host
+bounds it), and, on CUDA, the **GPU time of one decode step**: the kernels' own time (the profiler's sum of every
+kernel's duration) of ``generate(n)`` less ``generate(1)``, over ``n - 1`` steps. That is the step a host that
+keeps up (CUDA graphs) would see, with the cache's own per-step work (appends, quantisation) included.
+``--hf-cache BACKEND:BITS`` adds the unwrapped model generating with transformers' own ``QuantizedCache``
+(``fp8``, ``quanto:2``, ``quanto:4``, ``hqq:4``; where its backend is installed), and every row counts its cache's
+bytes after ``generate(n)``.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from torch import nn
 from transformers import AutoModelForImageTextToText, PretrainedConfig
 
 import vlmzip
+from vlmzip.eval.clip import with_word_tokenizer
 from vlmzip.eval.families import bench_archs
 from vlmzip.eval.tiny import FAMILIES, random_inputs, tiny_model
 from vlmzip.registry import adapter_for
@@ -57,10 +67,11 @@ def build(
     if path is not None:
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, device_map=device, local_files_only=True)
     elif arch in TINY_ARCHS:
-        model = tiny_model(TINY_ARCHS[arch]).to(device=device, dtype=dtype)
+        model = with_word_tokenizer(tiny_model(TINY_ARCHS[arch]).to(device=device, dtype=dtype))
     elif arch in ARCHS:
         with torch.device(device):
             model = AutoModelForImageTextToText.from_config(ARCHS[arch](), dtype=dtype, attn_implementation="sdpa")
+        with_word_tokenizer(model)  # for methods that read the question's text (a clip= relevance)
     else:
         known = ", ".join([*ARCHS, *TINY_ARCHS])
         raise vlmzip.VlmzipError(f"unknown architecture {arch!r}; known: {known} (or pass --model PATH)")
@@ -107,6 +118,7 @@ class Result:
     visual_tokens_in: list[int] = field(default_factory=list)
     visual_tokens_kept: dict[str, list[int]] = field(default_factory=dict)
     equivalent_visual_tokens: float = 0.0
+    decode_step_gpu_ms: float | None = None
     attention_density: float = 1.0  # sparse prefill: mean share of causal attention blocks computed (stats)
 
 
@@ -158,15 +170,27 @@ def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
 
 @torch.no_grad()
 def measure(
-    model: nn.Module, inputs: dict[str, torch.Tensor], policy: str, new_tokens: int = 32, repeats: int = 5
+    model: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    policy: str,
+    new_tokens: int = 32,
+    repeats: int = 5,
+    hf_cache: str | None = None,
 ) -> Result:
-    """Time one policy (or ``UNWRAPPED``) on ``inputs``; the model is restored afterwards."""
+    """Time one policy (or ``UNWRAPPED``; with ``hf_cache``, the unwrapped model on transformers' ``QuantizedCache``)
+    on ``inputs``; the model is restored afterwards."""
     if policy != UNWRAPPED:
         vlmzip.compress(model, policy)
     try:
 
-        def generate(tokens: int) -> Callable[[], Any]:
-            return lambda: model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        def generate(tokens: int, **extra: Any) -> Callable[[], Any]:
+            def run() -> Any:
+                cache = {} if hf_cache is None else {"cache": quantized_cache(model, hf_cache)}
+                return model.generate(
+                    **inputs, **cache, **extra, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False
+                )
+
+            return run
 
         generate(new_tokens)()  # warm-up
         if torch.cuda.is_available():
@@ -176,7 +200,10 @@ def measure(
         all_ms, _ = _timed(generate(new_tokens), repeats)
         phases = [_phase_times(model, generate(2)) for _ in range(repeats)]
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+        step_gpu_ms = _decode_step_gpu_ms(generate, new_tokens)
+        last = generate(new_tokens, return_dict_in_generate=True)()  # the cache every row's bytes are counted on
         stats = vlmzip.stats(model) if policy != UNWRAPPED else None
+        kv_bytes = stats.kv_bytes if stats else cache_nbytes(last)
     finally:
         vlmzip.restore(model)
     batch = inputs["input_ids"].shape[0]
@@ -184,19 +211,68 @@ def measure(
     decode_s = max(all_ms - first_ms, 1e-6) / 1e3  # generate(n) - generate(1): the prompt pass cancels
     return Result(
         batch,
-        policy,
+        policy if hf_cache is None else f"{UNWRAPPED} hf-cache {hf_cache}",
         prefill_ms,
         spread,
         first_ms,
         *(statistics.median(p[i] for p in phases) for i in range(3)),
         decode_tokens_per_s=(new_tokens - 1) * batch / decode_s,
         peak_gib=peak,
-        kv_bytes=stats.kv_bytes if stats else 0,
+        kv_bytes=kv_bytes,
         visual_tokens_in=stats.visual_tokens_in if stats else visual,
         visual_tokens_kept=stats.visual_tokens_kept if stats else {},
         equivalent_visual_tokens=statistics.mean(stats.equivalent_visual_tokens() if stats else visual),
+        decode_step_gpu_ms=step_gpu_ms,
         attention_density=statistics.mean(stats.mean_attention_density()) if stats else 1.0,
     )
+
+
+def quantized_cache(model: nn.Module, spec: str) -> Any:
+    """transformers' ``QuantizedCache`` for ``spec``: ``BACKEND`` or ``BACKEND:BITS`` (``fp8``, ``quanto:4``)."""
+    from transformers.cache_utils import QuantizedCache
+
+    backend, _, bits = spec.partition(":")
+    return QuantizedCache(backend, model.config, **({"nbits": int(bits)} if bits else {}))
+
+
+def cache_nbytes(output: Any) -> int:
+    """Bytes of every tensor a ``generate`` output's cache holds (tensor subclasses, e.g. quanto's, by their parts)."""
+    seen: set[int] = set()
+
+    def count(value: Any) -> int:
+        if isinstance(value, torch.Tensor):
+            if id(value) in seen:
+                return 0
+            seen.add(id(value))
+            if type(value) is not torch.Tensor and hasattr(value, "__tensor_flatten__"):
+                names, _ = value.__tensor_flatten__()
+                return sum(count(getattr(value, name)) for name in names)
+            return value.nbytes
+        if isinstance(value, (tuple, list)):
+            return sum(count(item) for item in value)
+        return 0
+
+    cache = getattr(output, "cache", None)
+    return sum(count(value) for layer in getattr(cache, "layers", []) for value in vars(layer).values())
+
+
+def _decode_step_gpu_ms(generate: Callable[..., Callable[[], Any]], new_tokens: int) -> float | None:
+    """The kernels' time of one decode step (``generate(n)`` less ``generate(1)``, per step); ``None`` off CUDA."""
+    if not torch.cuda.is_available() or new_tokens < 2:
+        return None
+    return (_kernel_ms(generate(new_tokens)) - _kernel_ms(generate(1))) / (new_tokens - 1)
+
+
+def _kernel_ms(run: Callable[[], Any]) -> float:
+    """The summed duration of every CUDA kernel ``run`` launches (the GPU's busy time, host gaps excluded)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+        synchronize()
+    kernels = [event for event in prof.events() if event.device_type == DeviceType.CUDA]
+    return sum(event.device_time for event in kernels) / 1e3
 
 
 def visual_mask(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
@@ -293,10 +369,12 @@ def run(
     report: Callable[[Result], None] = lambda result: None,
     ideal: Sequence[int] = (),
     ideal_at_equivalent: bool = False,
+    hf_caches: Sequence[str] = (),
 ) -> list[Result]:
-    """Per batch size: the unwrapped model, the ideal of each ``ideal`` token count, ``none``, then ``policies``;
-    with ``ideal_at_equivalent``, each policy that processed fewer visual tokens than it was given is followed by
-    the ideal at its equivalent tokens (rounded), unless that one was measured already."""
+    """Per batch size: the unwrapped model, then on each of ``hf_caches`` (transformers' ``QuantizedCache``), the
+    ideal of each ``ideal`` token count, ``none``, then ``policies``; with ``ideal_at_equivalent``, each policy that
+    processed fewer visual tokens than it was given is followed by the ideal at its equivalent tokens (rounded),
+    unless that one was measured already."""
     results = []
     for batch in batches:
         inputs = workload.inputs(model, batch)
@@ -307,6 +385,8 @@ def run(
             report(result)
 
         add(measure(model, inputs, UNWRAPPED, new_tokens, repeats))
+        for spec in hf_caches:
+            add(measure(model, inputs, UNWRAPPED, new_tokens, repeats, hf_cache=spec))
         for tokens in ideal:
             add(measure_ideal(model, inputs, tokens, repeats))
             done.add(tokens)
@@ -321,7 +401,7 @@ def run(
 
 HEADER = (
     f"{'batch':>5} {'policy':<38} {'prefill ms':>13} {'speed-up':>8} {'TTFT ms':>8} {'vision':>7} "
-    f"{'LM pre':>7} {'LM x':>6} {'1st dec':>7} {'tok/s':>7} {'peak GiB':>8} {'KV MiB':>8} {'eq vis':>7}"
+    f"{'LM pre':>7} {'LM x':>6} {'1st dec':>7} {'tok/s':>7} {'GPU step':>8} {'peak GiB':>8} {'KV MiB':>8} {'eq vis':>7}"
 )
 
 
@@ -334,6 +414,7 @@ def row(result: Result, baseline: Result) -> str:
         f"{result.batch:>5} {result.policy:<38} {result.prefill_ms:>8.1f}±{result.prefill_spread_ms:<4.1f} "
         f"{speedup:>7.2f}x {_ms(result.first_token_ms, 8)} {result.vision_ms:>7.1f} {result.lm_prefill_ms:>7.1f} "
         f"{lm_speedup:>5.2f}x {_ms(result.first_decode_ms, 7)} {_ms(result.decode_tokens_per_s, 7, '.0f')} "
+        f"{_ms(result.decode_step_gpu_ms, 8, '.2f')} "
         f"{result.peak_gib:>8.1f} {result.kv_bytes / 2**20:>8.1f} {result.equivalent_visual_tokens:>7.1f}"
     )
 
@@ -358,7 +439,16 @@ def main(args: argparse.Namespace) -> int:
 
     batches = args.batch_size or [1]
     results = run(
-        model, args.policy, batches, workload, args.new_tokens, args.repeats, report, args.ideal or (), args.ideal_at_eq
+        model,
+        args.policy,
+        batches,
+        workload,
+        args.new_tokens,
+        args.repeats,
+        report,
+        args.ideal or (),
+        args.ideal_at_eq,
+        args.hf_cache or (),
     )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,11 @@
 * ``decode_attention``: the few query rows of a decode step over a packed segment and a full-precision one, the
   packed cache read directly (split over the context); ``python -m vlmzip.kernels.bench decode`` times it against
   bf16 SDPA on a GPU.
+* ``block_sparse_attention``: prefill attention over the key blocks a block mask lists per (sample, head, query
+  block), causal or with ``key_start``/``key_end`` bounds and a sliding window, grouped-query; a Triton kernel
+  (``block_sparse_attention_triton``) and a FlexAttention path (``block_sparse_attention_flex``) over the same
+  per-row block lists (``block_lists``), the reference on the CPU; ``python -m vlmzip.kernels.bench sparse`` times
+  them against dense SDPA on a GPU (work per block and the floor at 32K: the kernel module's docstring).
 
-The other kernel the design names (block-sparse prefill attention) is still to come; the references of the
-selection helpers live in ``vlmzip.selection``. This package imports nothing of vlmzip.
+The references of the selection helpers live in ``vlmzip.selection``. This package imports nothing of vlmzip.
 """

@@ -1,4 +1,17 @@
-"""Kernels against their references on a CUDA GPU: ``python -m vlmzip.kernels.bench [mass|tower|decode]``.
+"""Kernels against their references on a CUDA GPU: ``python -m vlmzip.kernels.bench [mass|tower|decode|sparse]``.
+
+``sparse`` (``sparse_bench``): block-sparse prefill attention of one Qwen2.5-VL-7B-like layer (B=1, Hq=28, Hkv=4,
+d=128, bf16, blocks of 128) at 8K / 32K / 128K tokens (``--lengths``) and causal densities 0.05 / 0.1 / 0.15 /
+0.3 (``--densities``: the share of the causal blocks listed; random per-head masks that always hold the diagonal
+block and the first "sink" column). Times dense causal SDPA (keys and values repeated to Hq heads outside the
+timing), FlexAttention compiled with the same blocks, and the Triton kernel (``DEFAULT_CONFIG``, or with
+``--configs`` a sweep of ``SPARSE_CONFIGS``). Prints median ms, the time to build each path's block lists from the
+dense mask (``block_lists``; Flex: its ``BlockMask`` too; part of a selection method's cost), achieved TFLOP/s
+over the blocks computed (4 * 128 * 128 * d FLOPs a block and head; SDPA: the causal half), the speed-up over
+SDPA and, at lengths up to 8K, the max abs difference from Flex's output. First ``sparse_check`` compares both
+fused paths with the reference on 1,000 tokens under left padding, bidirectional spans and a window. ``--smoke``
+runs a tiny case on the CPU (``TRITON_INTERPRET=1 python -m vlmzip.kernels.bench sparse --smoke``) to show the
+script runs end to end.
 
 ``decode`` (``decode_bench``): one decode step of one Qwen2.5-VL-7B-like layer (Hq=28, Hkv=4, d=128, bf16) over
 a 16,384-token context at batch 1 and 8, as ``kernels.decode_attention`` reads a KIVI cache (``--bits``, default
@@ -44,6 +57,7 @@ from functools import partial
 
 import torch
 
+from vlmzip.kernels import block_sparse_attention as bsa
 from vlmzip.kernels.attention_mass import attention_mass_reference, attention_mass_triton
 from vlmzip.kernels.chunk_attention import STRATEGIES, chunk_attention, chunk_attention_loop, chunk_plan
 from vlmzip.kernels.decode_attention import decode_attention
@@ -121,10 +135,11 @@ def _window_lengths(side: int, window: int) -> list[int]:
     return [rows * cols for rows in edges for cols in edges]
 
 
-def _timed(function, repeats: int) -> tuple[torch.Tensor, float]:
-    """Output and median milliseconds of ``function()`` (CUDA events on a GPU, wall clock elsewhere)."""
+def _timed(function, repeats: int, cuda: bool | None = None) -> tuple[torch.Tensor, float]:
+    """Output and median milliseconds of ``function()`` (CUDA events on a GPU, wall clock elsewhere; ``cuda``:
+    which, for an output that is not a tensor)."""
     out = function()  # warm-up
-    cuda = out.is_cuda
+    cuda = out.is_cuda if cuda is None else cuda
     times = []
     for _ in range(repeats):
         if cuda:
@@ -296,23 +311,170 @@ def decode_bench(
     return rows
 
 
+#: ``--configs``' sweep of the Triton kernel's ``Config``s: (block_m, block_n, num_warps, num_stages)
+SPARSE_CONFIGS = [
+    (m, n, warps, stages) for m in (64, 128) for n in (32, 64, 128) for warps in (4, 8) for stages in (2, 3, 4)
+]
+#: ``--smoke``: a tiny case on the CPU (the kernel under Triton's interpreter, Flex unfused)
+SPARSE_SMOKE = {"lengths": (70,), "densities": (0.5,), "heads": 4, "kv_heads": 2, "dim": 16, "block": 16,
+                "device": "cpu", "dtype": torch.float32, "repeats": 1}  # fmt: skip
+
+
+def random_block_mask(heads: int, length: int, block: int, density: float, generator: torch.Generator) -> torch.Tensor:
+    """``[1, heads, n, n]`` causal block masks listing about ``density`` of the ``n (n + 1) / 2`` causal blocks
+    at random, each row with its diagonal block and the first column (the attention sink)."""
+    n = -(-length // block)
+    causal = torch.ones(n, n, dtype=torch.bool, device=generator.device).tril()
+    forced = torch.eye(n, dtype=torch.bool, device=generator.device)
+    forced[:, 0] = True
+    n_forced, n_causal = forced.sum().item(), n * (n + 1) // 2
+    share = min(1.0, max(0.0, (density * n_causal - n_forced) / max(1, n_causal - n_forced)))
+    drawn = torch.rand(1, heads, n, n, generator=generator, device=generator.device) < share
+    return (drawn | forced) & causal
+
+
+def sparse_check(
+    length: int = 1000,
+    block: int = 128,
+    heads: int = 28,
+    kv_heads: int = 4,
+    dim: int = 128,
+    device: str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+) -> list[dict]:
+    """The fused paths against the reference on the masks the timing leaves out (the tests run them only under
+    Triton's interpreter): two samples of ``length`` tokens (not a multiple of ``block``), per-head masks at
+    density 0.5 with left padding (``key_start``), bidirectional spans (``key_end``), a sliding window, and a
+    broadcast mask of every block (dense). Returns one row per (case, path) with the max abs difference; prints
+    them."""
+    generator = torch.Generator(device=device).manual_seed(1)
+    query, key, value = (
+        torch.randn(2, n, length, dim, device=device, dtype=dtype, generator=generator)
+        for n in (heads, kv_heads, kv_heads)
+    )
+    grid = bsa.block_grid(length, block, block)
+    ends = torch.arange(length, device=device).repeat(2, 1)
+    ends[0, length // 4 : length // 2] = length // 2  # an image's tokens see the whole image
+    ends[1, length // 2 :] = length - 1
+    half = torch.rand(2, heads, *grid, device=device, generator=generator) < 0.5
+    cases = [
+        ("dense", torch.ones(2, 1, *grid, dtype=torch.bool, device=device), {}),
+        ("padded", half, {"key_start": torch.tensor([0, length // 3], device=device)}),
+        ("spans", half, {"key_end": ends, "key_start": torch.tensor([7, 0], device=device)}),
+        ("window", half, {"window": length // 5}),
+    ]
+    rows = []
+    print(f"{'case':8} {'path':8} {'max |diff|':>11}")
+    for name, block_mask, masks in cases:
+        args = {"block_q": block, "block_k": block, **masks}
+        expected = bsa.block_sparse_attention_reference(query, key, value, block_mask, **args).float()
+        for path in ("triton", "flex"):
+            out = bsa.block_sparse_attention(query, key, value, block_mask, backend=path, **args)
+            rows.append({"case": name, "path": path, "diff": (out.float() - expected).abs().max().item()})
+            print(f"{name:8} {path:8} {rows[-1]['diff']:11.2e}")
+    return rows
+
+
+def sparse_bench(
+    lengths: tuple[int, ...] = (8192, 32768, 131072),
+    densities: tuple[float, ...] = (0.05, 0.1, 0.15, 0.3),
+    heads: int = 28,
+    kv_heads: int = 4,
+    dim: int = 128,
+    block: int = 128,
+    device: str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    repeats: int = 10,
+    configs: list[tuple[int, int, int, int]] | None = None,
+    check_length: int = 8192,
+) -> list[dict]:
+    """Time dense causal SDPA, FlexAttention and the Triton kernel (each of ``configs``; default its
+    ``DEFAULT_CONFIG``) on random block masks (``random_block_mask``) per length and density; see the module
+    docstring. Returns one row per (length, density, path) and prints them."""
+    import triton
+
+    from vlmzip.kernels import _block_sparse_attention_triton as kernel
+
+    generator = torch.Generator(device=device).manual_seed(0)
+    scale, sdpa = dim**-0.5, torch.nn.functional.scaled_dot_product_attention
+    block_flops = 4 * block * block * dim
+    rows = []
+    print(f"{'length':>7} {'density':>7} {'path':18} {'ms':>9} {'lists ms':>9} {'TFLOP/s':>8} {'speed-up':>8} "
+          f"{'max |diff|':>11}")  # fmt: skip
+    for length in lengths:
+        query, key, value = (
+            torch.randn(1, n, length, dim, device=device, dtype=dtype, generator=generator)
+            for n in (heads, kv_heads, kv_heads)
+        )
+        timed = partial(_timed, repeats=repeats, cuda=query.is_cuda)
+        repeated = [t.repeat_interleave(heads // kv_heads, dim=1) for t in (key, value)]
+        _, sdpa_ms = timed(partial(sdpa, query, *repeated, is_causal=True, scale=scale))
+        del repeated
+        sdpa_flops = 2 * dim * heads * length * (length + 1)  # 4 d per visible (row, key) pair
+        for density in densities:
+            block_mask = random_block_mask(heads, length, block, density, generator)
+            args = {"block_q": block, "block_k": block}
+            lists, lists_ms = timed(partial(bsa.block_lists, block_mask, length, block, block))
+            computed = lists.total.sum().item()
+            reached = computed / (heads * block_mask.shape[-1] * (block_mask.shape[-1] + 1) / 2)
+            blocks, flex_build_ms = timed(partial(bsa.flex_block_mask, query, block_mask, **args))
+            expected, flex_ms = timed(partial(bsa.flex_attend, query, key, value, blocks, scale))
+            timings = [("sdpa", sdpa_ms, 0.0, sdpa_flops, None), ("flex", flex_ms, flex_build_ms, None, expected)]
+            for config in configs or [tuple(kernel.DEFAULT_CONFIG)]:
+                name = "triton " + "/".join(map(str, config))
+                launch = partial(kernel.launch, query, key, value, lists, scale, block, block, None, None, None,
+                                 kernel.Config(*config))  # fmt: skip
+                try:
+                    out, ms = timed(launch)
+                except triton.runtime.errors.OutOfResources as error:  # a config too big for the GPU: shown, skipped
+                    print(f"{length:7d} {reached:7.3f} {name:18} failed: {error}")
+                    continue
+                timings.append((name, ms, lists_ms, None, out))
+            for path, ms, build_ms, flops, out in timings:
+                flops = computed * block_flops if flops is None else flops
+                check = out is not None and length <= check_length
+                diff = (out.float() - expected.float()).abs().max().item() if check else float("nan")
+                rows.append({"length": length, "density": reached, "path": path, "ms": ms, "build_ms": build_ms,
+                             "tflops": flops / ms / 1e9, "speedup": sdpa_ms / ms, "diff": diff})  # fmt: skip
+                print(f"{length:7d} {reached:7.3f} {path:18} {ms:9.3f} {build_ms:9.3f} {flops / ms / 1e9:8.1f} "
+                      f"{sdpa_ms / ms:7.2f}x {diff:11.2e}")  # fmt: skip
+            del blocks, expected, timings
+    return rows
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vlmzip.kernels.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("what", nargs="?", choices=("mass", "tower", "decode"), default="mass")
+    parser.add_argument("what", nargs="?", choices=("mass", "tower", "decode", "sparse"), default="mass")
     parser.add_argument("--frames", type=int, default=64, help="tower: video frames (default 64)")
     parser.add_argument("--bits", type=int, choices=(2, 4, 8), default=2, help="decode: bits of the cache (default 2)")
     parser.add_argument("--context", type=int, default=16384, help="decode: tokens in the cache (default 16384)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072], help="sparse: tokens")
+    parser.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.3],
+                        help="sparse: shares of the causal blocks listed")  # fmt: skip
+    parser.add_argument("--configs", action="store_true", help="sparse: sweep the kernel's configs (SPARSE_CONFIGS)")
+    parser.add_argument("--smoke", action="store_true", help="sparse: a tiny CPU run (needs TRITON_INTERPRET=1)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.what == "sparse" and args.smoke:
+        from vlmzip.kernels import _block_sparse_attention_triton as kernel
+
+        if not kernel.INTERPRETED:
+            raise SystemExit("--smoke runs the kernel on the CPU: set TRITON_INTERPRET=1 (before Python starts)")
+        sparse_check(length=70, block=16, heads=4, kv_heads=2, dim=16, device="cpu", dtype=torch.float32)
+        sparse_bench(**SPARSE_SMOKE, configs=SPARSE_CONFIGS[:2] if args.configs else None)
+        return
     if not torch.cuda.is_available():
         raise SystemExit("the benchmark times CUDA kernels: no CUDA device here")
     if args.what == "mass":
         mass_bench()
     elif args.what == "tower":
         tower_bench(frames=args.frames)
+    elif args.what == "sparse":
+        sparse_check()
+        sparse_bench(tuple(args.lengths), tuple(args.densities), configs=SPARSE_CONFIGS if args.configs else None)
     else:
         decode_bench(context=args.context, bits=args.bits)
 

@@ -18,16 +18,21 @@ def test_bench_measures_every_policy_and_reports_what_was_kept():
     model = build("tiny-qwen2_5_vl", device="cpu", dtype=torch.float32)
     workload = Workload(images=1, frames=4, frame_patches=8, text_tokens=6)
     policies = ["uniform:keep=0.25", "fastv:layer=2,keep=0.5"]
-    results = run(model, policies, [2], workload, new_tokens=3, repeats=1, ideal=[12], ideal_at_equivalent=True)
+    results = run(
+        model, policies, [2], workload, new_tokens=3, repeats=1, ideal=[12], ideal_at_equivalent=True, hf_caches=["fp8"]
+    )
     # the ideal at 12 tokens stands for uniform's too; FastV's 36 equivalent tokens get their own
-    assert [r.policy for r in results] == [UNWRAPPED, ideal_label(12), "none", *policies, ideal_label(36)]
-    unwrapped, ideal, none, uniform, fastv, fastv_ideal = results
+    fp8 = f"{UNWRAPPED} hf-cache fp8"
+    assert [r.policy for r in results] == [UNWRAPPED, fp8, ideal_label(12), "none", *policies, ideal_label(36)]
+    unwrapped, hf_fp8, ideal, none, uniform, fastv, fastv_ideal = results
     assert none.visual_tokens_in == [48, 48]  # an image (16) and a 4-frame video (2 x 16) per sample
     assert uniform.visual_tokens_kept == {"vision": [12, 12]}
     assert fastv.visual_tokens_kept == {"prefill": [24, 24]}
-    assert uniform.kv_bytes < none.kv_bytes and unwrapped.kv_bytes == 0
+    assert uniform.kv_bytes < none.kv_bytes == unwrapped.kv_bytes  # the same prompts: no padding to count
+    scales = 2 * 4 * 4  # transformers' fp8 cache: a key and a value fp32 scale a layer
+    assert hf_fp8.kv_bytes == unwrapped.kv_bytes // 4 + scales  # fp32 entries stored as one byte each
     # the mean over the 4 layers: all 48 in layers 0-1, 24 from layer 2 on
-    assert [r.equivalent_visual_tokens for r in results] == [48, 12, 48, 12, 36, 36]
+    assert [r.equivalent_visual_tokens for r in results] == [48, 48, 12, 48, 12, 36, 36]
     for result in [unwrapped, none, uniform, fastv]:
         assert result.vision_ms > 0 and result.lm_prefill_ms > 0 and result.first_decode_ms > 0
         assert result.prefill_ms > 0 and result.decode_tokens_per_s > 0

@@ -1,5 +1,6 @@
-"""The decode-stage methods SnapKV, LOOK-M and MustDrop's cache policy: exact counts, keep-everything equality, each
-one's choice (and LOOK-M's merge) against its formula computed by hand, and their parameter errors."""
+"""The decode-stage methods SnapKV, LOOK-M, MustDrop's cache policy and the random baseline: exact counts,
+keep-everything equality, each one's choice (and LOOK-M's merge) against its formula computed by hand, and their
+parameter errors."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from conftest import batch_of_two, full_attention_layers, greedy, max_logit_diff
 
 import vlmzip
+from vlmzip.budget import kept_count
 from vlmzip.eval.tiny import split_batch, tiny_model, visual_token_count
 from vlmzip.runtime.cache import CompressedLayer
 
@@ -16,8 +18,8 @@ TINY = ("llava", "qwen2_5_vl", "gemma3")  # one family per attention layout: Lla
 NEW_TOKENS = 4
 # each method at a setting that evicts: a fraction, a count, and the prefill stage's final set (a prefill
 # schedule of three cuts on the tiny models, so earlier layers hold more than the last one)
-EVICTING = ("snapkv:keep=3", "look-m:keep=0.25", "pyramiddrop+mustdrop-decode:from_layer=1")
-KEEP_ALL = ("snapkv:keep=1.0", "look-m:keep=1.0", "mustdrop-decode:from_layer=0")
+EVICTING = ("snapkv:keep=3", "look-m:keep=0.25", "pyramiddrop+mustdrop-decode:from_layer=1", "random-kv:keep=0.5")
+KEEP_ALL = ("snapkv:keep=1.0", "look-m:keep=1.0", "mustdrop-decode:from_layer=0", "random-kv:keep=1.0")
 
 
 @pytest.fixture(params=TINY)
@@ -68,6 +70,8 @@ def _expected(policy: str, layer: int, visual_in: list[int], stats) -> list[int]
         return [min(3, n) for n in visual_in]
     if policy.startswith("look-m"):
         return [n // 4 for n in visual_in]  # merged entries count once, as the kept entry they went into
+    if policy.startswith("random-kv"):
+        return [kept_count(0.5, n) for n in visual_in]
     final = stats.visual_tokens_by_layer[-1]  # what the last layer of the prompt pass held
     return stats.visual_tokens_by_layer[layer] if layer < 1 else final
 
@@ -202,6 +206,26 @@ def test_look_m_generation_reads_the_merged_store(monkeypatch):
     (keys, values), width = read[0], merged_keys.shape[2]
     assert keys.shape[2] == width + 1  # the stored entries and the new token's
     assert torch.equal(keys[:, :, :width], merged_keys) and torch.equal(values[:, :, :width], merged_values)
+
+
+def test_random_kv_keeps_the_seeded_draws_of_each_place_and_layer():
+    model = tiny_model("llava")
+    batch = batch_of_two(model)
+    valid = batch["attention_mask"].bool()
+    visual = torch.isin(batch["input_ids"], torch.tensor(_visual_ids(model))) & valid
+    chosen = {}
+    for seed in (0, 1):
+        cache = _compressed_cache(model, batch, f"random-kv:keep=0.25,seed={seed}")
+        for layer in full_attention_layers(model):
+            draws = torch.rand(valid.shape[1], generator=torch.Generator().manual_seed(seed * 1_000_003 + layer))
+            for sample in range(len(valid)):
+                first = int(valid[sample].nonzero()[0])
+                scores = torch.zeros(valid.shape[1])
+                scores[first:] = draws[: valid.shape[1] - first]  # a column's draw is its place after padding
+                expected = _top_visual(scores, visual[sample], kept_count(0.25, int(visual[sample].sum())))
+                assert _stored_visual(cache.layers[layer], sample) == expected, (seed, layer, sample)
+                chosen[seed, layer, sample] = expected
+    assert chosen[0, 0, 0] != chosen[1, 0, 0] and chosen[0, 0, 0] != chosen[0, 1, 0]
 
 
 def test_mustdrop_decode_cuts_earlier_layers_to_what_survived_the_prefill_stage(tiny):

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from vlmzip.errors import InputError
 from vlmzip.runtime.tower_plan import StackedPlan, TowerPlan
@@ -33,6 +34,8 @@ class VisionRun:
     attention: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     #: what the projector was given for these items (recorded only for methods that need "tower_features")
     projector_inputs: list[torch.Tensor] = field(default_factory=list)
+    #: the tower's pixel input (recorded only for methods that need "image")
+    pixels: torch.Tensor | None = None
     #: kept token indices of each item, where a vision method chose inside the tower (``runtime.tower``)
     choices: list[torch.Tensor] | None = None
 
@@ -52,6 +55,10 @@ class Adapter:
     #: once per chunk and an implementation whose name holds "flash" once with ``cu_seq_lens_q`` (Qwen-VL): under
     #: ``compress`` vlmzip then runs the chunks batched (``runtime.attention.PackedChunks``)
     packs_vision_chunks: ClassVar[bool] = False
+    #: the per-channel mean and std the family's image processor normalises pixels with (its defaults), undone by
+    #: ``images`` so that a method reads plain RGB
+    image_mean: ClassVar[tuple[float, ...]] = tuple(OPENAI_CLIP_MEAN)
+    image_std: ClassVar[tuple[float, ...]] = tuple(OPENAI_CLIP_STD)
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -203,6 +210,26 @@ class Adapter:
         the attention captured in the vision-tower forwards of this request (images, then videos); an item's
         ``kind_index`` is its row among the encoded items of its kind."""
         raise NotImplementedError
+
+    def images(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
+        """Set ``item.signals["image"]`` (``[F, 3, H, W]`` in ``[0, 1]``: the frames the tower saw, un-normalised)
+        from the pixels the tower forwards of ``runs`` were given. Default: a tower of ``[images, 3, H, W]`` inputs,
+        one frame per item."""
+        pixels = [run.pixels for run in runs]
+        if any(p is None for p in pixels) or sum(run.count for run in runs) <= max(i.kind_index for i in items):
+            raise InputError(
+                "vlmzip saw no vision-tower forward given this request's pixels, so it cannot read its images: pass "
+                "pixel_values (not precomputed image features)"
+            )
+        images = self.unnormalise(torch.cat(pixels))
+        for item in items:
+            item.signals["image"] = images[item.kind_index].unsqueeze(0)
+
+    def unnormalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[..., 3, H, W]`` normalised as the family's processor does, back to ``[0, 1]`` RGB (fp32)."""
+        mean = pixels.new_tensor(self.image_mean, dtype=torch.float32)[:, None, None]
+        std = pixels.new_tensor(self.image_std, dtype=torch.float32)[:, None, None]
+        return (pixels.float() * std + mean).clamp(0, 1)
 
     # -- the projector -------------------------------------------------------------------------------------
     @property

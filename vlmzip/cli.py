@@ -117,6 +117,12 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="after each policy, the ideal at the equivalent visual tokens it measured (rounded)",
     )
+    parser.add_argument(
+        "--hf-cache",
+        action="append",
+        metavar="BACKEND[:BITS]",
+        help="repeatable; the unwrapped model on transformers' QuantizedCache (fp8, quanto:2, quanto:4, hqq:4)",
+    )
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")

@@ -48,6 +48,8 @@ class VisionStage:
         in_tower = method is not None and method.tower_layer is not None
         self.tower_cut = TowerCut(adapter, method, lambda: self.runs, self._flush) if in_tower else None
         self._tower_attention: AttentionFunction | None = None
+        # the model's own tokenizer, loaded once per session, only for methods that read the question's text
+        self.tokenizer = model_tokenizer(adapter.model) if method is not None and "text" in method.needs else None
 
     def install(self, functions: AttentionFunctions) -> list[Any]:
         """Register the tower hooks and, where it changes anything, the tower's attention function."""
@@ -200,20 +202,40 @@ class VisionStage:
             self.adapter.vision_scores(self.runs, encoded)
         if "tower_features" in needs:
             self.adapter.tower_features(self.runs, encoded)
+        if "image" in needs:
+            self.adapter.images(self.runs, encoded)
         for item in request.items:
-            for name in (needs & {"vision_attention", "tower_features"}) if item.frames else ():
+            for name in (needs & {"vision_attention", "tower_features", "image"}) if item.frames else ():
                 item.signals[name] = torch.cat([frame.signals[name] for frame in item.frames])
+        text = request.prompt_valid & ~request.visual
         if "text_embeddings" in needs:
-            text = request.prompt_valid & ~request.visual
             for item in request.items:
                 item.signals["text_embeddings"] = embeds[item.sample, text[item.sample]]
+        if "text" in needs:
+            questions = self._questions(request, text)
+            for item in request.items:
+                item.signals["text"] = questions[item.sample]
+
+    def _questions(self, request: Request, text: torch.Tensor) -> list[str]:
+        """Each sample's text after its last visual token (the question, where chat templates put it), decoded
+        without special tokens; all its text where nothing follows its last visual token."""
+        ids = request.inputs["input_ids"]
+        last = torch.where(request.visual, torch.arange(ids.shape[1], device=ids.device), -1).amax(dim=1)
+        after = text & (torch.arange(ids.shape[1], device=ids.device) > last[:, None])
+        rows = torch.where(after.any(dim=1, keepdim=True), after, text)
+        return [
+            self.tokenizer.decode(ids[b, rows[b]].tolist(), skip_special_tokens=True).strip() for b in range(len(ids))
+        ]
 
     # -- the vision tower ------------------------------------------------------------------------------------
     def _before_tower(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._runs_used:  # a new encoding: the previous images are done with
             self.runs, self._runs_used = [], False
         grids = self.adapter.tower_grids(args, kwargs)
-        self.runs.append(VisionRun(grids, self.adapter.tower_count(args, kwargs)))
+        run = VisionRun(grids, self.adapter.tower_count(args, kwargs))
+        if self.method is not None and "image" in self.method.needs:
+            run.pixels = (args[0] if args else kwargs.get("pixel_values", kwargs.get("hidden_states"))).detach()
+        self.runs.append(run)
 
     def _before_projector(self, module: nn.Module, args: tuple) -> None:
         if self.runs:  # the projector runs after (LLaVA, Gemma-3) or at the end of (Qwen) its tower's forward
@@ -253,6 +275,22 @@ class VisionStage:
             return
         masses = _packed_masses(pending) if uses_kernel(pending[0][1]) else _grouped_masses(pending)
         self.runs[-1].attention.setdefault(pending[0][0], []).extend(masses)
+
+
+def model_tokenizer(model: nn.Module) -> Any:
+    """The tokenizer saved beside ``model``'s checkpoint (``name_or_path``), loaded offline."""
+    from transformers import AutoTokenizer
+
+    path = getattr(model, "name_or_path", "") or ""
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise UnsupportedModelError(
+            f"a method that reads the question's text decodes the prompt with the model's tokenizer, which vlmzip "
+            f"loads offline from the directory the model was loaded from (model.name_or_path={path!r}), and that "
+            f"failed ({type(error).__name__}: {error}); load the model with from_pretrained from a local directory "
+            "that holds its tokenizer files (as saved by processor.save_pretrained)"
+        ) from None
 
 
 def frames_as_videos(items: list[VisualItem]) -> list[VisualItem]:

@@ -64,11 +64,14 @@ class Method:
         return cls(**{key: _parse_value(cls.name, key, text, hints[key]) for key, text in params.items()})
 
     def params(self) -> dict[str, Any]:
-        """Every parameter, but stage options left at their default: a policy string names them only when set."""
+        """Every parameter, but stage options and optional parameters left at their default: a policy string names
+        them only when set."""
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if not (f.metadata.get("stage_option") and getattr(self, f.name) == f.default)
+            if not (
+                (f.metadata.get("stage_option") or f.metadata.get("optional")) and getattr(self, f.name) == f.default
+            )
         }
 
     def __str__(self) -> str:
@@ -100,6 +103,12 @@ def stage_option(default: Any) -> Any:
     """A parameter every method of a stage takes (the vision stage's ``at_layer``): omitted from policy strings
     and method tables while it has its default."""
     return dataclasses.field(default=default, metadata={"stage_option": True})
+
+
+def optional(default: Any) -> Any:
+    """A method's own parameter that is off at its default (an empty path): listed with the method's parameters, but
+    omitted from policy strings while it has its default."""
+    return dataclasses.field(default=default, metadata={"optional": True})
 
 
 def _matches(value: Any, hint: Any) -> bool:

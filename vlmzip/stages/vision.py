@@ -15,7 +15,7 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -25,7 +25,7 @@ from vlmzip.selection import ascending
 from vlmzip.stages.method import Method, ModelInfo, Stage, stage_option
 
 #: signals the runtime can compute for a vision method, by the name a method lists in ``needs``
-SIGNALS = frozenset({"vision_attention", "text_embeddings", "tower_features", "pixels"})
+SIGNALS = frozenset({"vision_attention", "text_embeddings", "tower_features", "pixels", "text", "image"})
 
 
 @dataclass
@@ -39,9 +39,13 @@ class VisualItem:
     ``"text_embeddings"`` (``[T, D]``: the embeddings of the sample's text tokens, e.g. its question) and
     ``"tower_features"`` (``[n, U, D_vision]``: what the projector turns into each token, its ``U`` vision-tower
     vectors) and, inside the tower only, ``"pixels"`` (``[n, U, P]``: the pixel values of each token's ``U``
-    patches as the tower receives them, normalised). ``project`` is the model's projector on such inputs:
-    ``[m, U, D_vision] -> [m, D]``, so ``project(signals["tower_features"])`` gives ``features`` again (within
-    rounding).
+    patches as the tower receives them, normalised) and ``"text"`` (``str``: the sample's question, its text after
+    its last visual token decoded by the model's tokenizer, special tokens skipped) and ``"image"``
+    (``[F, 3, H, W]``: the item's ``F`` frames as the tower saw them, un-normalised to ``[0, 1]`` RGB; token
+    ``(t, r, c)`` of the ``grid`` covers the ``r``-th of ``rows`` equal bands of height and the ``c``-th of
+    ``cols`` equal bands of width, in frames ``t * F / frames`` onwards). ``project`` is the model's projector on
+    such inputs: ``[m, U, D_vision] -> [m, D]``, so ``project(signals["tower_features"])`` gives ``features`` again
+    (within rounding).
     """
 
     sample: int
@@ -52,7 +56,7 @@ class VisualItem:
     kind_index: int = 0  # the vision-tower output it came from, among the encoded items of its kind
     sample_index: int = 0  # order among the items of its sample
     features: torch.Tensor | None = None
-    signals: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    signals: dict[str, Any] = dataclasses.field(default_factory=dict)  # tensors, but "text" is a str
     project: Callable[[torch.Tensor], torch.Tensor] | None = None
     #: the images this video is made of, when a video-only method reads a sample's images as its frames
     frames: list[VisualItem] | None = None
