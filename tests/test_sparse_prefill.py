@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import batch_of_two, greedy, max_logit_diff
+from conftest import batch_of_two, full_attention_layers, greedy, max_logit_diff
 
 import vlmzip
 from vlmzip.blindsight import TEMPLATES, load_calibration, template_blocks
@@ -262,3 +262,38 @@ def test_policies_without_attention_record_no_density():
     vlmzip.compress(model, "fastv:layer=2,keep=0.5")
     greedy(model, batch_of_two(model))
     assert vlmzip.stats(model).attention_density == []
+
+
+def test_minference_computes_the_blocks_of_the_last_rows_top_columns_and_nearest_diagonals(monkeypatch, family):
+    calls = []
+    import vlmzip.stages.sparse as sparse_stage
+
+    def spy(query, key, value, block_mask, **kwargs):
+        calls.append(block_mask)
+        return block_sparse_attention_reference(query, key, value, block_mask, **kwargs)
+
+    monkeypatch.setattr(sparse_stage, "block_sparse_attention", spy)
+    model = tiny_model(family, attn_implementation="eager")
+    if 0 not in full_attention_layers(model):
+        pytest.skip("layer 0 is a sliding-window layer (its blocks are a band)")
+    inputs = random_inputs(model, [1], text_lengths=[60])
+    with torch.no_grad():  # layer 0 sees the same inputs with and without vlmzip
+        weights = model(**inputs, output_attentions=True).attentions[0][0]  # [H, S, S]
+    vlmzip.compress(model, f"minference:{TINY},vertical=40,slash=8,last_q=4")
+    with torch.no_grad():
+        model(**inputs)
+    heads, length = weights.shape[0], weights.shape[-1]
+    rows, keys = torch.arange(length)[:, None], torch.arange(length)[None, :]
+    vertical = weights[:, -4:].sum(dim=1)  # [H, S]
+    expected = torch.zeros(heads, length, length, dtype=torch.bool)
+    for h in range(heads):
+        columns = set(range(30)) | set((vertical[h, 30:].topk(10).indices + 30).tolist())  # 30 forced, 10 chosen
+        column_mask = torch.isin(keys, torch.tensor(sorted(columns)))
+        expected[h] = (column_mask | (rows - keys < 8)) & (keys <= rows)  # the 8 nearest diagonals
+    n = -(-length // 16)
+    padded = torch.zeros(heads, n * 16, n * 16, dtype=torch.bool)
+    padded[:, :length, :length] = expected
+    blocks = padded.view(heads, n, 16, n, 16).any(dim=(2, 4))
+    blocks |= torch.eye(n, dtype=torch.bool) | (torch.arange(n)[None, :] == 0)  # diagonal and sink
+    blocks &= torch.ones(n, n, dtype=torch.bool).tril()
+    assert torch.equal(calls[0][0], blocks)
