@@ -16,7 +16,17 @@ from vlmzip.blindsight import TEMPLATES, load_calibration, template_blocks
 from vlmzip.eval.tiny import random_inputs, split_batch, tiny_model, visual_token_count
 from vlmzip.kernels.block_sparse_attention import block_sparse_attention_reference
 from vlmzip.registry import adapter_for
-from vlmzip.sparse import Layout, antidiagonal_scores, candidate_blocks, cover, forced_blocks
+from vlmzip.sparse import (
+    Layout,
+    antidiagonal_scores,
+    block_sum,
+    candidate_blocks,
+    cover,
+    forced_blocks,
+    last_rows_scores,
+    line_blocks,
+    pooled_scores,
+)
 from vlmzip.stages import PrefillMethod
 
 METHODS = ("minference", "flexprefill", "xattention", "blindsight")
@@ -297,3 +307,32 @@ def test_minference_computes_the_blocks_of_the_last_rows_top_columns_and_nearest
     blocks |= torch.eye(n, dtype=torch.bool) | (torch.arange(n)[None, :] == 0)  # diagonal and sink
     blocks &= torch.ones(n, n, dtype=torch.bool).tril()
     assert torch.equal(calls[0][0], blocks)
+
+
+@pytest.mark.parametrize("tau", [0.0, 1.0])  # every head vertical-slash; every head query-aware
+def test_flexprefill_takes_the_pattern_its_jensen_shannon_test_picks(monkeypatch, tau):
+    calls = []
+    import vlmzip.stages.sparse as sparse_stage
+
+    def spy(query, key, value, block_mask, **kwargs):
+        calls.append((query, key, block_mask, kwargs["scale"]))
+        return block_sparse_attention_reference(query, key, value, block_mask, **kwargs)
+
+    monkeypatch.setattr(sparse_stage, "block_sparse_attention", spy)
+    model = tiny_model("qwen2_vl")
+    inputs = random_inputs(model, [2], text_lengths=[100])
+    vlmzip.compress(model, f"flexprefill:{TINY},gamma=0.6,min_budget=0,tau={tau}")
+    with torch.no_grad():
+        model(**inputs)
+    query, key, block_mask, scale = calls[0]
+    length = query.shape[2]
+    layout = Layout(torch.tensor([0]), torch.tensor([length]), None, None)
+    candidates = candidate_blocks(layout, length, 16)
+    if tau:
+        chosen = cover(pooled_scores(query, key, layout, 16, scale), candidates, 0.6)
+    else:
+        vertical, slash = (block_sum(x, 16) for x in last_rows_scores(query, key, layout, 16, scale))
+        first = torch.arange(vertical.shape[-1]) == 0
+        chosen = line_blocks(cover(vertical, first | True, 0.6) | first, cover(slash, first | True, 0.6) | first)
+    expected = (chosen | forced_blocks(candidates)) & candidates
+    assert torch.equal(block_mask, expected) and not torch.equal(block_mask, candidates.expand_as(block_mask))
