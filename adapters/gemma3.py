@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD
 
-from vlmzip.adapter import Adapter, VisionRun
+from vlmzip.adapter import Adapter, VisionRun, summed_attention
 from vlmzip.errors import UnsupportedModelError
 from vlmzip.registry import register_adapter
 from vlmzip.stages import VisualItem
@@ -83,7 +83,7 @@ class Gemma3Adapter(Adapter):
 
     def vision_scores(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
         # per layer: [images, patches] from each attention call (one per layer for SigLIP); sum the layers
-        per_patch = torch.cat([sum(torch.cat(chunks) for chunks in run.attention.values()) for run in runs])
+        per_patch = torch.cat([summed_attention(run) for run in runs])
         per_token = self._pool_like_projector(per_patch)
         for item in items:
             item.signals["vision_attention"] = per_token[item.kind_index].to(item.positions.device)

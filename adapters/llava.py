@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from vlmzip.adapter import Adapter, VisionRun
+from vlmzip.adapter import Adapter, VisionRun, summed_attention
 from vlmzip.errors import UnsupportedModelError
 from vlmzip.registry import register_adapter
 from vlmzip.stages import VisualItem
@@ -20,15 +22,17 @@ class LlavaAdapter(Adapter):
         "tested as `tiny-llava_gemma3`)"
     )
     vision_query = "cls"
+    #: the ``vision_feature_select_strategy`` the adapter reads features by ("default": the [CLS] row is dropped)
+    feature_strategy: ClassVar[str] = "default"
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         config = model.config
         if not isinstance(config.vision_feature_layer, int):
-            raise UnsupportedModelError("vlmzip supports LLaVA with a single vision_feature_layer")
-        if config.vision_feature_select_strategy != "default":
+            raise UnsupportedModelError(f"vlmzip supports {self.family} with a single vision_feature_layer")
+        if config.vision_feature_select_strategy != self.feature_strategy:
             raise UnsupportedModelError(
-                "vlmzip supports LLaVA's 'default' feature strategy (the [CLS] token is dropped), got "
+                f"vlmzip supports {self.family}'s {self.feature_strategy!r} feature strategy, got "
                 f"{config.vision_feature_select_strategy!r}"
             )
 
@@ -68,7 +72,7 @@ class LlavaAdapter(Adapter):
 
     def vision_scores(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
         # [CLS]-row mass per layer: [images, 1 + patches]; sum the layers, drop the [CLS] column
-        per_image = torch.cat([sum(torch.cat(chunks) for chunks in run.attention.values()) for run in runs])
+        per_image = torch.cat([summed_attention(run) for run in runs])
         per_image = per_image[:, 1:]
         for item in items:
             item.signals["vision_attention"] = per_image[item.kind_index].to(item.positions.device)
@@ -80,7 +84,8 @@ class LlavaAdapter(Adapter):
             item.signals["tower_features"] = per_image[item.kind_index].unsqueeze(1)
 
     def project(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.projector(inputs[:, 0])
+        # the projector maps each tower vector on its own; a token made of several (a pooled video cell) is their mean
+        return self.projector(inputs).mean(dim=1)
 
 
 def _encoder_layers(tower: nn.Module) -> nn.ModuleList:

@@ -22,7 +22,7 @@ from torch import nn
 from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD
 from transformers.vision_utils import get_vision_window_index
 
-from vlmzip.adapter import Adapter, VisionRun
+from vlmzip.adapter import Adapter, VisionRun, runs_by_kind
 from vlmzip.errors import InputError, UnsupportedModelError
 from vlmzip.registry import register_adapter
 from vlmzip.runtime.tower_plan import PackedPlan
@@ -97,12 +97,8 @@ class QwenVLAdapter(Adapter):
         """``(run, its items' grids, the request's items it encoded)`` per kind present: the tower runs images
         first, then videos, so each kind pairs with the next run; the runtime has pointed each item's
         kind_index at its row in that run (generate's sample copies share one)."""
-        pending = iter(runs)
-        for kind in _KINDS:
+        for kind, run in runs_by_kind(runs, items, _KINDS).items():
             of_kind = [item for item in items if item.kind == kind]
-            if not of_kind:
-                continue
-            run = next(pending, None)
             encoded = self._llm_grids(run.grids) if run is not None and run.grids is not None else []
             if any(item.kind_index >= len(encoded) or encoded[item.kind_index] != item.grid for item in of_kind):
                 raise InputError(
@@ -126,9 +122,7 @@ class QwenVLAdapter(Adapter):
         return [self.vision_tower.merger, *getattr(self.vision_tower, "deepstack_merger_list", [])]
 
     def encoded_by(self, runs: list[VisionRun], items: list[VisualItem]) -> list[tuple[VisionRun | None, int]]:
-        # the tower encodes images, then videos: each kind present pairs with the next forward
-        pending = iter(runs)
-        run_of = {kind: next(pending, None) for kind in _KINDS if any(item.kind == kind for item in items)}
+        run_of = runs_by_kind(runs, items, _KINDS)
         return [(run_of[item.kind], item.kind_index) for item in items]
 
     # -- the projector (the patch merger) --------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Everything is built offline from configs (no hub, no processor, no tokenizer), in fp32 on CPU, in a
 fraction of a second. Each model family's module in ``vlmzip.eval.families`` defines its tiny models' configs and
-special ids; six are covered, and every image gives 16 visual tokens:
+special ids; eight are covered, and every image (or view of one) gives 16 visual tokens or a multiple:
 
 ==============  ===================================================================================
 ``llava``       CLIP tower (8x8 image, patch 2 -> 16 patches + CLS; feature layer -2, CLS dropped),
@@ -15,6 +15,11 @@ special ids; six are covered, and every image gives 16 visual tokens:
 ``qwen3_vl``    Qwen3-VL tower (patch 16, merge 2, DeepStack from vision block 0) on ``[1, 8, 8]``.
 ``gemma3``      SigLIP tower (16x16 image, patch 2 -> 8x8 patches, pooled 2x2 -> 16 tokens); text
                 layers ``sliding, sliding, full, sliding`` with a sliding window of 8.
+``llava_next``  CLIP tower on anyres images (8x8 crops, patch 2; pinpoints 8x16 and 16x8): a base view of
+                16 tokens and a high-resolution view of 32 (24 when unpadded), each row ending in a
+                newline token; Llama text model.
+``llava_onevision`` the same layout on a SigLIP tower and Qwen2's text model; the images of a sample of
+                several are base views only (16 tokens + newline); a video frame pools to 2x2 tokens.
 ==============  ===================================================================================
 
 Language models: hidden 64, 4 heads, 2 KV heads, head dim 16, 4 decoder layers, vocabulary of 256
@@ -35,6 +40,8 @@ from transformers import AutoModelForImageTextToText, PreTrainedConfig, PreTrain
 from vlmzip.eval.families import tiny_models
 from vlmzip.eval.families.base import TINY
 from vlmzip.eval.families.gemma3 import gemma3_text_config
+from vlmzip.eval.families.llava_next import image_sizes
+from vlmzip.registry import adapter_for
 
 __all__ = ["FAMILIES", "gemma3_text_config", "random_inputs", "split_batch", "tiny_model", "visual_token_count"]
 
@@ -45,7 +52,9 @@ _QWEN_FPS = 2.0  # sampled fps the Qwen2.5-VL processor assumes by default
 _DEFAULT_TEXT_TOKENS = 8
 
 _QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-_BOS_FAMILIES = ("llava", "gemma3")  # their tokenizers start every prompt with BOS
+_ANYRES_FAMILIES = ("llava_next", "llava_onevision")  # a base view plus crops, sized per image
+_VIDEO_FAMILIES = (*_QWEN_FAMILIES, "llava_onevision")
+_BOS_FAMILIES = ("llava", "gemma3", "llava_next")  # their tokenizers start every prompt with BOS
 _CONFIG_ID_NAMES = (
     "image_token_id",
     "video_token_id",
@@ -218,6 +227,47 @@ def _qwen_visual_inputs(
     return out
 
 
+def _anyres_inputs(
+    model: PreTrainedModel, images_per_sample: Sequence[int], frames: list[int], gen: torch.Generator
+) -> tuple[list[list[list[int]]], dict[str, torch.Tensor]]:
+    """LLaVA-NeXT / OneVision: each sample's visual id runs (its images, then its video) and the pixel inputs.
+
+    A sample's images take ``llava_next.image_sizes`` in turn; their placeholder counts are the adapter's (the model
+    checks them against its features). OneVision encodes the images of a sample of several as base views only
+    (``batch_num_images``); its videos of one batch share a frame count (one ``[videos, frames, ...]`` tensor).
+    """
+    config, adapter = model.config, adapter_for(model)
+    side = config.vision_config.image_size
+    sizes = [size for n in images_per_sample for size in image_sizes(config, n)]
+    pixels: dict[str, torch.Tensor] = {}
+    ids: list[list[list[int]]] = [[] for _ in images_per_sample]
+    if sizes:
+        pixels["image_sizes"] = torch.tensor(sizes, dtype=torch.long)
+        if config.model_type == "llava_onevision":
+            pixels["batch_num_images"] = torch.tensor(list(images_per_sample), dtype=torch.long)
+        image_id = config.image_token_id
+        probe = {"input_ids": torch.tensor([[image_id]]), "pixel_values": torch.zeros(0), **pixels}
+        runs = iter(adapter.placements("image", probe, []))
+        crops = []
+        for i, n in enumerate(images_per_sample):
+            for _ in range(n):
+                placement = next(runs)
+                ids[i].append([image_id] * placement.length)
+                crops.append(1 if len(placement.parts) == 1 else 1 + placement.parts[1].view.rows)
+        pixels["pixel_values"] = torch.randn(len(sizes), max(crops), 3, side, side, generator=gen)
+    videos = [f for f in frames if f]
+    if videos:
+        if len(set(videos)) > 1:
+            raise ValueError(f"{config.model_type} videos of one batch share a frame count, got {videos}")
+        probe = {"input_ids": torch.tensor([[config.video_token_id]]), "pixel_values_videos": torch.zeros(1, videos[0])}
+        length = adapter.placements("video", probe, [])[0].length
+        for i, f in enumerate(frames):
+            if f:
+                ids[i].append([config.video_token_id] * length)
+        pixels["pixel_values_videos"] = torch.randn(len(videos), videos[0], 3, side, side, generator=gen)
+    return ids, pixels
+
+
 def _check_request(
     family: str,
     config: PreTrainedConfig,
@@ -232,11 +282,11 @@ def _check_request(
         raise ValueError(f"text_lengths has {len(text_lengths)} entries for {batch} samples")
     if video_frames is None:
         return
-    if family not in _QWEN_FAMILIES:
-        raise ValueError(f"videos are only supported for {', '.join(_QWEN_FAMILIES)}, not {family!r}")
+    if family not in _VIDEO_FAMILIES:
+        raise ValueError(f"videos are only supported for {', '.join(_VIDEO_FAMILIES)}, not {family!r}")
     if len(video_frames) != batch:
         raise ValueError(f"video_frames has {len(video_frames)} entries for {batch} samples")
-    step = config.vision_config.temporal_patch_size
+    step = getattr(config.vision_config, "temporal_patch_size", 1)
     if any(f < 0 or f % step for f in video_frames):
         raise ValueError(f"video frame counts must be non-negative multiples of {step}: {list(video_frames)}")
 
@@ -277,11 +327,15 @@ def random_inputs(
     pool = _text_pool(config)
     text_config = config.get_text_config()
 
+    anyres = _anyres_inputs(model, images_per_sample, frames, gen) if family in _ANYRES_FAMILIES else None
     samples: list[list[int]] = []
     for i, n_images in enumerate(images_per_sample):
-        visuals = [_image_ids(family, config, qwen_patches) for _ in range(n_images)]
-        if frames[i]:
-            visuals.append(_video_ids(family, config, frames[i], qwen_patches, pool, gen))
+        if anyres is not None:
+            visuals = anyres[0][i]
+        else:
+            visuals = [_image_ids(family, config, qwen_patches) for _ in range(n_images)]
+            if frames[i]:
+                visuals.append(_video_ids(family, config, frames[i], qwen_patches, pool, gen))
         default_length = max(_DEFAULT_TEXT_TOKENS, len(visuals) + 1)
         text_length = text_lengths[i] if text_lengths is not None else default_length
         has_bos = family in _BOS_FAMILIES and text_config.bos_token_id is not None
@@ -292,7 +346,9 @@ def random_inputs(
     input_ids, attention_mask = _left_pad(samples, pad_id)
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     n_images = sum(images_per_sample)
-    if family in _QWEN_FAMILIES:
+    if anyres is not None:
+        inputs.update(anyres[1])
+    elif family in _QWEN_FAMILIES:
         inputs.update(_qwen_visual_inputs(family, config, n_images, frames, qwen_patches, gen))
         types = (input_ids == config.image_token_id).long() + 2 * (input_ids == config.video_token_id).long()
         inputs["mm_token_type_ids"] = types
@@ -305,11 +361,12 @@ def random_inputs(
 
 
 def visual_token_count(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> list[int]:
-    """Per sample, the number of visual placeholder tokens (images and videos) in ``inputs["input_ids"]``."""
-    config = model.config
-    ids = [getattr(config, name, None) for name in ("image_token_id", "video_token_id")]
-    placeholders = torch.tensor([i for i in ids if i is not None], dtype=torch.long)
-    return torch.isin(inputs["input_ids"], placeholders).sum(dim=-1).tolist()
+    """Per sample, the number of visual tokens (images and videos) in ``inputs``: its placeholders but the layout
+    tokens no item holds (LLaVA-NeXT's ``image_newline`` rows), as the family's adapter reads them."""
+    counts = [0] * inputs["input_ids"].shape[0]
+    for item in adapter_for(model).visual_items(inputs, []):
+        counts[item.sample] += item.num_tokens
+    return counts
 
 
 def split_batch(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -338,6 +395,15 @@ def split_batch(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> list
                 sample[grids] = inputs[grids][first_item : first_item + items]
                 if kind == "video" and "second_per_grid_ts" in inputs:
                     sample["second_per_grid_ts"] = inputs["second_per_grid_ts"][first_item : first_item + items]
+            elif family in _ANYRES_FAMILIES:  # one pixel row per image or video; its runs are apart
+                runs = (
+                    (sample["input_ids"][0] == getattr(config, f"{kind}_token_id")).long().diff(prepend=torch.zeros(1))
+                )
+                items = rows = int((runs == 1).sum())
+                for key in ("image_sizes",) if kind == "image" and "image_sizes" in inputs else ():
+                    sample[key] = inputs[key][first_row : first_row + rows]
+                if kind == "image" and "batch_num_images" in inputs:
+                    sample["batch_num_images"] = torch.tensor([items])
             else:
                 per_image = config.mm_tokens_per_image if family == "gemma3" else config.image_seq_length
                 items = rows = count // per_image

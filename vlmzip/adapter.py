@@ -40,6 +40,26 @@ class VisionRun:
     choices: list[torch.Tensor] | None = None
 
 
+@dataclass(frozen=True)
+class Part:
+    """One item in an encoded run of placeholders: its ``(frames, rows, cols)`` layout in language-model tokens, the
+    offsets of its tokens in the run (``None``: the whole run) and ``view``, what the adapter needs to find its tokens
+    in the tower's output (``VisualItem.view``)."""
+
+    grid: tuple[int, int, int]
+    offsets: torch.Tensor | None = None
+    view: Any = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One encoded image's (or video's) run of ``length`` placeholder tokens and the items it holds. A placeholder
+    that no part holds is a layout token (LLaVA-NeXT's ``image_newline`` at the end of each row), kept as text."""
+
+    length: int
+    parts: tuple[Part, ...]
+
+
 class Adapter:
     """Base adapter. Subclasses set ``model_types`` and implement the abstract members below."""
 
@@ -175,29 +195,40 @@ class Adapter:
             return encoded
         return placeholders // tokens_per_item
 
+    def placements(self, kind: str, inputs: dict[str, Any], runs: list[VisionRun]) -> list[Placement]:
+        """How each ``kind`` item the vision tower encoded for this request lies in its run of placeholder tokens, in
+        batch order. Default: one item per run, every placeholder one of its tokens (``item_grids``)."""
+        return [Placement(t * h * w, (Part((t, h, w)),)) for t, h, w in self.item_grids(kind, inputs, runs)]
+
     def visual_items(self, inputs: dict[str, Any], runs: list[VisionRun]) -> list[VisualItem]:
         """Every image and video of the batch with its placeholder positions, validated against the inputs."""
         input_ids = inputs["input_ids"]
         items: list[VisualItem] = []
         for kind, token_id in self.placeholder_ids().items():
             rows, cols = (input_ids == token_id).nonzero(as_tuple=True)
-            encoded = self.item_grids(kind, inputs, runs)
+            encoded = self.placements(kind, inputs, runs)
             counts = (input_ids == token_id).sum(dim=1).tolist() if encoded else []
-            grids, sources = repeat_like_generate(encoded, counts)
-            sizes = [t * h * w for t, h, w in grids]
-            if sum(sizes) != rows.numel():
+            sources = repeat_like_generate([placement.length for placement in encoded], counts)
+            placed = [encoded[source] for source in sources]
+            if sum(placement.length for placement in placed) != rows.numel():
                 raise InputError(
                     f"the prompt has {rows.numel()} {kind} placeholder tokens but the {kind} inputs give "
-                    f"{len(sizes)} {kind}(s) with {sum(sizes)} tokens; each {kind} needs exactly as many "
-                    "placeholders as it has features (build inputs with the model's processor)"
+                    f"{len(placed)} {kind}(s) with {sum(p.length for p in placed)} tokens; each {kind} needs exactly "
+                    "as many placeholders as it has features (build inputs with the model's processor)"
                 )
+            first_part = [0]  # each encoded run's first item among the encoded items of its kind
+            for placement in encoded:
+                first_part.append(first_part[-1] + len(placement.parts))
             start = 0
-            for grid, size, source in zip(grids, sizes, sources):
-                sample = rows[start : start + size]
+            for placement, source in zip(placed, sources):
+                sample, run = rows[start : start + placement.length], cols[start : start + placement.length]
                 if bool((sample != sample[0]).any()):
                     raise InputError(f"the placeholder tokens of one {kind} span two samples of the batch")
-                items.append(VisualItem(int(sample[0]), -1, kind, cols[start : start + size], grid, source))
-                start += size
+                for offset, part in enumerate(placement.parts):
+                    positions = run if part.offsets is None else run[part.offsets.to(run.device)]
+                    index = first_part[source] + offset
+                    items.append(VisualItem(int(sample[0]), -1, kind, positions, part.grid, index, view=part.view))
+                start += placement.length
         items.sort(key=lambda item: (item.sample, int(item.positions[0])))
         per_sample: dict[int, int] = {}
         for index, item in enumerate(items):
@@ -267,40 +298,45 @@ class Adapter:
         return None
 
 
-def repeat_like_generate(
-    grids: list[tuple[int, int, int]], counts: list[int]
-) -> tuple[list[tuple[int, int, int]], list[int]]:
-    """The items' grids in batch order and the encoded item each one is, given the encoded items' grids and
-    each sample's placeholder count.
+def repeat_like_generate(sizes: list[int], counts: list[int]) -> list[int]:
+    """The encoded item each item of the prompt is, in batch order, given the encoded items' placeholder counts
+    ``sizes`` and each sample's placeholder count.
 
     ``generate`` encodes the batch's images once, then repeats every sample ``k`` times in place (beam search,
     ``num_return_sequences``): the prompt then holds ``k`` copies of each sample's items, copy ``j`` of sample
-    ``s`` being sample ``s * k + j``. This is the one place that knows it. Grids that do not line up with the
-    samples are returned as they are, for ``visual_items`` to report.
+    ``s`` being sample ``s * k + j``. This is the one place that knows it. Sizes that do not line up with the
+    samples are taken as they are, for ``visual_items`` to report.
     """
-    unchanged = (grids, list(range(len(grids))))
-    tokens, placeholders = sum(t * h * w for t, h, w in grids), sum(counts)
+    unchanged = list(range(len(sizes)))
+    tokens, placeholders = sum(sizes), sum(counts)
     if tokens == 0 or placeholders <= tokens or placeholders % tokens or len(counts) % (placeholders // tokens):
         return unchanged
     copies = placeholders // tokens
     if any(count != counts[row - row % copies] for row, count in enumerate(counts)):
         return unchanged
     per_sample: list[list[int]] = []  # the encoded items of each original sample
-    remaining = iter(range(len(grids)))
+    remaining = iter(range(len(sizes)))
     for count in counts[::copies]:
         mine: list[int] = []
-        while sum(_size(grids[i]) for i in mine) < count and (item := next(remaining, None)) is not None:
+        while sum(sizes[i] for i in mine) < count and (item := next(remaining, None)) is not None:
             mine.append(item)
         per_sample.append(mine)
-    if next(remaining, None) is not None or [sum(_size(grids[i]) for i in m) for m in per_sample] != counts[::copies]:
+    if next(remaining, None) is not None or [sum(sizes[i] for i in m) for m in per_sample] != counts[::copies]:
         return unchanged
-    sources = [item for mine in per_sample for _ in range(copies) for item in mine]
-    return [grids[i] for i in sources], sources
+    return [item for mine in per_sample for _ in range(copies) for item in mine]
 
 
-def _size(grid: tuple[int, int, int]) -> int:
-    frames, rows, cols = grid
-    return frames * rows * cols
+def runs_by_kind(runs: list[VisionRun], items: list[VisualItem], kinds: Sequence[str]) -> dict[str, VisionRun | None]:
+    """The tower forward of each kind the items hold: the tower encodes the kinds in the order ``kinds`` lists them
+    (images, then videos), one forward each, so each kind present pairs with the next forward."""
+    pending = iter(runs)
+    return {kind: next(pending, None) for kind in kinds if any(item.kind == kind for item in items)}
+
+
+def summed_attention(run: VisionRun) -> torch.Tensor:
+    """``[rows, keys]``: the attention mass captured in ``run``, per tower row (image, crop or frame), summed over
+    the captured layers (a stacked tower calls attention once per layer on all its rows)."""
+    return sum(torch.cat(chunks) for chunks in run.attention.values())
 
 
 def _head_dim(config) -> int:

@@ -2,8 +2,8 @@
 fixture's config and processor, registered by name (``base.Family``).
 
 ``vlmzip.eval.tiny``, ``bench``, ``fixtures`` and ``bundled`` take their lists of models from here, in
-registration order (LLaVA, Qwen-VL, Gemma-3), so a family added here is added to every test that runs over
-them."""
+registration order (LLaVA, Qwen-VL, Gemma-3, LLaVA-NeXT/OneVision), so a family added here is added to every test
+that runs over them."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def fixture_family(name: str) -> FixtureFamily:
 
 
 # The built-in families, in the order every list of models keeps.
-from vlmzip.eval.families import gemma3, llava, qwen_vl  # noqa: E402
+from vlmzip.eval.families import gemma3, llava, llava_next, qwen_vl  # noqa: E402
 
-for _module in (llava, qwen_vl, gemma3):
+for _module in (llava, qwen_vl, gemma3, llava_next):
     register(_module.FAMILY)

@@ -60,6 +60,9 @@ class VisualItem:
     project: Callable[[torch.Tensor], torch.Tensor] | None = None
     #: the images this video is made of, when a video-only method reads a sample's images as its frames
     frames: list[VisualItem] | None = None
+    #: where the adapter finds the item's tokens in the tower's output, beyond ``kind_index`` (LLaVA-NeXT: the crops
+    #: and the unpadding of an image's high-resolution view); ``None`` for families whose items are whole outputs
+    view: Any = None
 
     @property
     def num_tokens(self) -> int:
