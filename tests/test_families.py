@@ -25,10 +25,19 @@ def _digest(config) -> str:
 
 def test_every_list_of_models_comes_from_the_registry():
     registered = families.families()
-    assert [f.name for f in registered] == ["llava", "qwen_vl", "gemma3"]
-    assert tiny.FAMILIES == ("llava", "llava_gemma3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3")
+    assert [f.name for f in registered] == ["llava", "qwen_vl", "gemma3", "llava_next"]
+    assert tiny.FAMILIES == (
+        "llava",
+        "llava_gemma3",
+        "qwen2_vl",
+        "qwen2_5_vl",
+        "qwen3_vl",
+        "gemma3",
+        "llava_next",
+        "llava_onevision",
+    )
     assert tuple(name for f in registered for name in f.tiny) == tiny.FAMILIES
-    assert list(bench.ARCHS) == ["llava-1.5-7b", "qwen2.5-vl-7b", "gemma-3-4b"]
+    assert list(bench.ARCHS) == ["llava-1.5-7b", "qwen2.5-vl-7b", "gemma-3-4b", "llava-next-7b", "llava-onevision-7b"]
     assert list(bench.TINY_ARCHS) == [f"tiny-{name}" for name in tiny.FAMILIES]
     assert fixtures.FAMILIES == bundled.MODELS == ("llava", "qwen2_5_vl", "gemma3")
 
@@ -56,11 +65,15 @@ TINY_CONFIGS = {
     "qwen2_5_vl": "05493ab2db5ead5e",
     "qwen3_vl": "50e26c79177fd910",
     "gemma3": "b616b5a7dbccc177",
+    "llava_next": "40b890cc04e93f20",
+    "llava_onevision": "1171cb49221ecb5f",
 }
 BENCH_CONFIGS = {
     "llava-1.5-7b": "ea30d5d82af1e2ba",
     "qwen2.5-vl-7b": "17a54781066a3556",
     "gemma-3-4b": "ace11009f2c2dde6",
+    "llava-next-7b": "4030e344ea326d50",
+    "llava-onevision-7b": "0de0b29cd1428e0e",
 }
 FIXTURE_CONFIGS = {
     "llava": "1a865d85d6b9e74c",
