@@ -40,6 +40,18 @@ class _TinySizes:
     def head_dim(self) -> int:
         return self.hidden // self.heads
 
+    def vision_kwargs(self, model_type: str, image_size: int) -> dict:
+        """A tiny CLIP or SigLIP tower's config kwargs: two layers at patch 2."""
+        return {
+            "model_type": model_type,
+            "image_size": image_size,
+            "patch_size": 2,
+            "hidden_size": self.vision_hidden,
+            "intermediate_size": 2 * self.vision_hidden,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+        }
+
     def text_kwargs(self, ids: Mapping[str, int]) -> dict:
         """A tiny language model's config kwargs, with the special ``ids`` (pad, bos, eos) of its family."""
         return {

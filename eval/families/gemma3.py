@@ -66,15 +66,7 @@ def tiny_text(ids: Mapping[str, int]) -> dict:
 
 def _tiny_config() -> Gemma3Config:
     """SigLIP tower (16x16 image, patch 2 -> 8x8 patches, pooled 2x2 -> 16 tokens)."""
-    vision = {
-        "model_type": "siglip_vision_model",
-        "image_size": 16,
-        "patch_size": 2,
-        "hidden_size": TINY.vision_hidden,
-        "intermediate_size": 2 * TINY.vision_hidden,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-    }
+    vision = TINY.vision_kwargs("siglip_vision_model", 16)
     return Gemma3Config(
         text_config=tiny_text(TINY_IDS),
         vision_config=vision,

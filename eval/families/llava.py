@@ -40,16 +40,7 @@ TINY_IDS: dict[str, int] = {"pad": 0, "bos": 1, "eos": 2, "image": 3}
 def _tiny_config(text: dict | None = None) -> LlavaConfig:
     """CLIP tower (8x8 image, patch 2 -> 16 patches + CLS; feature layer -2, CLS dropped) with ``text`` as its
     language model's config (default: Llama's)."""
-    vision = {
-        "model_type": "clip_vision_model",
-        "image_size": 8,
-        "patch_size": 2,
-        "hidden_size": TINY.vision_hidden,
-        "intermediate_size": 2 * TINY.vision_hidden,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "projection_dim": TINY.vision_hidden,
-    }
+    vision = {**TINY.vision_kwargs("clip_vision_model", 8), "projection_dim": TINY.vision_hidden}
     text = text or {"model_type": "llama", "head_dim": TINY.head_dim, **TINY.text_kwargs(TINY_IDS)}
     return LlavaConfig(
         text_config=text,

@@ -5,9 +5,10 @@ fixture's weights cannot stand in for these layouts (docs/fidelity.md)."""
 
 from __future__ import annotations
 
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaOnevisionConfig, Qwen2Config
+from transformers import LlavaNextConfig, LlavaOnevisionConfig, Qwen2Config
 
 from vlmzip.eval.families.base import TINY, Family, TinyModel
+from vlmzip.eval.families.llava import llava_15_7b
 
 __all__ = ["FAMILY", "image_sizes", "llava_next_7b", "llava_onevision_7b"]
 
@@ -19,23 +20,11 @@ TINY_ONEVISION_IDS: dict[str, int] = {**TINY_IDS, "video": 4}
 _TINY_PINPOINTS = [[8, 16], [16, 8]]
 
 
-def _tiny_vision(model_type: str) -> dict:
-    return {
-        "model_type": model_type,
-        "image_size": 8,
-        "patch_size": 2,
-        "hidden_size": TINY.vision_hidden,
-        "intermediate_size": 2 * TINY.vision_hidden,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-    }
-
-
 def _tiny_next() -> LlavaNextConfig:
     """CLIP tower (8x8 crops, patch 2 -> 16 patches + CLS; feature layer -2, CLS dropped), Llama text model."""
     return LlavaNextConfig(
         text_config={"model_type": "llama", "head_dim": TINY.head_dim, **TINY.text_kwargs(TINY_IDS)},
-        vision_config={**_tiny_vision("clip_vision_model"), "projection_dim": TINY.vision_hidden},
+        vision_config={**TINY.vision_kwargs("clip_vision_model", 8), "projection_dim": TINY.vision_hidden},
         image_token_index=TINY_IDS["image"],
         image_grid_pinpoints=_TINY_PINPOINTS,
         vision_feature_layer=-2,
@@ -47,7 +36,7 @@ def _tiny_onevision() -> LlavaOnevisionConfig:
     """SigLIP tower (8x8 crops, patch 2 -> 16 patches; video frames pooled to 2x2 = 4 tokens), Qwen2 text model."""
     return LlavaOnevisionConfig(
         text_config={"model_type": "qwen2", **TINY.text_kwargs(TINY_IDS)},
-        vision_config=_tiny_vision("siglip_vision_model"),
+        vision_config=TINY.vision_kwargs("siglip_vision_model", 8),
         image_token_index=TINY_IDS["image"],
         video_token_index=TINY_ONEVISION_IDS["video"],
         image_grid_pinpoints=_TINY_PINPOINTS,
@@ -69,29 +58,12 @@ def image_sizes(config: LlavaNextConfig | LlavaOnevisionConfig, count: int) -> l
 
 
 def llava_next_7b() -> LlavaNextConfig:
-    """LLaVA-NeXT-Vicuna-7B: CLIP ViT-L/14 at 336 px (feature layer -2) on anyres grids up to 2x2 or 1x3 crops,
-    Vicuna-7B (Llama-2-7B)."""
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-    )
-    text = LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32064,
-        max_position_embeddings=4096,
-    )
+    """LLaVA-NeXT-Vicuna-7B: LLaVA-1.5-7B's CLIP ViT-L/14 at 336 px (feature layer -2) and Vicuna-7B, on anyres grids
+    up to 2x2 or 1x3 crops."""
+    llava = llava_15_7b()
     return LlavaNextConfig(
-        vision_config=vision,
-        text_config=text,
+        vision_config=llava.vision_config,
+        text_config=llava.text_config,
         image_token_index=32000,
         image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
         vision_feature_layer=-2,
