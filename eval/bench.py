@@ -207,7 +207,7 @@ def measure(
     finally:
         vlmzip.restore(model)
     batch = inputs["input_ids"].shape[0]
-    visual = visual_mask(model, inputs["input_ids"]).sum(dim=1).tolist()
+    visual = visual_mask(model, inputs).sum(dim=1).tolist()
     decode_s = max(all_ms - first_ms, 1e-6) / 1e3  # generate(n) - generate(1): the prompt pass cancels
     return Result(
         batch,
@@ -275,10 +275,13 @@ def _kernel_ms(run: Callable[[], Any]) -> float:
     return sum(event.device_time for event in kernels) / 1e3
 
 
-def visual_mask(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """``[B, L]``: where the prompt holds visual placeholders (images and videos)."""
-    ids = torch.tensor(list(adapter_for(model).placeholder_ids().values()), device=input_ids.device)
-    return torch.isin(input_ids, ids)
+def visual_mask(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[B, L]``: where the prompt holds visual tokens (images and videos; not layout tokens such as LLaVA-NeXT's
+    newlines, which vlmzip keeps as text)."""
+    visual = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+    for item in adapter_for(model).visual_items(inputs, []):
+        visual[item.sample, item.positions] = True
+    return visual
 
 
 def shortened_positions(visual: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -321,7 +324,7 @@ class _Shortened:
 def measure_ideal(model: nn.Module, inputs: dict[str, torch.Tensor], tokens: int, repeats: int = 5) -> Result:
     """The unwrapped model's prompt pass with its language model fed ``tokens`` visual tokens per sample."""
     input_ids = inputs["input_ids"]
-    visual = visual_mask(model, input_ids)
+    visual = visual_mask(model, inputs)
     positions = shortened_positions(visual, tokens)
 
     def forward() -> Any:

@@ -65,7 +65,7 @@ def test_ideal_is_the_language_model_on_the_shortened_prompt(arch):
     with torch.no_grad():
         model(**inputs)  # the merged embeddings the language model receives
         handle.remove()
-        positions = bench.shortened_positions(bench.visual_mask(model, inputs["input_ids"]), 5)
+        positions = bench.shortened_positions(bench.visual_mask(model, inputs), 5)
         assert positions.shape == (2, inputs["input_ids"].shape[1] - 16 + 5)  # 16 visual tokens an image
         with bench._Shortened(model, positions, inputs["input_ids"].shape[1]):
             ideal = model(**inputs, use_cache=True, output_hidden_states=True)
@@ -74,7 +74,7 @@ def test_ideal_is_the_language_model_on_the_shortened_prompt(arch):
     assert ideal.past_key_values.get_seq_length() == positions.shape[1]
     torch.testing.assert_close(ideal.hidden_states[-1], expected)
     with pytest.raises(vlmzip.VlmzipError, match="--ideal 17: the samples have 16 visual tokens each"):
-        bench.shortened_positions(bench.visual_mask(model, inputs["input_ids"]), 17)
+        bench.shortened_positions(bench.visual_mask(model, inputs), 17)
 
 
 def test_bench_command_writes_results(tmp_path, capsys):
