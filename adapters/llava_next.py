@@ -16,7 +16,7 @@ holds a window of a view's tokens cut by the unpadding, not an item.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -121,10 +121,10 @@ class LlavaNextAdapter(LlavaAdapter):
     def placements(self, kind: str, inputs: dict[str, Any], runs: list[VisionRun]) -> list[Placement]:
         if not bool((inputs["input_ids"] == self.placeholder_ids()[kind]).any()):
             return []
-        return [image_placement(views, self.side) for views in self._image_views(inputs)]
+        return [image_placement(views, self.side) for views in self._image_views(inputs, runs)]
 
     # -- each image's views: from its size (a forward given pixels), else from its features (generate) ------------
-    def _image_views(self, inputs: dict[str, Any]) -> list[list[View]]:
+    def _image_views(self, inputs: dict[str, Any], runs: list[VisionRun]) -> list[list[View]]:
         if inputs.get("pixel_values") is not None:
             sizes = inputs.get("image_sizes")
             if sizes is None:
@@ -142,14 +142,12 @@ class LlavaNextAdapter(LlavaAdapter):
                 f"(vlmzip reads each {self.family} image's layout from them)"
             )
         outputs = list(encoded.pooler_output)
-        sources, views, first = originals(outputs), [], 0
-        for index, source in enumerate(sources):
-            if source == index:
-                views.append(self._views_of_features(outputs[index], first))
-                first += sum(view.rows for view in views[-1])
-            else:
-                views.append(views[source])
-        return views
+        sources = originals(outputs)
+        unique = sorted(set(sources))
+        # the tower encodes images first: its row count is every original image's base view and crops
+        crops = runs[0].count if runs else None
+        views = dict(zip(unique, self._views_of_features([outputs[i] for i in unique], crops)))
+        return [views[source] for source in sources]
 
     def _patched(self, inputs: dict[str, Any], images: int) -> list[bool]:
         """Whether each image has a high-resolution view (every LLaVA-NeXT image does)."""
@@ -173,23 +171,51 @@ class LlavaNextAdapter(LlavaAdapter):
         """Tokens a side of the unpadded high-resolution grid gives (LLaVA-NeXT keeps the grid as it is)."""
         return (height, width)
 
-    def _views_of_features(self, features: torch.Tensor, first: int) -> list[View]:
-        """An image's views from its encoded features (``generate`` drops ``image_sizes``): the newline rows give
-        the high-resolution grid; its crops are the fewest whose unpadding (and resampling) gives that grid, as the
-        processor picks the grid that fits the image best."""
+    def _views_of_features(self, encoded: list[torch.Tensor], crops: int | None) -> list[list[View]]:
+        """The images' views from their encoded features (``generate`` drops ``image_sizes``). The newline rows give
+        each high-resolution grid; a grid can come from several crop grids (unpadding and resampling lose sizes), so
+        each image takes the fewest crops that still let all the images fill the tower's ``crops`` rows (where
+        known). Exact where one choice fits (an image alone in its forward, NeXT's grids); otherwise the tower
+        signals of a view may be read from a near window (docs/architecture.md)."""
+        options = [self._fits(features) for features in encoded]
+        reachable = [{0}]  # rows the images from each one to the last can fill
+        for fits in reversed(options):
+            reachable.insert(
+                0,
+                {rows + 1 + view.rows for rows in reachable[0] for view in fits}
+                if fits
+                else {rows + 1 for rows in reachable[0]},
+            )
+        views, first = [], 0
+        for index, fits in enumerate(options):
+            left = None if crops is None or crops not in reachable[0] else crops - first
+            chosen = (
+                next((view for view in fits if left is None or left - 1 - view.rows in reachable[index + 1]), fits[0])
+                if fits
+                else None
+            )
+            views.append(
+                [self._base(first)] if chosen is None else [self._base(first), replace(chosen, first=first + 1)]
+            )
+            first += sum(view.rows for view in views[-1])
+        return views
+
+    def _fits(self, features: torch.Tensor) -> list[View]:
+        """The high-resolution views that give an image's encoded features their grid, fewest crops first (none:
+        the image has a base view only)."""
         base = self.side**2
         if len(features) == base + 1:
-            return [self._base(first)]
+            return []
         newline = self.model.model.image_newline.to(features)
         rows = int((features[base:] == newline).all(dim=-1).sum())
         size = (rows, (len(features) - base) // max(rows, 1) - 1)
-        fits = [view for view in self._high_resolution_views(first + 1) if view.size == size]
+        fits = sorted((view for view in self._high_resolution_views(0) if view.size == size), key=lambda v: v.rows)
         if not fits:
             raise UnsupportedModelError(
                 f"an encoded {self.family} image of {len(features)} features fits no grid of image_grid_pinpoints; "
                 "pass pixel_values with image_sizes"
             )
-        return [self._base(first), min(fits, key=lambda view: view.rows)]
+        return fits
 
     def _high_resolution_views(self, first: int) -> list[View]:
         """Every view unpadding can make of every pinpoint grid (it trims a side evenly from both ends)."""

@@ -3,12 +3,15 @@ tokens are never pruned, and a request encoded by generate reads the same layout
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import greedy
 
 import vlmzip
-from vlmzip.adapters.llava_next import view_tokens
+from vlmzip.adapters.llava_next import image_placement, view_tokens
+from vlmzip.eval import bench
 from vlmzip.eval.tiny import random_inputs, tiny_model
 from vlmzip.registry import adapter_for
 
@@ -95,3 +98,23 @@ def test_onevision_videos_are_one_item_of_pooled_frames():
     vlmzip.compress(model, "visionzip:keep=0.25")
     greedy(model, batch)
     assert vlmzip.stats(model).visual_tokens_kept["vision"] == [(48 + 16) // 4, 16 // 4]
+
+
+@pytest.mark.parametrize("arch", ["llava-next-7b", "llava-onevision-7b"])
+def test_real_size_views_from_features_are_those_of_the_image_size(arch):
+    """Under generate the views come from the features and the tower's row count; on the real-size layouts (never
+    built: the adapter reads only the config) they are the image size's views: exactly for NeXT, and for OneVision's
+    resampled grids up to a near window for a few sizes (docs/architecture.md)."""
+    config = bench.ARCHS[arch]()
+    newline = torch.randn(4)
+    adapter = adapter_for(SimpleNamespace(config=config, model=SimpleNamespace(image_newline=newline)))
+    sizes = [(h, w) for h in range(100, 3000, 397) for w in range(100, 3000, 389)]
+    wrong = 0
+    for size in sizes:
+        views = adapter._views_of_size(torch.tensor(size), 0)
+        placement = image_placement(views, adapter.side)
+        features = newline.expand(placement.length, 4).clone()
+        for part in placement.parts:
+            features[part.offsets] = torch.randn(part.offsets.numel(), 4)
+        wrong += adapter._views_of_features([features], 1 + views[1].rows)[0] != views
+    assert wrong == 0 if arch == "llava-next-7b" else wrong <= len(sizes) // 8
