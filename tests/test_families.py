@@ -73,7 +73,7 @@ BENCH_CONFIGS = {
     "qwen2.5-vl-7b": "17a54781066a3556",
     "gemma-3-4b": "ace11009f2c2dde6",
     "llava-next-7b": "4030e344ea326d50",
-    "llava-onevision-7b": "0de0b29cd1428e0e",
+    "llava-onevision-7b": "571be7a736d747b0",
 }
 FIXTURE_CONFIGS = {
     "llava": "1a865d85d6b9e74c",

@@ -9,6 +9,7 @@ from transformers import LlavaNextConfig, LlavaOnevisionConfig, Qwen2Config
 
 from vlmzip.eval.families.base import TINY, Family, TinyModel
 from vlmzip.eval.families.llava import llava_15_7b
+from vlmzip.eval.families.qwen_vl import QWEN2_7B
 
 __all__ = ["FAMILY", "image_sizes", "llava_next_7b", "llava_onevision_7b"]
 
@@ -84,13 +85,10 @@ def llava_onevision_7b() -> LlavaOnevisionConfig:
         "patch_size": 14,
     }
     text = Qwen2Config(
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
+        **QWEN2_7B,
         vocab_size=152128,
         max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
     )
     pinpoints = [[384 * rows, 384 * cols] for rows in range(1, 7) for cols in range(1, 7)]
     return LlavaOnevisionConfig(

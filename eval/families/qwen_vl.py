@@ -99,6 +99,16 @@ def _tiny_qwen3_vl() -> Qwen3VLConfig:
 # -------------------------------------------------------------------------------------------- real size
 
 
+# Qwen2-7B's and Qwen2.5-7B's decoder sizes (GQA 28/4), as Qwen2.5-VL-7B and LLaVA-OneVision-7B use them
+QWEN2_7B = {
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+}
+
+
 def qwen2_5_vl_7b() -> Qwen2_5_VLConfig:
     """Qwen2.5-VL-7B: 32-block windowed ViT (full attention in blocks 7, 15, 23, 31), Qwen2.5-7B (GQA 28/4)."""
     vision = {
@@ -115,11 +125,7 @@ def qwen2_5_vl_7b() -> Qwen2_5_VLConfig:
         "tokens_per_second": 2,
     }
     text = {
-        "hidden_size": 3584,
-        "intermediate_size": 18944,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 28,
-        "num_key_value_heads": 4,
+        **QWEN2_7B,
         "vocab_size": 152064,
         "max_position_embeddings": 128000,
         "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
