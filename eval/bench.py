@@ -45,7 +45,7 @@ from transformers import AutoModelForImageTextToText, PretrainedConfig
 import vlmzip
 from vlmzip.eval.clip import with_word_tokenizer
 from vlmzip.eval.families import bench_archs
-from vlmzip.eval.tiny import FAMILIES, random_inputs, tiny_model
+from vlmzip.eval.tiny import FAMILIES, random_inputs, tiny_model, visual_mask
 from vlmzip.registry import adapter_for
 
 UNWRAPPED = "(unwrapped)"
@@ -273,15 +273,6 @@ def _kernel_ms(run: Callable[[], Any]) -> float:
         synchronize()
     kernels = [event for event in prof.events() if event.device_type == DeviceType.CUDA]
     return sum(event.device_time for event in kernels) / 1e3
-
-
-def visual_mask(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[B, L]``: where the prompt holds visual tokens (images and videos; not layout tokens such as LLaVA-NeXT's
-    newlines, which vlmzip keeps as text)."""
-    visual = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
-    for item in adapter_for(model).visual_items(inputs, []):
-        visual[item.sample, item.positions] = True
-    return visual
 
 
 def shortened_positions(visual: torch.Tensor, tokens: int) -> torch.Tensor:

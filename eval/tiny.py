@@ -43,7 +43,15 @@ from vlmzip.eval.families.gemma3 import gemma3_text_config
 from vlmzip.eval.families.llava_next import image_sizes
 from vlmzip.registry import adapter_for
 
-__all__ = ["FAMILIES", "gemma3_text_config", "random_inputs", "split_batch", "tiny_model", "visual_token_count"]
+__all__ = [
+    "FAMILIES",
+    "gemma3_text_config",
+    "random_inputs",
+    "split_batch",
+    "tiny_model",
+    "visual_mask",
+    "visual_token_count",
+]
 
 # Every family's tiny models (vlmzip.eval.families: their configs and special ids live there), in its order.
 FAMILIES: tuple[str, ...] = tuple(tiny_models())
@@ -360,13 +368,18 @@ def random_inputs(
     return inputs
 
 
-def visual_token_count(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> list[int]:
-    """Per sample, the number of visual tokens (images and videos) in ``inputs``: its placeholders but the layout
-    tokens no item holds (LLaVA-NeXT's ``image_newline`` rows), as the family's adapter reads them."""
-    counts = [0] * inputs["input_ids"].shape[0]
+def visual_mask(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[B, L]``: where ``inputs`` hold visual tokens (images and videos) as the family's adapter reads them: the
+    placeholders but layout tokens no item holds (LLaVA-NeXT's ``image_newline`` rows, which vlmzip keeps as text)."""
+    visual = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
     for item in adapter_for(model).visual_items(inputs, []):
-        counts[item.sample] += item.num_tokens
-    return counts
+        visual[item.sample, item.positions] = True
+    return visual
+
+
+def visual_token_count(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> list[int]:
+    """Per sample, the number of visual tokens in ``inputs`` (``visual_mask``)."""
+    return visual_mask(model, inputs).sum(dim=1).tolist()
 
 
 def split_batch(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:

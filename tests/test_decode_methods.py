@@ -11,7 +11,7 @@ from conftest import batch_of_two, full_attention_layers, greedy, max_logit_diff
 
 import vlmzip
 from vlmzip.budget import kept_count
-from vlmzip.eval.tiny import split_batch, tiny_model, visual_token_count
+from vlmzip.eval.tiny import split_batch, tiny_model, visual_mask, visual_token_count
 from vlmzip.runtime.cache import CompressedLayer
 
 TINY = ("llava", "qwen2_5_vl", "gemma3")  # one family per attention layout: Llama, M-RoPE, sliding + bidirectional
@@ -119,7 +119,7 @@ def test_snapkv_keeps_what_the_observation_window_attends_to_most_pooled(tiny):
     window, kernel, keep = 4, 3, 5
     cache = _compressed_cache(model, batch, f"snapkv:window={window},kernel={kernel},keep={keep}")
     valid = batch["attention_mask"].bool()
-    visual = torch.isin(batch["input_ids"], torch.tensor(_visual_ids(model))) & valid
+    visual = visual_mask(model, batch) & valid
     for layer in full_attention_layers(model):
         for sample in range(len(valid)):
             rows = valid[sample].nonzero().flatten()[-window:]  # the observation window: the last prompt rows
@@ -138,7 +138,7 @@ def test_look_m_evicts_by_text_attention_and_merges_by_key_similarity(merge):
     attentions, full = _reference("llava", batch)
     cache = _compressed_cache(model, batch, f"look-m:keep=0.25,merge={merge}")
     valid = batch["attention_mask"].bool()
-    visual = torch.isin(batch["input_ids"], torch.tensor(_visual_ids(model))) & valid
+    visual = visual_mask(model, batch) & valid
     layer = 2
     stored_keys, stored_values = cache.layers[layer].store.read()
     for sample in range(len(valid)):
@@ -212,7 +212,7 @@ def test_random_kv_keeps_the_seeded_draws_of_each_place_and_layer():
     model = tiny_model("llava")
     batch = batch_of_two(model)
     valid = batch["attention_mask"].bool()
-    visual = torch.isin(batch["input_ids"], torch.tensor(_visual_ids(model))) & valid
+    visual = visual_mask(model, batch) & valid
     chosen = {}
     for seed in (0, 1):
         cache = _compressed_cache(model, batch, f"random-kv:keep=0.25,seed={seed}")
@@ -271,7 +271,3 @@ def test_a_layer_beyond_the_depth_is_refused_at_compress():
     with pytest.raises(ValueError, match=r"mustdrop-decode: from_layer=4 is beyond the language model's depth"):
         vlmzip.compress(model, "mustdrop-decode:from_layer=4")
     assert vlmzip.policy_of(model) is None
-
-
-def _visual_ids(model) -> list[int]:
-    return [getattr(model.config, n) for n in ("image_token_id", "video_token_id") if hasattr(model.config, n)]

@@ -8,7 +8,7 @@ import torch
 from conftest import batch_of_two, full_attention_layers, greedy, max_logit_diff
 
 import vlmzip
-from vlmzip.eval.tiny import tiny_model, visual_token_count
+from vlmzip.eval.tiny import tiny_model, visual_mask, visual_token_count
 from vlmzip.kernels import kv_quant as kq
 from vlmzip.runtime.decode import DecodeStage
 from vlmzip.selection import share_count
@@ -184,7 +184,7 @@ def test_zipvl_keeps_the_probes_most_attended_entries_at_high_bits(tiny):
     with torch.no_grad():
         cache = model(**batch, use_cache=True).cache
     valid = batch["attention_mask"].bool()
-    text = valid & ~torch.isin(batch["input_ids"], torch.tensor(_visual_ids(model)))
+    text = valid & ~visual_mask(model, batch)
     probes = text & (text.flip(1).long().cumsum(1).flip(1) <= 4)  # the last 4 text rows
     width = valid.shape[1]
     packed = (width - 8) // 8 * 8
@@ -298,7 +298,3 @@ def test_settings_the_model_cannot_hold_are_refused_at_compress(policy, message)
     with pytest.raises(ValueError, match=message):
         vlmzip.compress(model, policy)
     assert vlmzip.policy_of(model) is None
-
-
-def _visual_ids(model) -> list[int]:
-    return [getattr(model.config, n) for n in ("image_token_id", "video_token_id") if hasattr(model.config, n)]

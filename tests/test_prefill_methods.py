@@ -9,12 +9,11 @@ from conftest import greedy
 from torch.nn import functional as F
 
 import vlmzip
-from vlmzip.eval.tiny import random_inputs, tiny_model, visual_token_count
+from vlmzip.eval.tiny import random_inputs, tiny_model, visual_mask, visual_token_count
 
 
 def _visual(model, inputs) -> torch.Tensor:
-    ids = [getattr(model.config, n) for n in ("image_token_id", "video_token_id") if hasattr(model.config, n)]
-    return torch.isin(inputs["input_ids"], torch.tensor(ids))
+    return visual_mask(model, inputs)
 
 
 def _eager(family, inputs, **outputs):
