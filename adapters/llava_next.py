@@ -16,6 +16,7 @@ holds a window of a view's tokens cut by the unpadding, not an item.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -253,6 +254,20 @@ class LlavaNextAdapter(LlavaAdapter):
                     "read tower_features"
                 )
             item.signals["tower_features"] = units
+
+    def images(self, runs: list[VisionRun], items: list[VisualItem]) -> None:
+        # a view's frames are its crops' pixels stitched and cut to its window, as its patches are (resampling
+        # keeps each token over its equal band of the window)
+        def pixels(run: VisionRun) -> torch.Tensor:
+            if run.pixels is None:
+                raise InputError("vlmzip saw no pixels for this request's vision-tower forward: pass pixel_values")
+            return run.pixels.permute(0, 2, 3, 1).reshape(len(run.pixels), -1, run.pixels.shape[1])
+
+        patch = self.model.config.vision_config.patch_size
+        for item, per_pixel in self._per_item(runs, items, pixels, "read their images"):
+            in_pixels = replace(item.view, window=tuple(x * patch for x in item.view.window))
+            side = math.isqrt(per_pixel.shape[1])
+            item.signals["image"] = self.unnormalise(view_patches(per_pixel, in_pixels, side))
 
     def _per_item(self, runs: list[VisionRun], items: list[VisualItem], read, purpose: str):
         """``(item, read(its tower forward))`` for every item: each kind present pairs with the next forward."""

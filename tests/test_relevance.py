@@ -74,6 +74,10 @@ def _spy(monkeypatch, method_class):
     return seen
 
 
+def vision_patch(model) -> int:
+    return model.config.vision_config.patch_size
+
+
 def _inputs(model, family):
     videos = {"video_frames": [4, 2]} if family in QWEN else {}
     return random_inputs(model, [1, 2], text_lengths=[3, 7], **videos)
@@ -92,10 +96,14 @@ def test_text_is_the_question_and_image_the_pixels_the_tower_saw(family, tmp_pat
     model = with_word_tokenizer(tiny_model(family), tmp_path)
     inputs = _inputs(model, family)
     seen = _spy(monkeypatch, _Signals)
+    towers = []  # what each tower forward was given (anyres: the crops of every image)
+    adapter_for(model).vision_tower.register_forward_pre_hook(
+        lambda module, args, kwargs: towers.append(args[0] if args else kwargs.get("pixel_values")), with_kwargs=True
+    )
     vlmzip.compress(model, vlmzip.Policy(vision=_Signals(keep=4)))
     greedy(model, inputs, 1)
     items = [item for _, items, _ in seen for item in items]
-    assert len(items) == (5 if family in QWEN else 3)
+    assert len(items) == len(adapter_for(model).visual_items(inputs, []))  # Qwen: 3 images, 2 videos
     ids, valid = inputs["input_ids"], inputs["attention_mask"].bool()
     adapter = adapter_for(model)
     for item in items:
@@ -119,6 +127,13 @@ def test_text_is_the_question_and_image_the_pixels_the_tower_saw(family, tmp_pat
             t, h, w = grids[item.kind_index].tolist()
             got = normalised.view(t, tp, 3, h // m, m, p, w // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
             got, trailing = got.reshape(own.shape), [1]
+        elif item.view is not None:  # an anyres view: its crops side by side, cut to its window of patches
+            (rows, cols), (top, left, height, width), patch = item.view.crops, item.view.window, vision_patch(model)
+            crops = towers[0][item.view.first : item.view.first + rows * cols]
+            side = crops.shape[-1]
+            own = crops.view(rows, cols, 3, side, side).permute(2, 0, 3, 1, 4).reshape(3, rows * side, cols * side)
+            own = own[:, top * patch : (top + height) * patch, left * patch : (left + width) * patch]
+            got, trailing = normalised[0], [1, 1]
         else:
             own, got, trailing = inputs["pixel_values"][item.kind_index], normalised[0], [1, 1]
         # random test pixels leave [0, 1]; the signal holds what a picture can
